@@ -1,0 +1,100 @@
+"""`perank` command line: thin wrappers that parse arguments and call the library.
+
+Each subcommand has one `_add_<name>(sub)` that declares its arguments and sets
+`func` to a runner that imports the library lazily (so `perank --help` is fast).
+Errors that the library raises for bad input (ValueError subclasses) are printed
+as one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+# --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
+def _add_convert(sub):
+    p = sub.add_parser("convert", help="convert a Llama-family GGUF file into an HF safetensors directory")
+    p.add_argument("gguf", help="path to a .gguf file")
+    p.add_argument("out", help="output directory (config.json, model.safetensors, tokenizer files)")
+
+    def run(a):
+        from perank_jax.weights.gguf import gguf_to_hf_dir
+        out = gguf_to_hf_dir(a.gguf, a.out)
+        print(f"wrote {out}")
+    p.set_defaults(func=run)
+
+
+# --- generate (plain greedy chat generation with the JAX decoder) -----------------------
+def _add_generate(sub):
+    p = sub.add_parser("generate", help="greedy chat completion with the JAX decoder (sanity check)")
+    p.add_argument("--model", required=True, help="HF directory or .gguf file")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("prompt")
+
+    def run(a):
+        from perank_jax.generate import chat_generate
+        print(chat_generate(a.model, a.prompt, max_new_tokens=a.max_new_tokens))
+    p.set_defaults(func=run)
+
+
+# --- encode (issue: dense encoders) ---------------------------------------------------
+def _add_encode(sub):
+    p = sub.add_parser("encode", help="encode a corpus into a resumable embedding cache")
+    p.set_defaults(func=lambda a: _not_yet("encode"))
+
+
+# --- rerank (issue: PE-Rank inference) --------------------------------------------------
+def _add_rerank(sub):
+    p = sub.add_parser("rerank", help="rerank a TREC run with a PE-Rank checkpoint")
+    p.set_defaults(func=lambda a: _not_yet("rerank"))
+
+
+# --- train (issue: two-stage training) --------------------------------------------------
+def _add_train(sub):
+    p = sub.add_parser("train", help="stage-1 / stage-2 training from a YAML config")
+    p.set_defaults(func=lambda a: _not_yet("train"))
+
+
+# --- retrieve / evaluate / tables (issue: evaluation) -----------------------------------
+def _add_retrieve(sub):
+    p = sub.add_parser("retrieve", help="BM25 first stage over a local corpus (bm25s)")
+    p.set_defaults(func=lambda a: _not_yet("retrieve"))
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="ir_measures metrics of a run against qrels")
+    p.set_defaults(func=lambda a: _not_yet("evaluate"))
+
+
+def _add_tables(sub):
+    p = sub.add_parser("tables", help="reproduce the paper's Table 2 / Table 3 from a YAML config")
+    p.set_defaults(func=lambda a: _not_yet("tables"))
+
+
+def _not_yet(name: str):
+    raise SystemExit(f"perank {name}: not implemented in this version")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="perank",
+        description="PE-Rank in JAX: listwise LLM reranking with passage embeddings.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_convert, _add_generate, _add_encode, _add_rerank, _add_train,
+                _add_retrieve, _add_evaluate, _add_tables):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # library input errors: one clear line
+        print(f"perank {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Reading weights: lazy safetensors (single file or sharded index), key-map
+checks with one error listing every problem, and placement of each tensor
+directly onto its sharding (only the slices a device needs are read)."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Iterable
+
+import jax
+import ml_dtypes
+import numpy as np
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "training_args.bin")
+
+
+class WeightError(ValueError):
+    """Missing, unexpected, wrong-shape, non-finite or unreadable weights."""
+
+
+class SafetensorsFile:
+    """Header-parsed safetensors file; tensors are np.memmap views (nothing read until sliced)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read(8)
+                if len(raw) != 8:
+                    raise WeightError(f"{self.path}: truncated safetensors file (no header)")
+                (n,) = struct.unpack("<Q", raw)
+                size = self.path.stat().st_size
+                if n > size - 8:
+                    raise WeightError(f"{self.path}: corrupt safetensors header (length {n} > file size)")
+                header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WeightError(f"{self.path}: corrupt safetensors header ({e})") from None
+        self.metadata = header.pop("__metadata__", {}) or {}
+        self._base = 8 + n
+        self._entries = header
+        for k, e in header.items():
+            if e["dtype"] not in _ST_DTYPES:
+                raise WeightError(f"{self.path}: tensor {k!r} has unsupported dtype {e['dtype']}")
+            start, end = e["data_offsets"]
+            if self._base + end > size:
+                raise WeightError(f"{self.path}: tensor {k!r} extends past the end of the file (truncated?)")
+
+    def keys(self):
+        return self._entries.keys()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._entries[key]["shape"])
+
+    def get(self, key: str) -> np.ndarray:
+        e = self._entries[key]
+        dtype = np.dtype(_ST_DTYPES[e["dtype"]])
+        start, end = e["data_offsets"]
+        shape = tuple(e["shape"])
+        count = int(np.prod(shape)) if shape else 1
+        if end - start != count * dtype.itemsize:
+            raise WeightError(f"{self.path}: tensor {key!r} byte size does not match shape {shape}")
+        if count == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(self.path, dtype=dtype, mode="r", offset=self._base + start, shape=shape)
+
+
+class SafetensorsCheckpoint:
+    """All tensors of a directory: model.safetensors, a sharded *.safetensors.index.json,
+    or every *.safetensors file in it."""
+
+    def __init__(self, directory: str | os.PathLike, prefer: Iterable[str] = ("model.safetensors",)):
+        d = Path(directory)
+        if not d.is_dir():
+            raise WeightError(f"{d}: not a directory")
+        files: list[Path] = []
+        index = sorted(d.glob("*.safetensors.index.json"))
+        if index:
+            try:
+                wm = json.loads(index[0].read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise WeightError(f"{index[0]}: not a valid safetensors index ({e})") from None
+            files = [d / f for f in sorted(set(wm.values()))]
+            missing = [str(f) for f in files if not f.exists()]
+            if missing:
+                raise WeightError(f"{index[0]} names shard files that are missing: {missing}")
+        else:
+            for name in prefer:
+                if (d / name).exists():
+                    files = [d / name]
+                    break
+            else:
+                files = sorted(d.glob("*.safetensors"))
+        if not files:
+            pickles = [p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+            if pickles:
+                raise WeightError(
+                    f"{d}: only pickle weights found ({', '.join(sorted(pickles))}); perank-jax reads "
+                    "safetensors only (pickle can run arbitrary code). Convert once with "
+                    "`model.save_pretrained(dir, safe_serialization=True)` in transformers.")
+            raise WeightError(f"{d}: no *.safetensors weights found")
+        self.files = [SafetensorsFile(f) for f in files]
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in self.files:
+            for k in f.keys():
+                self._where[k] = f
+
+    def keys(self):
+        return self._where.keys()
+
+    def shape(self, key: str):
+        return self._where[key].shape(key)
+
+    def get(self, key: str) -> np.ndarray:
+        return self._where[key].get(key)
+
+    def __contains__(self, key):
+        return key in self._where
+
+
+def check_keymap(source_name: str, present: dict[str, tuple[int, ...]],
+                 expected: dict[str, tuple[int, ...]], optional: Iterable[str] = (),
+                 ignore: Callable[[str], bool] = lambda k: False) -> None:
+    """One WeightError listing every missing, unexpected and wrong-shape tensor."""
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in present and k not in optional)
+    unexpected = sorted(k for k in present if k not in expected and not ignore(k))
+    wrong = sorted(f"{k}: file {tuple(present[k])} != expected {tuple(expected[k])}"
+                   for k in expected if k in present and tuple(present[k]) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"unexpected ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+        if wrong:
+            parts.append(f"wrong shape ({len(wrong)}): {wrong[:20]}")
+        raise WeightError(f"{source_name}: weights do not match the model config; " + "; ".join(parts))
+
+
+def place(read: Callable[[tuple], np.ndarray], shape: tuple[int, ...], dtype, sharding=None) -> jax.Array:
+    """Build a jax.Array of `shape` where each device reads only its own slice via `read(index)`.
+
+    `read` takes a tuple of slices (one per dim) and returns that block as numpy.
+    """
+    dtype = np.dtype(dtype) if not isinstance(dtype, np.dtype) else dtype
+    if sharding is None:
+        return jax.device_put(np.asarray(read(tuple(slice(None) for _ in shape)), dtype=dtype))
+    return jax.make_array_from_callback(
+        shape, sharding, lambda idx: np.asarray(read(idx), dtype=dtype))
+
+
+def save_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file via a temp file + rename (never half-written)."""
+    from safetensors.numpy import save_file
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)

