@@ -1,0 +1,394 @@
+"""One reader (and writer) per retrieval file format; every part of the project uses these.
+
+Formats:
+  queries  `qid<TAB>text` TSV, or JSONL with `qid`/`_id`/`id` and `query`/`text`
+  qrels    `qid 0 docid grade`
+  run      `qid Q0 docid rank score tag`; per query ordered by score (desc), ties by rank
+  corpus   JSONL with `_id`/`docid`/`id`, optional `title`, `text`/`contents`; or TSV `docid<TAB>text`
+  requests rank_llm JSONL `{"query": {"text","qid"}, "candidates": [{"docid","score","doc": {...}}]}`
+           or the flat `{"qid","query","candidates": [{"docid","rank","score","text"}]}`
+
+Readers return dicts that remember the file and line each key came from (`.where(key)`),
+so later validation (`build_rerank_requests`) can name the exact place of a problem.
+Bad input raises DataError (a ValueError) whose message starts with `file:line:`.
+Writers are atomic (temp file + os.replace). `write_run` writes strictly decreasing scores.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+
+class DataError(ValueError):
+    """Malformed or inconsistent retrieval data; the message names file and line."""
+
+
+def _at(source, line=None) -> str:
+    return f"{source}:{line}" if line is not None else f"{source}"
+
+
+class Sourced(dict):
+    """A dict that remembers where each key was read from (`where(key)` -> "file:line")."""
+
+    def __init__(self, source: str | os.PathLike | None = None):
+        super().__init__()
+        self.source = str(source) if source is not None else "<memory>"
+        self.lines: dict = {}
+
+    def where(self, key) -> str:
+        return _at(self.source, self.lines.get(key))
+
+
+@dataclass(frozen=True)
+class Hit:
+    docid: str
+    score: float
+    rank: int
+
+
+@dataclass
+class Candidate:
+    docid: str
+    score: float
+    text: str
+
+
+@dataclass
+class Request:
+    qid: str
+    query: str
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _lines(path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, stripped line) for every non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield i, line
+
+
+def _is_jsonl(path) -> bool:
+    for _, line in _lines(path):
+        return line.lstrip().startswith("{")
+    raise DataError(f"{path}: file is empty")
+
+
+def _json(path, i, line) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{_at(path, i)}: not valid JSON ({e.msg})") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{_at(path, i)}: expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def _field(rec: Mapping, names: Sequence[str], path, i, what: str, required=True):
+    for n in names:
+        if n in rec and rec[n] is not None:
+            return rec[n]
+    if required:
+        raise DataError(f"{_at(path, i)}: missing {what} (one of {', '.join(names)})")
+    return None
+
+
+def _nonempty(result: Sourced, path, what: str) -> Sourced:
+    if not result:
+        raise DataError(f"{path}: no {what} in file")
+    return result
+
+
+def doc_text(rec: Mapping, title_format: bool = False, path="<memory>", line=None) -> str:
+    """Text of a document record. With `title_format` and a `title` field, the paper's BEIR
+    formatting "Title: {title} Content: {text}" with whitespace collapsed (as the reference did)."""
+    text = _field(rec, ("text", "contents", "segment", "body"), path, line, "document text")
+    title = rec.get("title")
+    if title_format and title is not None:
+        return " ".join(f"Title: {title} Content: {text}".split())
+    return f"{title} {text}" if title else str(text)
+
+
+def _atomic_write(path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ---------------------------------------------------------------------------- readers
+def read_queries(path) -> Sourced:
+    """qid -> query text, from `qid<TAB>text` TSV or JSONL."""
+    out = Sourced(path)
+    jsonl = _is_jsonl(path)
+    for i, line in _lines(path):
+        if jsonl:
+            rec = _json(path, i, line)
+            qid = str(_field(rec, ("qid", "_id", "id", "query_id"), path, i, "query id"))
+            text = _field(rec, ("query", "text"), path, i, "query text")
+        else:
+            parts = line.split("\t", 1)
+            if len(parts) != 2:
+                raise DataError(f"{_at(path, i)}: expected 'qid<TAB>query text', got {line[:80]!r}")
+            qid, text = parts[0].strip(), parts[1]
+        if not qid or not str(text).strip():
+            raise DataError(f"{_at(path, i)}: empty query id or text")
+        if qid in out:
+            raise DataError(f"{_at(path, i)}: duplicate query id {qid!r} (first at line {out.lines[qid]})")
+        out[qid], out.lines[qid] = str(text).strip(), i
+    return _nonempty(out, path, "queries")
+
+
+def read_qrels(path) -> Sourced:
+    """qid -> {docid: grade}, from `qid 0 docid grade` lines."""
+    out = Sourced(path)
+    for i, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 4:
+            raise DataError(f"{_at(path, i)}: expected 'qid 0 docid grade' (4 fields), got {len(parts)}")
+        qid, _, docid, grade = parts
+        try:
+            g = int(grade)
+        except ValueError:
+            raise DataError(f"{_at(path, i)}: grade {grade!r} is not an integer") from None
+        judged = out.setdefault(qid, {})
+        out.lines.setdefault(qid, i)
+        if docid in judged:
+            raise DataError(f"{_at(path, i)}: duplicate judgement for query {qid!r}, doc {docid!r}")
+        judged[docid] = g
+        out.lines[(qid, docid)] = i
+    return _nonempty(out, path, "judgements")
+
+
+def read_run(path) -> Sourced:
+    """qid -> [Hit] ordered by score (desc), ties by rank, from `qid Q0 docid rank score tag`."""
+    out = Sourced(path)
+    for i, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 6:
+            raise DataError(f"{_at(path, i)}: expected 'qid Q0 docid rank score tag' (6 fields), got {len(parts)}")
+        qid, _, docid, rank, score, _tag = parts
+        try:
+            r, s = int(rank), float(score)
+        except ValueError:
+            raise DataError(f"{_at(path, i)}: rank {rank!r} / score {score!r} not an int / a number") from None
+        if not math.isfinite(s):
+            raise DataError(f"{_at(path, i)}: score {score!r} is not finite")
+        if (qid, docid) in out.lines:
+            raise DataError(f"{_at(path, i)}: duplicate docid {docid!r} for query {qid!r} "
+                            f"(first at line {out.lines[(qid, docid)]})")
+        out.setdefault(qid, []).append(Hit(docid, s, r))
+        out.lines.setdefault(qid, i)
+        out.lines[(qid, docid)] = i
+    for qid, hits in out.items():
+        hits.sort(key=lambda h: (-h.score, h.rank))
+    return _nonempty(out, path, "run lines")
+
+
+def read_corpus(path, title_format: bool = False) -> Sourced:
+    """docid -> text, from JSONL (`_id`/`docid`/`id`, optional `title`, `text`/`contents`)
+    or TSV `docid<TAB>text`. See `doc_text` for `title_format`."""
+    out = Sourced(path)
+    jsonl = _is_jsonl(path)
+    lines = out.lines
+    for i, line in _lines(path):
+        if jsonl:
+            rec = _json(path, i, line)
+            docid = str(_field(rec, ("_id", "docid", "id", "doc_id"), path, i, "document id"))
+            text = doc_text(rec, title_format, path, i)
+        else:
+            docid, sep, text = line.partition("\t")
+            if not sep:
+                raise DataError(f"{_at(path, i)}: expected 'docid<TAB>text', got {line[:80]!r}")
+        if docid in out:
+            raise DataError(f"{_at(path, i)}: duplicate document id {docid!r} (first at line {lines[docid]})")
+        out[docid] = text
+        lines[docid] = i
+    return _nonempty(out, path, "documents")
+
+
+def read_requests(path, title_format: bool = False) -> list[Request]:
+    """rank_llm request JSONL or the flat dl20 candidates JSONL -> [Request]."""
+    out, seen = [], {}
+    for i, line in _lines(path):
+        rec = _json(path, i, line)
+        q = _field(rec, ("query",), path, i, "query")
+        if isinstance(q, dict):  # rank_llm: {"query": {"text", "qid"}, candidates with "doc"}
+            qid, query = str(_field(q, ("qid",), path, i, "query.qid")), _field(q, ("text",), path, i, "query.text")
+        else:
+            qid, query = str(_field(rec, ("qid",), path, i, "qid")), q
+        if qid in seen:
+            raise DataError(f"{_at(path, i)}: duplicate query id {qid!r} (first at line {seen[qid]})")
+        seen[qid] = i
+        cands = _field(rec, ("candidates",), path, i, "candidates")
+        if not isinstance(cands, list) or not cands:
+            raise DataError(f"{_at(path, i)}: query {qid!r} has no candidates")
+        items, docids = [], set()
+        for j, c in enumerate(cands):
+            if not isinstance(c, dict):
+                raise DataError(f"{_at(path, i)}: candidate {j} of query {qid!r} is not an object")
+            docid = str(_field(c, ("docid",), path, i, f"candidates[{j}].docid"))
+            if docid in docids:
+                raise DataError(f"{_at(path, i)}: duplicate docid {docid!r} in the candidates of query {qid!r}")
+            docids.add(docid)
+            text = doc_text(c["doc"] if isinstance(c.get("doc"), dict) else c, title_format, path, i)
+            items.append((c.get("rank", j + 1), j, Candidate(docid, float(c.get("score", -(j + 1))), text)))
+        items.sort(key=lambda t: (t[0], t[1]))
+        out.append(Request(qid, str(query), [t[2] for t in items]))
+    if not out:
+        raise DataError(f"{path}: no requests in file")
+    return out
+
+
+# ---------------------------------------------------------------------------- writers
+def _docids(entries) -> list[tuple[str, float | None]]:
+    out = []
+    for e in entries:
+        if isinstance(e, str):
+            out.append((e, None))
+        elif isinstance(e, (Hit, Candidate)):
+            out.append((e.docid, e.score))
+        else:
+            out.append((str(e[0]), float(e[1])))
+    return out
+
+
+def write_run(run: Mapping[str, Iterable], path, tag: str = "perank", scores: str = "rank") -> Path:
+    """Write a TREC run atomically. Each query's entries are docids, Hits, Candidates or
+    (docid, score) pairs, best first. scores="rank": score = n - rank + 1 (n..1), strictly
+    decreasing; scores="given": write the given scores, which must strictly decrease."""
+    if scores not in ("rank", "given"):
+        raise ValueError(f"scores must be 'rank' or 'given', got {scores!r}")
+    if not run:
+        raise DataError(f"{path}: refusing to write an empty run")
+    rows = []
+    for qid, entries in run.items():
+        pairs = _docids(entries)
+        if not pairs:
+            raise DataError(f"{path}: query {qid!r} has an empty ranking")
+        if len({d for d, _ in pairs}) != len(pairs):
+            raise DataError(f"{path}: query {qid!r} lists a docid twice")
+        n, prev = len(pairs), math.inf
+        for r, (docid, s) in enumerate(pairs, 1):
+            if scores == "rank":
+                s = float(n - r + 1)
+            elif s is None:
+                raise DataError(f"{path}: scores='given' but query {qid!r} has no score for {docid!r}")
+            elif not s < prev:
+                raise DataError(f"{path}: query {qid!r}: score at rank {r} ({s!r}) does not strictly "
+                                f"decrease (previous {prev!r})")
+            prev = s
+            rows.append(f"{qid} Q0 {docid} {r} {s!r} {tag}\n")
+    return _atomic_write(path, lambda f: f.writelines(rows))
+
+
+def write_qrels(qrels: Mapping[str, Mapping[str, int]], path) -> Path:
+    rows = [f"{q} 0 {d} {int(g)}\n" for q, judged in qrels.items() for d, g in judged.items()]
+    if not rows:
+        raise DataError(f"{path}: refusing to write empty qrels")
+    return _atomic_write(path, lambda f: f.writelines(rows))
+
+
+def write_requests(requests: Sequence[Request], path) -> Path:
+    """rank_llm request JSONL (doc text under doc.text)."""
+    rows = []
+    for r in requests:
+        cands = [{"docid": c.docid, "score": c.score, "doc": {"text": c.text}} for c in r.candidates]
+        rows.append(json.dumps({"query": {"text": r.query, "qid": r.qid}, "candidates": cands},
+                               ensure_ascii=False) + "\n")
+    return _atomic_write(path, lambda f: f.writelines(rows))
+
+
+# ---------------------------------------------------------------------------- joins
+def build_rerank_requests(run: Mapping, queries: Mapping, corpus: Mapping, k: int | None = None
+                          ) -> list[Request]:
+    """Join a run (read_run), queries (read_queries) and a corpus (read_corpus) into rerank
+    requests (top-k candidates per query, in first-stage order), in the run's query order.
+    Every query of the run needs text, every query needs candidates, every docid needs text."""
+    where = getattr(run, "where", lambda key: "<run>")
+    qsrc, csrc = getattr(queries, "source", "<queries>"), getattr(corpus, "source", "<corpus>")
+    if not run:
+        raise DataError(f"{getattr(run, 'source', '<run>')}: the run is empty")
+    for qid in run:
+        if qid not in queries:
+            raise DataError(f"{where(qid)}: query {qid!r} has no text in {qsrc}")
+    missing_q = [q for q in queries if q not in run]
+    if missing_q:
+        qw = getattr(queries, "where", lambda key: qsrc)
+        raise DataError(f"{qw(missing_q[0])}: query {missing_q[0]!r} has no candidates in the run "
+                        f"{getattr(run, 'source', '')} ({len(missing_q)} such queries); "
+                        f"pass only the run's queries")
+    out = []
+    for qid, hits in run.items():
+        hits = list(hits)[:k] if k else list(hits)
+        if not hits:
+            raise DataError(f"{where(qid)}: query {qid!r} has no candidates")
+        cands = []
+        for h in hits:
+            docid, score = (h, 0.0) if isinstance(h, str) else (h.docid, h.score)
+            text = corpus.get(docid)
+            if text is None:
+                raise DataError(f"{where((qid, docid))}: docid {docid!r} (query {qid!r}) is not in the corpus {csrc}")
+            cands.append(Candidate(docid, score, text))
+        out.append(Request(qid, queries[qid], cands))
+    return out
+
+
+def requests_to_run(requests: Sequence[Request]) -> dict[str, list[Hit]]:
+    """The first-stage run carried by a list of requests (candidate order = rank)."""
+    return {r.qid: [Hit(c.docid, c.score, i + 1) for i, c in enumerate(r.candidates)] for r in requests}
+
+
+# ---------------------------------------------------------------------------- ir_datasets
+_LOCAL_FILES = ("provide local files instead: --queries (qid<TAB>text TSV or JSONL), --qrels (TREC qrels "
+                "'qid 0 docid grade'), --run (TREC run 'qid Q0 docid rank score tag'), --corpus (JSONL "
+                "with _id/title/text, or TSV docid<TAB>text); see /work/shared/data/README.md-style layouts")
+
+
+@dataclass
+class IrDataset:
+    name: str
+    queries: dict
+    qrels: dict
+    docs_store: object
+
+    def docs(self, docids: Iterable[str], title_format: bool = False) -> dict[str, str]:
+        got = self.docs_store.get_many(list(docids))
+        return {d: doc_text(r._asdict(), title_format) for d, r in got.items()}
+
+
+def load_ir_dataset(name: str) -> IrDataset:
+    """Queries, qrels and a docs store through ir_datasets; a DataError that says which local
+    files to provide when ir_datasets is missing or the data cannot be fetched (offline)."""
+    try:
+        import ir_datasets
+    except ImportError:
+        raise DataError(f"ir_datasets is not installed (pip install ir_datasets), or {_LOCAL_FILES}") from None
+    try:
+        ds = ir_datasets.load(name)
+    except KeyError:
+        raise DataError(f"ir_datasets has no dataset {name!r}; {_LOCAL_FILES}") from None
+    try:
+        queries = {q.query_id: getattr(q, "text", None) or q[1] for q in ds.queries_iter()}
+        qrels: dict = {}
+        for r in ds.qrels_iter():
+            qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
+        return IrDataset(name, queries, qrels, ds.docs_store() if ds.has_docs() else None)
+    except Exception as e:  # network failures come as many types (ConnectionError, URLError, OSError, ...)
+        raise DataError(f"ir_datasets could not load {name!r} ({type(e).__name__}: {e}); this machine "
+                        f"may be offline: {_LOCAL_FILES}") from None
