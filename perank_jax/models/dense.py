@@ -1,0 +1,164 @@
+"""`DenseEncoder`: text -> pooled (optionally L2-normalised) embeddings with a Flax `Encoder`.
+
+Texts are tokenised with the model's own HF tokenizer (from the same directory, never remote
+code), truncated to `max_length`, sorted by length and cut into batches of a FIXED size; each
+batch is right-padded to the smallest length bucket (powers of two from 16, and `max_length`)
+that fits it, and the last batch is filled with empty rows. So the jitted forward compiles at
+most once per bucket, and padding (masked keys, masked pooling) never changes an embedding.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
+from perank_jax.models.pooling import POOLINGS, l2_normalize, pool, pooling_from_dir
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+MIN_BUCKET = 16
+
+
+def length_buckets(max_length: int) -> tuple[int, ...]:
+    b, out = MIN_BUCKET, []
+    while b < max_length:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (max_length,)
+
+
+def _load_tokenizer(d: Path):
+    if not any((d / f).exists() for f in TOKENIZER_FILES):
+        raise EncoderError(f"{d}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+                           "copy the model's tokenizer into the directory")
+    from transformers import AutoTokenizer
+    try:
+        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - any tokenizer failure is one clear error
+        raise EncoderError(f"{d}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+class DenseEncoder:
+    """Frozen dense encoder: `.encode(texts, batch_size=32) -> np.ndarray [N, dim] float32`."""
+
+    def __init__(self, config: EncoderConfig, model: Encoder, tokenizer, *, pooling: str = "mean",
+                 normalize: bool = True, max_length: int = 512, path: str = "", name: str = ""):
+        if pooling not in POOLINGS:
+            raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        if not isinstance(max_length, int) or max_length < 2:
+            raise EncoderError(f"max_length must be an integer >= 2, got {max_length!r}")
+        if config.max_tokens is not None and max_length > config.max_tokens:
+            raise EncoderError(f"max_length={max_length} exceeds what the {config.arch} position table "
+                               f"supports ({config.max_tokens} tokens)")
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.pooling, self.normalize, self.max_length = pooling, bool(normalize), max_length
+        self.path, self.name = path, name or config.name or path
+        self.dim = config.hidden_size
+        self.buckets = length_buckets(max_length)
+        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        self.pad_id = config.pad_token_id if pad is None else int(pad)
+        self.compile_count = 0          # traces of the pooled forward (one per bucket used)
+        graphdef, self._state = nnx.split(model)
+
+        def pooled(state, ids, mask):
+            self.compile_count += 1     # Python side effect: runs only while tracing
+            h = nnx.merge(graphdef, state)(ids, mask)
+            e = pool(h, mask, self.pooling)
+            return l2_normalize(e) if self.normalize else e
+
+        def hidden(state, ids, mask):
+            return nnx.merge(graphdef, state)(ids, mask).astype(jnp.float32)
+
+        self._pooled = jax.jit(pooled)
+        self._hidden = jax.jit(hidden)
+
+    @classmethod
+    def from_dir(cls, d: Path, pooling=None, normalize=True, max_length=512, dtype="float32"):
+        from perank_jax.weights.encoder_keys import load_encoder_weights
+        from perank_jax.weights.io import SafetensorsCheckpoint
+        d = Path(d)
+        if not d.is_dir():
+            raise EncoderError(f"{d}: encoder directory not found")
+        cfile = d / "config.json"
+        if not cfile.exists():
+            raise EncoderError(f"{d}: no config.json")
+        try:
+            hf = json.loads(cfile.read_text())
+        except json.JSONDecodeError as e:
+            raise EncoderError(f"{cfile}: invalid JSON ({e})") from None
+        if dtype not in DTYPES:
+            raise EncoderError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        cfg = EncoderConfig.from_hf(hf, str(cfile))
+        tok = _load_tokenizer(d)
+        if len(tok) > cfg.vocab_size:
+            raise EncoderError(f"{d}: tokenizer has {len(tok)} tokens but the model only "
+                               f"{cfg.vocab_size} embeddings (tokenizer of another model?)")
+        dt = DTYPES[dtype]
+        model = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
+        load_encoder_weights(model, SafetensorsCheckpoint(d), cfg, dt, source=str(d))
+        return cls(cfg, model, tok, pooling=pooling or pooling_from_dir(d, hf), normalize=normalize,
+                   max_length=max_length, path=str(d.resolve()), name=d.name)
+
+    # ----------------------------------------------------------------- tokens
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise EncoderError("encode() takes a list of texts, got a single string")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise EncoderError(f"text {i} is a {type(t).__name__}, not a string")
+            if not t.strip():
+                raise EncoderError(f"text {i} is empty (an empty passage has no embedding)")
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             add_special_tokens=True)
+        return [list(x) for x in enc["input_ids"]]
+
+    def bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def _batches(self, ids: list[list[int]], batch_size: int):
+        """Yield (row indices, ids [batch_size, T], mask) in ascending-length order."""
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for s in range(0, len(order), batch_size):
+            rows = order[s: s + batch_size]
+            T = self.bucket(max(len(ids[r]) for r in rows))
+            arr = np.full((batch_size, T), self.pad_id, np.int32)
+            mask = np.zeros((batch_size, T), bool)
+            for j, r in enumerate(rows):
+                arr[j, : len(ids[r])] = ids[r]
+                mask[j, : len(ids[r])] = True
+            yield rows, arr, mask
+
+    # ----------------------------------------------------------------- encode
+    def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Pooled embeddings [N, dim] float32, in the order of `texts`."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise EncoderError(f"batch_size must be a positive integer, got {batch_size!r}")
+        ids = self.tokenize(texts)
+        out = np.zeros((len(ids), self.dim), np.float32)
+        batches = self._batches(ids, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+            batches = tqdm(batches, total=-(-len(ids) // batch_size), desc="encode", unit="batch")
+        for rows, arr, mask in batches:
+            e = self._pooled(self._state, jnp.asarray(arr), jnp.asarray(mask))
+            out[rows] = np.asarray(e)[: len(rows)]
+        return out
+
+    def hidden_states(self, input_ids, attention_mask) -> np.ndarray:
+        """Last hidden states [B, T, D] float32 for right-padded token ids (no bucketing)."""
+        ids = jnp.asarray(np.asarray(input_ids), jnp.int32)
+        mask = jnp.asarray(np.asarray(attention_mask)).astype(bool)
+        return np.asarray(self._hidden(self._state, ids, mask))
+
+    def __repr__(self):
+        return (f"DenseEncoder({self.config.arch}, name={self.name!r}, dim={self.dim}, "
+                f"pooling={self.pooling}, normalize={self.normalize}, max_length={self.max_length})")
