@@ -63,7 +63,43 @@ def _add_retrieve(sub):
 
 def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="ir_measures metrics of a run against qrels")
-    p.set_defaults(func=lambda a: _not_yet("evaluate"))
+    p.add_argument("--qrels", required=True, help="TREC qrels: qid 0 docid grade")
+    p.add_argument("--run", required=True, help="TREC run: qid Q0 docid rank score tag")
+    p.add_argument("--run2", help="a second run: compared with --run by a paired test")
+    p.add_argument("--measures", nargs="+", default=None,
+                   help="ir_measures names (default nDCG@1/5/10/20 R@20/100 RR@10; MRR@10 = RR@10)")
+    p.add_argument("--test", choices=["t", "randomization"], default="t", help="paired test for --run2")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="average only over judged queries the run answers (default, like ir_measures "
+                        "and trec_eval -c: a judged query missing from the run counts as 0)")
+    p.add_argument("--per-query", action="store_true", help="also print per-query values")
+    p.add_argument("--json", help="write all values (aggregate, per query, tests) to this JSON file")
+
+    def run(a):
+        import json
+        from perank_jax.data.trec import read_qrels, read_run
+        from perank_jax.evaluate.metrics import DEFAULT_MEASURES, evaluate, format_table, paired_test
+        measures = a.measures or list(DEFAULT_MEASURES)
+        qrels = read_qrels(a.qrels)
+        evals = {"run": evaluate(qrels, read_run(a.run), measures, not a.skip_missing)}
+        if a.run2:
+            evals["run2"] = evaluate(qrels, read_run(a.run2), measures, not a.skip_missing)
+        tests = [paired_test(evals["run"], evals["run2"], m, a.test) for m in measures] if a.run2 else []
+        print(format_table(evals, tests))
+        if a.per_query:
+            for name, e in evals.items():
+                print(f"\n{name} per query:\nqid\t" + "\t".join(measures))
+                for q, vals in e.per_query.items():
+                    print(q + "\t" + "\t".join(f"{vals[m]:.4f}" for m in measures))
+        if a.json:
+            from pathlib import Path
+            out = {k: {"file": getattr(a, k), "aggregate": e.aggregate, "per_query": e.per_query,
+                       "missing": e.missing} for k, e in evals.items()}
+            out["tests"] = [dict(vars(t), delta=t.delta) for t in tests]
+            tmp = Path(a.json).with_suffix(".tmp")
+            tmp.write_text(json.dumps(out, indent=1))
+            tmp.replace(a.json)
+    p.set_defaults(func=run)
 
 
 def _add_tables(sub):
