@@ -1,0 +1,286 @@
+"""The training data pipeline for both stages.
+
+reference JSONL (read with `datasets`) -> validate every record (before any step runs)
+-> tokenise with the chat template -> embed the unique passage texts once (frozen
+encoder, embedding cache or a precomputed table) -> fixed-shape numpy batches padded to
+length buckets, in a deterministic order from a seed, each process taking its own rows.
+
+Record formats (the reference's):
+  stage 1: {"messages": [{"role", "content"}, ...], "extra_texts": [passage, ...]}
+           one <PLACEHOLDER> per extra text; loss on the assistant turn's tokens.
+  stage 2: {"messages_wo_content": [...], "messages_w_content": [...] (optional),
+            "ranking": [...], "extra_texts": [...]}
+           the assistant turn becomes n <RANK> slots; `ranking` is the teacher's order
+           (passage indices, 0- or 1-based, a permutation).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from perank_jax.prompts import PLACEHOLDER, RANK
+VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
+
+
+class DataError(ValueError):
+    """A training record that cannot be used; the message names the file and record index."""
+
+
+def perank_token_ids(tokenizer) -> tuple[int, int]:
+    """Ids of <PLACEHOLDER> and <RANK> (added as special tokens if the tokenizer lacks them)."""
+    from perank_jax.prompts import add_special_tokens
+    return add_special_tokens(tokenizer)
+
+
+# ----------------------------------------------------------------------------- reading
+def read_jsonl(path: str | Path):
+    """The records of a JSONL file as a `datasets.Dataset` (order = line order)."""
+    import datasets
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: training data file not found")
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True)
+    except Exception as e:  # datasets wraps JSON / schema problems in several exception types
+        raise DataError(f"{path}: cannot read as JSONL records ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------- tokenising
+@dataclass
+class Tokenised:
+    ids: np.ndarray           # [L] int32, the chat-templated conversation
+    ph_pos: np.ndarray        # [k] positions of <PLACEHOLDER> in order
+    rank_pos: np.ndarray      # [n] positions of <RANK> slots (stage 2)
+    label_mask: np.ndarray    # [L] bool, True on assistant-turn tokens (stage 1)
+
+
+def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenised:
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=want_labels)
+    ids = np.asarray(enc["input_ids"], np.int32)
+    label_mask = np.zeros(len(ids), bool)
+    if want_labels:
+        start = None
+        for k in range(len(messages)):
+            if messages[k]["role"] != "assistant":
+                continue
+            prefix = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            end = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+            if not text.startswith(prefix) or not text.startswith(end):
+                raise ValueError("the chat template does not render turns as prefixes of the conversation")
+            offs = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)
+            label_mask |= (offs[:, 0] >= len(prefix)) & (offs[:, 0] < len(end)) & (offs[:, 1] > offs[:, 0])
+            start = len(prefix)
+        if start is None or not label_mask.any():
+            raise ValueError("no assistant-turn tokens to learn from")
+    return Tokenised(ids, np.flatnonzero(ids == ph_id).astype(np.int32),
+                     np.flatnonzero(ids == rank_id).astype(np.int32), label_mask)
+
+
+def _rank_messages(messages, n):
+    """The reference's stage-2 conversation: the assistant turn is n <RANK> slots."""
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[-1]["role"] == "assistant":
+        msgs[-1]["content"] = RANK * n
+    else:
+        msgs.append({"role": "assistant", "content": RANK * n})
+    return msgs
+
+
+# ----------------------------------------------------------------------------- preparing
+@dataclass
+class Prepared:
+    """Validated, tokenised records and the embedding table of their passages."""
+    stage: int
+    views: dict[str, list[Tokenised]]        # stage 1: {"main": ...}; stage 2: {"wo": ..., "w": ...}
+    text_idx: list[np.ndarray]                # per record: rows of `table`
+    rankings: list[np.ndarray]                # stage 2: 0-based permutations
+    table: np.ndarray                         # [U, d] float32 passage embeddings
+    source: str = ""
+    lengths: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.text_idx)
+
+
+def _check_messages(messages, where):
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where} must be a non-empty list of messages")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where} has a message without string 'role' and 'content'")
+
+
+def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[list[str]], np.ndarray],
+            max_len: int, max_passages: int, use_content_view: bool = True, source: str = "data") -> Prepared:
+    """Validate and tokenise every record, then embed; raises DataError naming the first bad records."""
+    ph_id, rank_id = perank_token_ids(tokenizer)
+    views: dict[str, list[Tokenised]] = {"main": []} if stage == 1 else {"wo": []}
+    if stage == 2 and use_content_view:
+        views["w"] = []
+    errors: list[str] = []
+    texts: dict[str, int] = {}
+    text_idx, rankings, owners = [], [], {}
+
+    for i, rec in enumerate(records):
+        try:
+            extra = rec.get("extra_texts")
+            if not isinstance(extra, list) or not extra or not all(isinstance(t, str) for t in extra):
+                raise ValueError("'extra_texts' must be a non-empty list of strings")
+            n = len(extra)
+            if n > max_passages:
+                raise ValueError(f"{n} extra_texts exceed max_passages={max_passages}")
+            toks = {}
+            if stage == 1:
+                _check_messages(rec.get("messages"), "'messages'")
+                toks["main"] = _tokenise(tokenizer, rec["messages"], ph_id, rank_id, want_labels=True)
+            else:
+                ranking = rec.get("ranking")
+                if not isinstance(ranking, list) or not all(isinstance(r, int) for r in ranking):
+                    raise ValueError("'ranking' must be a list of ints")
+                r = np.asarray(ranking, np.int64)
+                if len(r) and r.min() == 1 and sorted(r.tolist()) == list(range(1, n + 1)):
+                    r = r - 1                                  # the reference's 1-based rankings
+                if sorted(r.tolist()) != list(range(n)):
+                    raise ValueError(f"ranking {ranking} is not a permutation of the {n} extra_texts")
+                for v in views:
+                    _check_messages(rec.get(VIEWS[v]), repr(VIEWS[v]))
+                    toks[v] = _tokenise(tokenizer, _rank_messages(rec[VIEWS[v]], n), ph_id, rank_id, False)
+                    if len(toks[v].rank_pos) != n:
+                        raise ValueError(f"{VIEWS[v]}: {len(toks[v].rank_pos)} {RANK} tokens after templating, "
+                                         f"expected {n} (does the prompt itself contain {RANK}?)")
+                rankings.append(r.astype(np.int32))
+            for v, t in toks.items():
+                name = "messages" if v == "main" else VIEWS[v]
+                if len(t.ph_pos) != n:
+                    raise ValueError(f"{name}: extra_texts count {n} != {len(t.ph_pos)} {PLACEHOLDER} tokens")
+                if len(t.ids) > max_len:
+                    raise ValueError(f"{name}: over-long record, {len(t.ids)} tokens > max_len={max_len}")
+        except ValueError as e:
+            errors.append(f"{source}: record {i} (line {i + 1}): {e}")
+            if len(errors) >= 10:
+                break
+            continue
+        for v, t in toks.items():
+            views[v].append(t)
+        rows = []
+        for t in extra:
+            if t not in texts:
+                texts[t] = len(texts)
+                owners[texts[t]] = i
+            rows.append(texts[t])
+        text_idx.append(np.asarray(rows, np.int32))
+    if errors:
+        raise DataError(f"{len(errors)}{'+' if len(errors) >= 10 else ''} bad training record(s), "
+                        "nothing was trained:\n  " + "\n  ".join(errors))
+    if not text_idx:
+        raise DataError(f"{source}: no training records")
+
+    table = np.asarray(embed(list(texts)), np.float32)
+    if table.ndim != 2 or table.shape[0] != len(texts):
+        raise DataError(f"{source}: the embedder returned shape {table.shape} for {len(texts)} texts")
+    bad = np.flatnonzero(~np.isfinite(table).all(-1))
+    if len(bad):
+        recs = sorted({owners[int(b)] for b in bad})
+        raise DataError(f"{source}: record {recs[0]} (line {recs[0] + 1}): non-finite passage embedding "
+                        f"({len(bad)} passage(s) in {len(recs)} record(s), e.g. records {recs[:5]}); "
+                        "nothing was trained")
+    lengths = {v: np.asarray([len(t.ids) for t in ts]) for v, ts in views.items()}
+    return Prepared(stage, views, text_idx, rankings, table, source, lengths)
+
+
+# ----------------------------------------------------------------------------- order & batches
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for b in sorted(buckets):
+        if length <= b:
+            return b
+    raise DataError(f"sequence of {length} tokens exceeds the largest length bucket {max(buckets)}")
+
+
+@dataclass(frozen=True)
+class Order:
+    """Deterministic batch order: epoch e is a permutation seeded by (seed, e); the last partial
+    batch of an epoch is dropped. Batch `step` is a pure function of (seed, step)."""
+    n_records: int
+    global_batch: int
+    seed: int
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_records // self.global_batch
+
+    def indices(self, step: int) -> np.ndarray:
+        if self.steps_per_epoch == 0:
+            raise DataError(f"{self.n_records} records are fewer than one global batch of {self.global_batch}")
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_records)
+        return perm[k * self.global_batch:(k + 1) * self.global_batch]
+
+
+def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+    """The rows of each global batch that this process feeds (contiguous, equal shares)."""
+    if global_batch % process_count:
+        raise DataError(f"global batch {global_batch} does not split over {process_count} processes")
+    per = global_batch // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passages: int,
+            seq_len: dict[str, int] | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
+    smallest bucket holding the longest record. Padded passages/positions are marked invalid
+    (positions point one past the end, so scatters drop them)."""
+    B, n = len(idx), max_passages
+    d = prep.table.shape[1]
+    emb = np.zeros((B, n, d), np.float32)
+    valid = np.zeros((B, n), bool)
+    for r, i in enumerate(idx):
+        k = len(prep.text_idx[i])
+        emb[r, :k] = prep.table[prep.text_idx[i]]
+        valid[r, :k] = True
+    out = {"emb": emb, "valid": valid}
+    if prep.stage == 2:
+        ranking = np.zeros((B, n), np.int32)
+        for r, i in enumerate(idx):
+            ranking[r, :len(prep.rankings[i])] = prep.rankings[i]
+        out["ranking"] = ranking
+    for v, toks in prep.views.items():
+        T = (seq_len or {}).get(v) or bucket_for(int(prep.lengths[v][idx].max()), buckets)
+        ids = np.full((B, T), pad_id, np.int32)
+        mask = np.zeros((B, T), bool)
+        ph = np.full((B, n), T, np.int32)
+        rank = np.full((B, n), T, np.int32)
+        labels = np.zeros((B, T), bool)
+        for r, i in enumerate(idx):
+            t = toks[i]
+            L = len(t.ids)
+            if L > T:
+                raise DataError(f"{prep.source}: record {int(i)} has {L} tokens > sequence length {T}")
+            ids[r, :L] = t.ids
+            mask[r, :L] = True
+            ph[r, :len(t.ph_pos)] = t.ph_pos
+            rank[r, :len(t.rank_pos)] = t.rank_pos
+            labels[r, :L] = t.label_mask
+        special = np.zeros_like(mask)
+        for pos in (ph, rank):
+            rows = np.repeat(np.arange(B), n)
+            keep = pos.reshape(-1) < T
+            special[rows[keep], pos.reshape(-1)[keep]] = True
+        pre = "" if v == "main" else f"{v}_"
+        out[pre + "ids"] = np.where(special, pad_id, ids)   # overwritten positions: any valid id
+        out[pre + "mask"] = mask
+        out[pre + "ph"] = ph
+        if prep.stage == 1:
+            out["targets"] = np.concatenate([ids[:, 1:], np.full((B, 1), pad_id, np.int32)], 1)
+            out["weights"] = np.concatenate([labels[:, 1:], np.zeros((B, 1), bool)], 1).astype(np.float32)
+        else:
+            out[pre + "rank"] = rank
+    return out
+
+
+def num_batches(prep: Prepared, global_batch: int, epochs: float) -> int:
+    return max(1, int(math.floor(len(prep) // global_batch * epochs)))

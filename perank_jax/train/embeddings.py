@@ -1,0 +1,81 @@
+"""Where the frozen passage embeddings of the training data come from.
+
+The encoder is frozen in both stages, so every unique passage text is embedded once,
+before training, by one of:
+  - a precomputed table: an .npz with `texts` (str array) and `vectors` [N, d];
+  - the encoder embedding cache (perank_jax.data.embcache), filled on a miss;
+  - a frozen dense encoder run directly (perank_jax.models.encoder.load_encoder).
+Each is a callable `texts -> np.ndarray [len(texts), d] float32`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+Embedder = Callable[[Sequence[str]], np.ndarray]
+
+
+class EmbeddingTableError(ValueError):
+    pass
+
+
+def save_table(path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarray) -> Path:
+    """Write an embedding table atomically (temp file + os.replace)."""
+    path = Path(path)
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.shape[0] != len(texts):
+        raise EmbeddingTableError(f"{len(texts)} texts but {vectors.shape[0]} vectors")
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, texts=np.asarray(list(texts), dtype=object).astype(str), vectors=vectors)
+    os.replace(tmp, path)
+    return path
+
+
+def table_embedder(path: str | os.PathLike) -> Embedder:
+    """Look texts up in a precomputed table; a text missing from it is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: embedding table not found")
+    with np.load(path, allow_pickle=False) as z:
+        if "texts" not in z or "vectors" not in z:
+            raise EmbeddingTableError(f"{path}: expected arrays 'texts' and 'vectors', found {sorted(z.files)}")
+        texts, vectors = [str(t) for t in z["texts"]], np.asarray(z["vectors"], np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] != len(texts):
+        raise EmbeddingTableError(f"{path}: {len(texts)} texts but vectors of shape {vectors.shape}")
+    row = {t: i for i, t in enumerate(texts)}
+
+    def embed(batch: Sequence[str]) -> np.ndarray:
+        missing = [t for t in batch if t not in row]
+        if missing:
+            raise EmbeddingTableError(f"{path}: {len(missing)} passage text(s) have no embedding, e.g. "
+                                      f"{missing[0][:80]!r}")
+        return vectors[[row[t] for t in batch]]
+    embed.dim = vectors.shape[1]
+    return embed
+
+
+def encoder_embedder(encoder_dir: str | os.PathLike, max_length: int = 128, append_eos: bool = False,
+                     batch_size: int = 32, cache_dir: str | os.PathLike | None = None) -> Embedder:
+    """Embed with the frozen dense encoder (through the embedding cache when `cache_dir` is set).
+
+    append_eos reproduces the reference's training-time text (`text + eos_token`), which its
+    inference does not do (a known train/inference mismatch); off by default."""
+    from perank_jax.models.encoder import load_encoder
+    enc = load_encoder(encoder_dir, max_length=max_length)
+    eos = getattr(enc.tokenizer, "eos_token", None) if append_eos else None
+
+    def prep(texts):
+        return [t + eos for t in texts] if eos else list(texts)
+
+    if cache_dir is not None:
+        from perank_jax.data.embcache import cached_encode
+        def embed(texts: Sequence[str]) -> np.ndarray:
+            return np.asarray(cached_encode(enc, prep(texts), cache_dir, batch_size=batch_size), np.float32)
+    else:
+        def embed(texts: Sequence[str]) -> np.ndarray:
+            return np.asarray(enc.encode(prep(texts), batch_size=batch_size), np.float32)
+    embed.dim = enc.dim
+    return embed
