@@ -1,0 +1,296 @@
+"""Mistral / Llama decoder in Flax NNX.
+
+One readable file: the config, the parameters (stacked over layers, each with its
+logical sharding axes), and three pure entry points that PE-Rank needs:
+
+    embed(ids)                                   -> input embeddings [B, T, D]
+    forward(x, positions, mask, cache=None)      -> final-RMSNormed hidden [B, T, D], cache
+    head(h)                                      -> logits [B, T, V] (float32)
+
+Layers run under `lax.scan` (optionally rematerialised). Attention is causal *by
+position*: a token attends to every valid key whose position is <= its own (and,
+with a sliding window W, > its own - W). That single rule covers right-padded
+batches, prefill and token-by-token decoding with a preallocated KV cache whose
+empty slots carry position -1.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perank_jax.sharding import constrain
+
+NEG_INF = -1e30  # finite "minus infinity" for masked attention scores (float32)
+
+
+class DecoderConfigError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    sliding_window: int | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    model_type: str = "mistral"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise DecoderConfigError(
+                f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
+                f"({self.num_kv_heads})")
+        if self.head_dim % 2:
+            raise DecoderConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], source: str = "config.json") -> "DecoderConfig":
+        """From an HF config.json dict (model_type mistral or llama; embed_mistral is a mistral)."""
+        mt = hf.get("model_type")
+        if mt not in ("mistral", "llama", "embed_mistral"):
+            raise DecoderConfigError(
+                f"{source}: model_type {mt!r} is not supported (supported: mistral, llama, embed_mistral)")
+        # rope: old style (rope_theta + rope_scaling) or transformers>=5 rope_parameters
+        rp = hf.get("rope_parameters") or {}
+        scaling = hf.get("rope_scaling")
+        rope_type = (rp.get("rope_type") if rp else None) or (
+            (scaling.get("rope_type") or scaling.get("type")) if scaling else None) or "default"
+        if rope_type != "default":
+            raise DecoderConfigError(f"{source}: rope type {rope_type!r} is not implemented (only 'default')")
+        theta = rp.get("rope_theta", hf.get("rope_theta", 10000.0))
+        for flag in ("attention_bias", "mlp_bias"):
+            if hf.get(flag):
+                raise DecoderConfigError(f"{source}: {flag}=true is not supported")
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):
+            raise DecoderConfigError(f"{source}: hidden_act {hf.get('hidden_act')!r} is not supported (silu)")
+        if hf.get("layer_types") and any(t != "full_attention" and t != "sliding_attention"
+                                        for t in hf["layer_types"]):
+            raise DecoderConfigError(f"{source}: layer_types {set(hf['layer_types'])} not supported")
+        if hf.get("layer_types") and len(set(hf["layer_types"])) > 1:
+            raise DecoderConfigError(f"{source}: mixed per-layer attention types are not supported")
+        heads = hf["num_attention_heads"]
+        sw = hf.get("sliding_window") if mt != "llama" else None
+        if mt != "llama" and hf.get("use_sliding_window") is False:
+            sw = None
+        return cls(
+            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
+            num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+            sliding_window=sw, tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            model_type="mistral" if mt == "embed_mistral" else mt,
+            bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+
+    def to_hf(self) -> dict[str, Any]:
+        arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
+        d = {"architectures": [arch], "model_type": self.model_type, "vocab_size": self.vocab_size,
+             "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,
+             "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+             "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
+             "rope_theta": self.rope_theta, "rms_norm_eps": self.rms_norm_eps,
+             "tie_word_embeddings": self.tie_word_embeddings, "hidden_act": "silu",
+             "max_position_embeddings": self.max_position_embeddings,
+             "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id}
+        if self.model_type == "mistral":
+            d["sliding_window"] = self.sliding_window
+        return d
+
+
+# Each weight: (shape as a function of the config, logical axes). Layer weights are stacked on "layers".
+def param_specs(cfg: DecoderConfig) -> dict[str, tuple[tuple[int, ...], tuple[str, ...]]]:
+    L, D, F, H, K, hd, V = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                            cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size)
+    specs = {
+        "embedding": ((V, D), ("vocab", "embed")),
+        "attn_norm": ((L, D), ("layers", "norm")),
+        "q": ((L, D, H, hd), ("layers", "embed", "heads", "head_dim")),
+        "k": ((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "v": ((L, D, K, hd), ("layers", "embed", "kv_heads", "head_dim")),
+        "o": ((L, H, hd, D), ("layers", "heads", "head_dim", "embed")),
+        "mlp_norm": ((L, D), ("layers", "norm")),
+        "gate": ((L, D, F), ("layers", "embed", "mlp")),
+        "up": ((L, D, F), ("layers", "embed", "mlp")),
+        "down": ((L, F, D), ("layers", "mlp", "embed")),
+        "final_norm": ((D,), ("norm",)),
+    }
+    if not cfg.tie_word_embeddings:
+        specs["lm_head"] = ((D, V), ("embed", "vocab"))
+    return specs
+
+
+LAYER_PARAMS = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+
+
+class KVCache(NamedTuple):
+    k: jax.Array      # [L, B, S, KVH, hd]
+    v: jax.Array      # [L, B, S, KVH, hd]
+    pos: jax.Array    # [B, S] int32 position of each slot, -1 = empty
+    index: jax.Array  # int32 scalar: next slot to write
+
+
+CACHE_AXES = KVCache(k=("layers", "batch", "cache_seq", "act_kv_heads", "head_dim"),
+                     v=("layers", "batch", "cache_seq", "act_kv_heads", "head_dim"),
+                     pos=("batch", "cache_seq"), index=None)
+
+
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   pos=jnp.full((batch, max_len), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+def rms_norm(x, w, eps):
+    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return w.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope(x, positions, theta):
+    """Rotate-half RoPE (HF layout). x [B, T, N, hd], positions [B, T]."""
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq          # [B, T, hd/2]
+    cos = jnp.concatenate([jnp.cos(ang)] * 2, -1)[:, :, None, :]
+    sin = jnp.concatenate([jnp.sin(ang)] * 2, -1)[:, :, None, :]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rot = jnp.concatenate([-x2, x1], -1)
+    return (x.astype(jnp.float32) * cos + rot.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def attention(q, k, v, q_pos, k_pos, window):
+    """GQA attention, causal by position. q [B,T,H,hd]; k, v [B,S,K,hd]; q_pos [B,T]; k_pos [B,S] (-1 = empty)."""
+    B, T, H, hd = q.shape
+    K = k.shape[2]
+    q = q.reshape(B, T, K, H // K, hd)
+    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
+    ok = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])          # [B, T, S]
+    if window is not None:
+        ok &= q_pos[:, :, None] - k_pos[:, None, :] < window
+    s = jnp.where(ok[:, None, None], s, NEG_INF)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32)
+    return out.reshape(B, T, H, hd).astype(v.dtype)
+
+
+class Decoder(nnx.Module):
+    """Mistral/Llama decoder. Parameters are nnx.Param with an `axes` metadata tuple."""
+
+    def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs | None = None, dtype=jnp.float32,
+                 param_dtype=jnp.float32, remat: bool = False, mesh=None, init_std: float = 0.02):
+        self.cfg = cfg
+        self.dtype = dtype
+        self.remat = remat
+        self.mesh = mesh
+        rngs = rngs or nnx.Rngs(0)
+        for name, (shape, axes) in param_specs(cfg).items():
+            if "norm" in name:
+                value = jnp.ones(shape, param_dtype)
+            else:
+                value = (init_std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(param_dtype)
+            setattr(self, name, nnx.Param(value, axes=axes))
+
+    # --- entry points --------------------------------------------------------------------
+    def embed(self, ids):
+        x = jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        return constrain(x, ("batch", "seq", "act_embed"), self.mesh)
+
+    def head(self, h):
+        w = (self.embedding[...].T if self.cfg.tie_word_embeddings else self.lm_head[...])
+        logits = jnp.einsum("btd,dv->btv", h.astype(self.dtype), w.astype(self.dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "seq", "act_vocab"), self.mesh)
+
+    def forward(self, x, positions, mask=None, cache: KVCache | None = None):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        positions = positions.astype(jnp.int32)
+        mask = jnp.ones((B, T), bool) if mask is None else mask.astype(bool)
+        new_pos = jnp.where(mask, positions, -1)
+        x = constrain(x.astype(self.dtype), ("batch", "seq", "act_embed"), self.mesh)
+        layer_params = {n: getattr(self, n)[...] for n in LAYER_PARAMS}
+
+        if cache is None:
+            k_pos = new_pos
+            xs = (layer_params, None, None)
+        else:
+            k_pos = jax.lax.dynamic_update_slice(cache.pos, new_pos, (0, cache.index))
+            xs = (layer_params, cache.k, cache.v)
+
+        def layer(h, xs):
+            p, ck, cv = xs
+            a = rms_norm(h, p["attn_norm"], cfg.rms_norm_eps)
+            w = lambda n: p[n].astype(self.dtype)
+            q = rope(jnp.einsum("btd,dhk->bthk", a, w("q")), positions, cfg.rope_theta)
+            k = rope(jnp.einsum("btd,dhk->bthk", a, w("k")), positions, cfg.rope_theta)
+            v = jnp.einsum("btd,dhk->bthk", a, w("v"))
+            q = constrain(q, ("batch", "seq", "act_heads", "head_dim"), self.mesh)
+            if ck is not None:
+                k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache.index, 0, 0))
+                v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache.index, 0, 0))
+            o = attention(q, k.astype(self.dtype), v.astype(self.dtype), positions, k_pos,
+                          cfg.sliding_window)
+            h = h + jnp.einsum("bthk,hkd->btd", o, w("o"))
+            m = rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps)
+            g = jax.nn.silu(jnp.einsum("btd,df->btf", m, w("gate")))
+            u = jnp.einsum("btd,df->btf", m, w("up"))
+            hid = constrain(g * u, ("batch", "seq", "act_mlp"), self.mesh)
+            h = h + jnp.einsum("btf,fd->btd", hid, w("down"))
+            h = constrain(h, ("batch", "seq", "act_embed"), self.mesh)
+            return h, ((k, v) if ck is not None else None)
+
+        body = jax.checkpoint(layer) if self.remat else layer
+        h, kv = jax.lax.scan(body, x, xs)
+        h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+        if cache is None:
+            return h, None
+        new_cache = KVCache(k=kv[0], v=kv[1], pos=k_pos, index=cache.index + T)
+        return h, new_cache
+
+    def __call__(self, ids, mask=None):
+        B, T = ids.shape
+        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        h, _ = self.forward(self.embed(ids), positions, mask)
+        return self.head(h)
+
+
+def param_axes(model: Decoder) -> dict[str, tuple[str, ...]]:
+    return {name: axes for name, (_, axes) in param_specs(model.cfg).items()}
+
+
+def shard_model(model: nnx.Module, mesh) -> nnx.Module:
+    """Place every nnx.Param of `model` onto `mesh` according to its `axes` metadata."""
+    from perank_jax.sharding import named_sharding
+
+    state = nnx.state(model, nnx.Param)
+
+    def put(var):
+        axes = var.get_metadata().get("axes")
+        return var.replace(jax.device_put(var[...], named_sharding(mesh, axes, var.shape)))
+
+    nnx.update(model, jax.tree.map(put, state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
+    model.mesh = mesh
+    return model
+
+
+# Loading lives in perank_jax/weights/decoder_keys.py (HF key map) and is re-exported here.
+def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False):
+    from perank_jax.weights.decoder_keys import load_decoder as _load
+    return _load(path, dtype=dtype, mesh=mesh, param_dtype=param_dtype, remat=remat)
