@@ -58,7 +58,24 @@ def _add_train(sub):
 # --- retrieve / evaluate / tables (issue: evaluation) -----------------------------------
 def _add_retrieve(sub):
     p = sub.add_parser("retrieve", help="BM25 first stage over a local corpus (bm25s)")
-    p.set_defaults(func=lambda a: _not_yet("retrieve"))
+    p.add_argument("--corpus", required=True, help="corpus .jsonl (_id/docid/id, title, text) or .tsv")
+    p.add_argument("--queries", required=True, help="queries: qid<TAB>text TSV or JSONL")
+    p.add_argument("--out", required=True, help="output TREC run")
+    p.add_argument("--k", type=int, default=100, help="hits per query")
+    p.add_argument("--k1", type=float, default=0.9)
+    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--stemmer", nargs="?", const="english", default="english",
+                   help="Snowball stemmer language (default english; 'none' disables)")
+    p.add_argument("--stopwords", default="en", help="bm25s stop-word list (default en; 'none' disables)")
+    p.add_argument("--tag", default="bm25s")
+
+    def run(a):
+        from perank_jax.data.trec import read_corpus, read_queries, write_run
+        from perank_jax.evaluate.bm25 import bm25_run
+        hits = bm25_run(read_corpus(a.corpus), read_queries(a.queries), k=a.k, k1=a.k1, b=a.b,
+                        stemmer=a.stemmer, stopwords=None if a.stopwords == "none" else a.stopwords)
+        print(f"wrote {write_run(hits, a.out, tag=a.tag, scores='given')} ({len(hits)} queries)")
+    p.set_defaults(func=run)
 
 
 def _add_evaluate(sub):
