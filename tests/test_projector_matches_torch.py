@@ -80,6 +80,6 @@ def test_pickle_projector_needs_explicit_permission(tmp_path):
 
 def test_projector_weights_carry_logical_axes():
     proj = Projector("mlp2x_gelu", 6, 10)
-    specs = nnx.get_partition_spec(nnx.state(proj))
-    assert tuple(specs["layers"][0]["kernel"].get_value()) == ("proj_in", "proj_hidden")
-    assert tuple(specs["layers"][1]["kernel"].get_value()) == ("proj_hidden", "embed")
+    assert proj.layers[0].kernel.get_metadata()["axes"] == ("proj_in", "proj_hidden")
+    assert proj.layers[1].kernel.get_metadata()["axes"] == ("proj_hidden", "embed")
+    assert proj.layers[1].bias.get_metadata()["axes"] == ("embed",)

@@ -7,8 +7,8 @@ Types (as in PE-Rank / LLaVA's `build_projector`):
   identity      no weights (emb must already be `hidden` wide)
 
 Weights are stored in JAX layout (kernel [in, out]) with logical sharding axes
-from perank_jax.sharding.RULES. On disk they use torch's layout: nn.Sequential
-indices 0, 2, 4, ... ([out, in] weights) under `model.projector.` or `projector.`
+(`axes` metadata, as in the decoder; perank_jax.sharding.RULES maps them).
+On disk they use torch's layout: nn.Sequential indices 0, 2, 4, ... ([out, in] weights) under `model.projector.` or `projector.`
 (a lone nn.Linear for `linear`: `model.projector.weight` / `.bias`).
 
 `project(graphdef, state, emb)` is the one jit-compiled pure function used by both
@@ -54,8 +54,8 @@ class _Linear(nnx.Module):
         bound = 1.0 / np.sqrt(d_in)  # torch nn.Linear's default init
         k = jax.random.uniform(rngs.params(), (d_in, d_out), param_dtype, -bound, bound)
         b = jax.random.uniform(rngs.params(), (d_out,), param_dtype, -bound, bound)
-        self.kernel = nnx.Param(k, out_sharding=axes, eager_sharding=False)
-        self.bias = nnx.Param(b, out_sharding=(axes[1],), eager_sharding=False)
+        self.kernel = nnx.Param(k, axes=axes)
+        self.bias = nnx.Param(b, axes=(axes[1],))
         self.dtype = dtype
 
     def __call__(self, x):

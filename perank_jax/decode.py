@@ -1,0 +1,148 @@
+"""Dynamic constrained decoding over passage embeddings, compiled once per bucket.
+
+One call ranks a batch of windows (rows). Row b has a right-padded prompt of
+`lengths[b]` tokens whose placeholder positions take the row's projected passage
+vectors e_1..e_n (n = valid[b].sum()). Then:
+
+    prefill the prompt once (KV cache)
+    lax.scan over the decode steps:
+        scores_i = h . e_i          (h: final-normed hidden state of the last token; float32)
+        masked argmax over the passages not yet emitted (-1e9 for the others)
+        feed the chosen e_i as the next input embedding at position lengths[b] + step
+
+Modes: "decode" (a full permutation: n steps), top_k (k steps; the rest keep their
+first-stage order), "single_pass" (everything ranked by the first step's scores).
+All shapes are static per bucket (B, T, N, steps, mode); rows in a bucket may have
+different prompt lengths and passage counts. Steps past a batch's largest n skip
+the forward pass (lax.cond), so padding passages cost no decoder work.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perank_jax.models.decoder import init_cache
+from perank_jax.prompts import merge_placeholders
+
+MASKED = -1e9  # float32 value of excluded passages (finite: safe in a softmax)
+MODES = ("decode", "single_pass")
+
+
+def passage_scores(h, passages, available):
+    """h [B,D], passages [B,N,D], available [B,N] bool -> float32 [B,N] (MASKED where unavailable)."""
+    s = jnp.einsum("bd,bnd->bn", h.astype(jnp.float32), passages.astype(jnp.float32))
+    return jnp.where(available, s, MASKED)
+
+
+def prefill(model, ids, prompt_mask, ph_mask, passages, cache_len: int):
+    """Embed the prompt, overwrite placeholders, run it once; return (h_last [B,D], cache)."""
+    B, T = ids.shape
+    x = model.embed(jnp.where(ph_mask, 0, ids))
+    x = merge_placeholders(x, ph_mask, passages.astype(x.dtype))
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    cache = init_cache(model.cfg, B, cache_len, x.dtype)
+    h, cache = model.forward(x, positions, prompt_mask, cache)
+    lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
+    h_last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    return h_last, cache, lengths
+
+
+def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int, mode: str = "decode"):
+    """Pure decoding for one bucket (call inside jit).
+
+    ids, prompt_mask, ph_mask [B,T]; passages [B,N,D] (projected); valid [B,N] bool.
+    Returns (chosen [B,steps] int32, first_scores [B,N] float32). In "single_pass" mode
+    `chosen` is the full argsort of the first scores (steps = N).
+    """
+    B, T = ids.shape
+    N = passages.shape[1]
+    cache_len = T + max(steps - 1, 1)
+    h, cache, lengths = prefill(model, ids, prompt_mask, ph_mask, passages, cache_len)
+    first = passage_scores(h, passages, valid)
+    if mode == "single_pass":
+        # stable descending sort: ties keep first-stage order; invalid passages go last
+        order = jnp.argsort(-first, axis=1, stable=True).astype(jnp.int32)
+        return order, first
+    if mode != "decode":
+        raise ValueError(f"unknown decode mode {mode!r} (expected one of {MODES})")
+    n_steps = jnp.minimum(valid.sum(axis=1).max(), steps)  # dynamic: the batch's real work
+
+    def pick(h, used):
+        scores = passage_scores(h, passages, valid & ~used)
+        idx = jnp.argmax(scores, axis=1).astype(jnp.int32)
+        return idx, used | jax.nn.one_hot(idx, N, dtype=bool)
+
+    def step(carry, s):
+        h, used, cache = carry
+        idx, used = pick(h, used)
+        e = jnp.take_along_axis(passages, idx[:, None, None], axis=1).astype(h.dtype)   # [B,1,D]
+
+        def advance(cache):
+            h2, cache = model.forward(e, (lengths + s)[:, None], jnp.ones((B, 1), bool), cache)
+            return h2[:, 0].astype(h.dtype), cache
+
+        h, cache = jax.lax.cond(s + 1 < n_steps, advance, lambda c: (h, c), cache)
+        return (h, used, cache), idx
+
+    used0 = jnp.zeros((B, N), bool)
+    (h, used, _), chosen = jax.lax.scan(step, (h, used0, cache), jnp.arange(steps - 1, dtype=jnp.int32))
+    last, _ = pick(h, used)
+    chosen = jnp.concatenate([chosen.T, last[:, None]], axis=1) if steps > 1 else last[:, None]
+    return chosen, first
+
+
+def make_decode_fn(graphdef):
+    """jit(decode_rows) for a split decoder: f(state, ids, prompt_mask, ph_mask, passages, valid,
+    steps=, mode=) -> (chosen, first_scores). Compiles once per (shapes, steps, mode)."""
+    def fn(state, ids, prompt_mask, ph_mask, passages, valid, *, steps, mode):
+        return decode_rows(nnx.merge(graphdef, state), ids, prompt_mask, ph_mask, passages, valid,
+                           steps=steps, mode=mode)
+    return jax.jit(fn, static_argnames=("steps", "mode"))
+
+
+def finish_order(chosen_row, n: int, k: int | None, mode: str) -> list[int]:
+    """A permutation of range(n) from one row's decoded ids: the first min(k, n) decoded
+    passages, then the rest in first-stage order."""
+    if mode == "single_pass":
+        order = [int(i) for i in chosen_row if int(i) < n]
+        return order[:n]
+    m = n if k is None else min(k, n)
+    head = [int(i) for i in chosen_row[:m]]
+    seen = set(head)
+    if len(seen) != m or any(i >= n or i < 0 for i in head):
+        raise RuntimeError(f"decoder produced an invalid ranking {head} for {n} passages")
+    return head + [i for i in range(n) if i not in seen]
+
+
+def round_up(x: int, multiple: int) -> int:
+    return max(multiple, -(-x // multiple) * multiple)
+
+
+def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket: int | None = None,
+              batch_bucket: int = 1, dtype=np.float32):
+    """Pad rows to bucket shapes.
+
+    prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, D] arrays.
+    Returns numpy (ids, prompt_mask, ph_mask, passages, valid) with B, T, N rounded up.
+    Padding rows get a 1-token prompt and no valid passages.
+    """
+    n_max = max(len(p) for p in passage_vecs)
+    D = passage_vecs[0].shape[1]
+    B = round_up(len(prompts), batch_bucket)
+    T = round_up(max(len(p) for p in prompts), length_bucket)
+    N = round_up(n_max, passage_bucket) if passage_bucket else n_max
+    ids = np.zeros((B, T), np.int32)
+    pm = np.zeros((B, T), bool)
+    ph = np.zeros((B, T), bool)
+    pv = np.zeros((B, N, D), dtype)
+    valid = np.zeros((B, N), bool)
+    pm[:, 0] = True
+    for b, (p, v) in enumerate(zip(prompts, passage_vecs)):
+        L, n = len(p), len(v)
+        ids[b, :L], pm[b, :L], ph[b, :L] = p.ids, True, p.placeholder
+        pv[b, :n], valid[b, :n] = v, True
+    return ids, pm, ph, pv, valid

@@ -1,0 +1,143 @@
+"""PE-Rank prompts, tokenizer special tokens and the static-shape placeholder merge.
+
+The user-turn texts are exactly the reference implementation's (see
+../shared/PERANK.md); they are rendered with the tokenizer's own chat template
+(`apply_chat_template(..., add_generation_prompt=True, tokenize=False)`), so
+Mistral gets `<s>[INST] ... [/INST]` and SmolLM2 its ChatML. The rendered string
+is exactly what is tokenised (with add_special_tokens=False: the template already
+holds any BOS).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+import numpy as np
+
+PLACEHOLDER = "<PLACEHOLDER>"
+RANK = "<RANK>"
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be built or tokenised as required."""
+
+
+# --- tokenizer -----------------------------------------------------------------------
+def add_special_tokens(tokenizer) -> tuple[int, int]:
+    """Add `<PLACEHOLDER>` and `<RANK>` (in that order) as special tokens if missing;
+    return (placeholder_id, rank_id). Idempotent."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (PLACEHOLDER, RANK) if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing},
+                                     replace_extra_special_tokens=False) \
+            if _accepts_replace(tokenizer) else \
+            tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    ids = tokenizer.convert_tokens_to_ids([PLACEHOLDER, RANK])
+    for tok, i in zip((PLACEHOLDER, RANK), ids):
+        if i is None or tokenizer.convert_ids_to_tokens(i) != tok:
+            raise PromptError(f"tokenizer could not register special token {tok}")
+    return int(ids[0]), int(ids[1])
+
+
+def _accepts_replace(tokenizer) -> bool:
+    import inspect
+    try:
+        return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --- user-turn texts (verbatim from the reference) ----------------------------------------
+def _prefix(query: str, num: int) -> str:
+    return (f"I will provide you with {num} passages, each with a special token representing the passage "
+            f"enclosed in [], followed by original text.\n"
+            f"Rank the passages based on their relevance to the search query: {query}.\n")
+
+
+def _suffix(query: str, num: int) -> str:
+    return (f"Search Query: {query}.\n"
+            f"Rank the {num} relatively ordered passages above based on their relevance to the search query, "
+            f"output the ranking in descending order. Only output the {num} unique special token in the "
+            f"ranking.\n\n")
+
+
+def replace_bracket_numbers(text: str) -> str:
+    """`[12]` -> `(12)` so passage text cannot imitate the ranking syntax."""
+    return re.sub(r"\[(\d+)\]", r"(\1)", text)
+
+
+def embedding_prompt(query: str, num: int) -> str:
+    """The inference (embedding-only) user turn for `num` passages."""
+    body = "".join(f"Passage {i}: [{PLACEHOLDER}]\n\n" for i in range(1, num + 1))
+    return _prefix(query, num) + body + _suffix(query, num)
+
+
+def content_prompt(query: str, texts: list[str]) -> str:
+    """The with-content user turn (stage-2 teacher view): placeholder followed by the text."""
+    num = len(texts)
+    body = "".join(f"Passage {i}: [{PLACEHOLDER}] {replace_bracket_numbers(t.strip())}\n\n"
+                   for i, t in enumerate(texts, 1))
+    return _prefix(query, num) + body + _suffix(query, num)
+
+
+def text_prompt(query: str, texts: list[str]) -> str:
+    """The text-only listwise baseline (RankMistral_p / RankGPT style) user turn."""
+    num = len(texts)
+    body = "".join(f"Passage {i}: {replace_bracket_numbers(t.strip())}\n\n" for i, t in enumerate(texts, 1))
+    return (f"I will provide you with {num} passages.\n"
+            f"Rank the passages based on their relevance to the search query: {query}.\n" + body +
+            f"Search Query: {query}.\n"
+            f"Rank the {num} relatively ordered passages above based on their relevance to the search query, "
+            f"output the ranking in descending order. The output format should be [] > [] > ..., e.g., "
+            f"[4] > [2] > ..., Only respond with the ranking results with {num} unique numbers, do not say "
+            f"anything else or explain.\n\n")
+
+
+def render_chat(tokenizer, user_content: str) -> str:
+    """The full prompt string: one user turn in the tokenizer's chat template + generation prompt."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError("the tokenizer has no chat_template; PE-Rank prompts need the model's chat format")
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_content}],
+                                         add_generation_prompt=True, tokenize=False)
+
+
+# --- tokenisation ----------------------------------------------------------------------
+@dataclass
+class TokenizedPrompt:
+    ids: np.ndarray            # [T] int32
+    placeholder: np.ndarray    # [T] bool, exactly `num` True entries, in passage order
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def tokenize_prompt(tokenizer, text: str, num: int, placeholder_id: int,
+                    max_length: int | None = None) -> TokenizedPrompt:
+    """Tokenise a rendered prompt; check it holds exactly `num` placeholders and fits."""
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    ph = ids == placeholder_id
+    if int(ph.sum()) != num:
+        raise PromptError(f"prompt has {int(ph.sum())} {PLACEHOLDER} tokens, expected {num} (does the query or a "
+                          f"passage contain the literal text {PLACEHOLDER!r}?)")
+    if max_length is not None and len(ids) > max_length:
+        raise PromptError(f"prompt for {num} passages is {len(ids)} tokens, over the limit of {max_length}; "
+                          f"use a smaller window or a shorter query")
+    return TokenizedPrompt(ids, ph)
+
+
+def strip_special(text: str) -> str:
+    """Remove literal `<PLACEHOLDER>` / `<RANK>` strings from user text (they would become tokens)."""
+    return text.replace(PLACEHOLDER, "").replace(RANK, "")
+
+
+# --- the placeholder merge (static shapes) ------------------------------------------------
+def merge_placeholders(x, placeholder_mask, passages):
+    """x [B,T,D] embedded prompt, placeholder_mask [B,T] bool, passages [B,N,D]:
+    the k-th placeholder of row b takes passages[b, k]; other positions are unchanged."""
+    n = passages.shape[1]
+    k = jnp.cumsum(placeholder_mask.astype(jnp.int32), axis=1) - 1            # [B,T]
+    k = jnp.clip(k, 0, max(n - 1, 0))
+    picked = jnp.take_along_axis(passages, k[:, :, None], axis=1)             # [B,T,D]
+    return jnp.where(placeholder_mask[:, :, None], picked.astype(x.dtype), x)
