@@ -1,0 +1,55 @@
+"""The sliding-window schedule shared by PE-Rank and the text-listwise baseline.
+
+From the bottom of the first-stage list up (PERANK.md, as in RankGPT / rank_llm):
+
+    start, end = n - window, n
+    while end > 0 and start + stride != 0:
+        start = max(start, 0)
+        rerank candidates[start:end] in place
+        start, end = start - stride, end - stride
+
+so top-100 with window 20 / stride 10 is 9 windows and a list whose length is not a
+multiple of the stride still gets a last, shorter window at the top. Where the reference
+loop misbehaves (n <= window: n=10 is never reranked, n=15 twice) there is one window
+over all n.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def sliding_windows(n: int, window: int = 20, stride: int = 10) -> list[tuple[int, int]]:
+    """[(start, end), ...] in processing order (bottom first); each window is items[start:end]."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got window={window}, stride={stride}")
+    if stride > window:
+        raise ValueError(f"stride {stride} > window {window} would leave passages never reranked")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n == 0:
+        return []
+    if n <= window:
+        return [(0, n)]
+    out = []
+    start, end = n - window, n
+    while end > 0 and start + stride != 0:
+        start = max(start, 0)
+        out.append((start, end))
+        start, end = start - stride, end - stride
+    return out
+
+
+def sliding_rerank(items: Sequence[T], rank_window: Callable[[list[T]], Sequence[int]],
+                   window: int = 20, stride: int = 10) -> list[T]:
+    """Rerank `items` (best first) window by window: `rank_window(sub)` returns a permutation
+    of range(len(sub)), best first, and sub is reordered by it in place."""
+    items = list(items)
+    for start, end in sliding_windows(len(items), window, stride):
+        sub = items[start:end]
+        perm = [int(p) for p in rank_window(sub)]
+        if sorted(perm) != list(range(len(sub))):
+            raise ValueError(f"window [{start}, {end}): ranking {perm} is not a permutation of 0..{len(sub) - 1}")
+        items[start:end] = [sub[p] for p in perm]
+    return items
