@@ -39,8 +39,35 @@ def _add_generate(sub):
 
 # --- encode (issue: dense encoders) ---------------------------------------------------
 def _add_encode(sub):
-    p = sub.add_parser("encode", help="encode a corpus into a resumable embedding cache")
-    p.set_defaults(func=lambda a: _not_yet("encode"))
+    p = sub.add_parser("encode", help="encode a corpus into a resumable embedding cache",
+                       description="Encode every document of a corpus (JSONL `_id`/`docid`/`id` + "
+                       "optional `title` + `text`/`contents`, or TSV `docid<TAB>text`) into "
+                       "OUT/embeddings.npy (float32, memory-mappable) + docids.txt + metadata.json. "
+                       "Interrupted runs resume from their finished chunks when rerun with the same "
+                       "arguments.")
+    p.add_argument("--encoder", required=True, help="HF encoder directory (bert / mpnet / JinaBERT-v2)")
+    p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
+    p.add_argument("--out", required=True, help="output cache directory")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=512, help="encoder tokens per passage (paper: 512)")
+    p.add_argument("--chunk-size", type=int, default=10000, help="documents per resumable chunk")
+    p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
+                   help="default: the model's sentence-transformers pooling config, else mean")
+    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
+    p.add_argument("--title-format", choices=("beir", "plain"), default="beir",
+                   help="documents with a title: 'beir' = 'Title: {title} Content: {text}' (the "
+                   "paper's BEIR formatting), 'plain' = '{title} {text}'")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(a):
+        from perank_jax.data.embcache import build_embedding_cache
+        out = build_embedding_cache(
+            a.encoder, a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
+            chunk_size=a.chunk_size, title_format=a.title_format == "beir", pooling=a.pooling,
+            normalize=not a.no_normalize, dtype=a.dtype, progress=not a.quiet)
+        print(f"wrote {out}")
+    p.set_defaults(func=run)
 
 
 # --- rerank (issue: PE-Rank inference) --------------------------------------------------

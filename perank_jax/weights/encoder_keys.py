@@ -119,4 +119,4 @@ def load_encoder_weights(model, ckpt: SafetensorsCheckpoint, cfg, dtype, source:
         arr = place(read, full, dtype)
         if not np.isfinite(np.asarray(arr, np.float32)).all():
             raise WeightError(f"{source}: tensor {hf} contains NaN or Inf")
-        var.value = arr
+        var.set_value(arr)
