@@ -31,3 +31,61 @@ def minilm_dir():
 def mpnet_dir(tmp_path_factory):
     from perank_jax.weights.packaged import mpnet_dir
     return mpnet_dir(os.environ.get("PERANK_CACHE") or tmp_path_factory.mktemp("mpnet"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
+    """SmolLM2-135M-Instruct converted from the packaged GGUF into an HF directory
+    (float32 dequantised safetensors + tokenizer with its ChatML chat template)."""
+    from perank_jax.weights.gguf import gguf_to_hf_dir
+    return gguf_to_hf_dir(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "hf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(smollm2_gguf, tmp_path_factory):
+    """Only SmolLM2's tokenizer (a real chat tokenizer for tiny random models)."""
+    from perank_jax.weights.gguf import GGUFSource
+    out = tmp_path_factory.mktemp("smollm2_tok")
+    GGUFSource(smollm2_gguf).tokenizer().save_pretrained(str(out))
+    return out
+
+
+def make_tiny_hf_decoder(out_dir, model_type="mistral", seed=0, tokenizer_dir=None, **overrides):
+    """A tiny random MistralForCausalLM/LlamaForCausalLM saved with save_pretrained
+    (optionally with a tokenizer copied next to it). Returns the torch model."""
+    import shutil
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    kw = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+              rope_theta=10000.0, tie_word_embeddings=False)
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    if model_type == "mistral":
+        kw.setdefault("sliding_window", None)
+        model = MistralForCausalLM(MistralConfig(**kw)).eval()
+    else:
+        model = LlamaForCausalLM(LlamaConfig(**kw)).eval()
+    model.save_pretrained(str(out_dir))
+    if tokenizer_dir is not None:
+        for f in __import__("pathlib").Path(tokenizer_dir).iterdir():
+            shutil.copy(f, out_dir)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral_dir(tmp_path_factory, smollm2_tokenizer_dir):
+    """Tiny random Mistral (vocab = SmolLM2's 49152 so its real chat tokenizer fits)."""
+    d = tmp_path_factory.mktemp("tiny_mistral")
+    make_tiny_hf_decoder(d, "mistral", vocab_size=49152, tokenizer_dir=smollm2_tokenizer_dir,
+                         bos_token_id=1, eos_token_id=2)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_perank_dir(tmp_path_factory):
+    """A tiny random PE-Rank checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu from 384-d
+    MiniLM embeddings), written with torch; see tests/helpers_tiny.py."""
+    from helpers_tiny import tiny_perank_checkpoint
+    path, _, _ = tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny"))
+    return path

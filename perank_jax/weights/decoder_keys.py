@@ -128,7 +128,7 @@ def build_decoder(cfg: DecoderConfig, params: dict[str, jax.Array], dtype, mesh=
     model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
                                            param_dtype=params["embedding"].dtype, remat=remat, mesh=mesh))
     for name, value in params.items():
-        getattr(model, name).value = value
+        getattr(model, name).set_value(value)
     return model
 
 

@@ -1,0 +1,101 @@
+"""Greedy text generation with the JAX decoder: one compiled function per
+(batch, prompt bucket, max_new_tokens): prefill into a preallocated KV cache, then a
+`lax.while_loop` that stops as soon as every row has emitted an end-of-sequence id.
+
+Used by the text-listwise baseline and by `perank generate`."""
+from __future__ import annotations
+
+from functools import lru_cache, partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perank_jax.buckets import next_bucket
+from perank_jax.models.decoder import init_cache
+
+
+@lru_cache(maxsize=None)
+def _compiled(graphdef):
+    @partial(jax.jit, static_argnames=("max_new",))
+    def run(state, ids, lengths, eos_ids, max_new: int):
+        m = nnx.merge(graphdef, state)
+        B, T = ids.shape
+        cache = init_cache(m.cfg, B, T + max_new, m.dtype)
+        pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        h, cache = m.forward(m.embed(ids), pos, pos < lengths[:, None], cache)
+        last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)
+        tok = jnp.argmax(m.head(last)[:, 0], axis=-1).astype(jnp.int32)
+        out = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(tok)
+        done = jnp.isin(tok, eos_ids)
+        n_gen = jnp.ones((B,), jnp.int32)
+
+        def cond(s):
+            t, _, _, _, done, _ = s
+            return (t < max_new) & ~jnp.all(done)
+
+        def body(s):
+            t, tok, cache, out, done, n_gen = s
+            p = (lengths + t - 1)[:, None]
+            h, cache = m.forward(m.embed(tok[:, None]), p, jnp.ones((B, 1), bool), cache)
+            nxt = jnp.argmax(m.head(h)[:, 0], axis=-1).astype(jnp.int32)
+            nxt = jnp.where(done, eos_ids[0], nxt)
+            out = out.at[:, t].set(nxt)
+            n_gen = n_gen + (~done).astype(jnp.int32)
+            return t + 1, nxt, cache, out, done | jnp.isin(nxt, eos_ids), n_gen
+
+        _, _, _, out, _, n_gen = jax.lax.while_loop(
+            cond, body, (jnp.int32(1), tok, cache, out, done, n_gen))
+        return out, n_gen
+
+    return run
+
+
+def greedy_generate(graphdef, state, prompts: list[list[int]], max_new_tokens: int,
+                    eos_ids: list[int], pad_id: int = 0, min_bucket: int = 16):
+    """Greedy continuation of each prompt (token id lists).
+
+    Returns (tokens [B, max_new_tokens] np.int32, n_generated [B]); row b's generated
+    tokens are tokens[b, :n_generated[b]] (the end-of-sequence id included when reached).
+    Prompts are right-padded to a length bucket, so nothing recompiles per prompt length.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("greedy_generate: every prompt needs at least one token")
+    if max_new_tokens < 1:
+        raise ValueError("greedy_generate: max_new_tokens must be >= 1")
+    if not eos_ids:
+        raise ValueError("greedy_generate: eos_ids must name at least one token")
+    T = next_bucket(max(len(p) for p in prompts), min_bucket)
+    ids = np.full((len(prompts), T), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = p
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    out, n = _compiled(graphdef)(state, ids, lengths, np.asarray(eos_ids, np.int32), max_new=int(max_new_tokens))
+    return np.asarray(out), np.asarray(n)
+
+
+def eos_ids_of(tokenizer, config=None) -> list[int]:
+    ids = []
+    for v in (getattr(tokenizer, "eos_token_id", None), getattr(config, "eos_token_id", None)):
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if x is not None and int(x) not in ids:
+                ids.append(int(x))
+    if not ids:
+        raise ValueError("the tokenizer/config names no end-of-sequence token")
+    return ids
+
+
+def chat_generate(model_path: str, prompt: str, max_new_tokens: int = 32, dtype: str = "float32") -> str:
+    """Load a decoder, apply its chat template to one user turn, and decode greedily."""
+    from perank_jax.models.decoder import load_decoder
+    dec = load_decoder(model_path, dtype=dtype)
+    tok = dec.tokenizer
+    if tok is None:
+        raise ValueError(f"{model_path}: no tokenizer found next to the weights")
+    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    out, n = greedy_generate(dec.graphdef, dec.state, [ids], max_new_tokens,
+                             eos_ids_of(tok, dec.config), pad_id=tok.pad_token_id or 0)
+    return tok.decode(out[0, :n[0]], skip_special_tokens=True)
