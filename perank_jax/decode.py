@@ -95,10 +95,18 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
     return chosen, first
 
 
-def make_decode_fn(graphdef):
+class TraceCounter:
+    """Counts traces of a jitted function (a Python side effect runs only while tracing)."""
+    def __init__(self):
+        self.count = 0
+
+
+def make_decode_fn(graphdef, counter: TraceCounter | None = None):
     """jit(decode_rows) for a split decoder: f(state, ids, prompt_mask, ph_mask, passages, valid,
     steps=, mode=) -> (chosen, first_scores). Compiles once per (shapes, steps, mode)."""
     def fn(state, ids, prompt_mask, ph_mask, passages, valid, *, steps, mode):
+        if counter is not None:
+            counter.count += 1
         return decode_rows(nnx.merge(graphdef, state), ids, prompt_mask, ph_mask, passages, valid,
                            steps=steps, mode=mode)
     return jax.jit(fn, static_argnames=("steps", "mode"))

@@ -78,3 +78,18 @@ def tiny_perank_checkpoint(out_dir, *, hidden: int = 32, layers: int = 2, heads:
     (out / "config.json").write_text(json.dumps(conf, indent=2))
     tok.save_pretrained(out)
     return out, model, projector
+
+
+class HashEncoder:
+    """A stand-in dense encoder: a fixed random vector per distinct text (identical texts ->
+    identical embeddings), L2-normalised. Fast; for tests of ranking logic, not of encoders."""
+
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+        self.calls = 0
+
+    def encode(self, texts, batch_size: int = 32):
+        import zlib
+        self.calls += 1
+        out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=self.dim) for t in texts])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)

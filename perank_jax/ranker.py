@@ -1,0 +1,255 @@
+"""PERanker: rerank passages with a PE-Rank checkpoint (encoder -> projector -> decoder).
+
+    ranker = PERanker.from_pretrained("ckpt_dir", encoder_path=None, dtype="float32")
+    ranker.rerank(query, passages, window=20, stride=10)   -> permutation, best first
+    ranker.rerank_batch(queries, passage_lists, ...)       -> one permutation per query
+    ranker.last_stats                                      -> per-query RerankStats
+
+Checkpoint directory layout (as released by the paper's authors, and as
+`save_checkpoint` writes it): config.json with model_type `embed_mistral` (or
+`mistral` / `llama`) plus `projector_type`, `embedding_size`, `encoder_name`,
+`encoder_pooling`; HF decoder weights and the projector under `model.projector.*`
+in the safetensors files; the tokenizer (with `<PLACEHOLDER>` / `<RANK>`).
+
+A query's passages are encoded and projected once; sliding windows (from the
+bottom up, perank_jax.windows) are decoded stage by stage, the windows of all
+queries at the same stage in one batch. Every decode bucket is compiled ahead
+of time once; compile time is accounted apart from latency.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
+from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
+from perank_jax.prompts import (PromptError, add_special_tokens, embedding_prompt, render_chat,
+                                strip_special, tokenize_prompt)
+from perank_jax.windows import sliding_windows
+
+MODEL_TYPES = ("embed_mistral", "mistral", "llama")
+
+
+@dataclass
+class RerankStats:
+    """Accounting for one query (the paper's Table 3 columns)."""
+    n_passages: int
+    windows: int
+    processed_tokens: int     # LLM prompt tokens summed over windows (a passage = 1 token)
+    generated_tokens: int     # decode steps summed over windows
+    latency_s: float          # wall time of the whole rerank, encoding included, compile excluded
+    encode_s: float
+    compile_s: float          # ahead-of-time compilation triggered by this call (not in latency_s)
+    batch_size: int = 1       # queries reranked together (latency_s is then the batch time / batch_size)
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class PERanker:
+    def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
+                 length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16, config: dict | None = None):
+        self.decoder = decoder          # perank_jax.weights.decoder_keys.LoadedDecoder
+        self.projector = projector
+        self.tokenizer = tokenizer
+        self.encoder = encoder          # anything with .encode(list[str]) -> [n, E] array
+        self.config = dict(config or {})
+        self.placeholder_id, self.rank_id = add_special_tokens(tokenizer)
+        self.max_length = max_length or decoder.config.max_position_embeddings
+        self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
+        self.traces = TraceCounter()
+        self._decode = make_decode_fn(decoder.graphdef, self.traces)
+        self._proj_graph, self._proj_state = nnx.split(projector)
+        self._compiled: dict = {}
+        self._prompts: dict = {}
+        self.last_stats: list[RerankStats] = []
+
+    # --- loading ------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
+                        mesh=None, encoder_max_length: int = 512, encoder=None, **kw) -> "PERanker":
+        """Load a checkpoint dir. The encoder comes from `encoder_path`, else config.json's
+        `encoder_name` (a local directory), or is passed ready-made as `encoder=`."""
+        from perank_jax.weights.decoder_keys import load_decoder
+        path = Path(path)
+        conf = read_perank_config(path)
+        skip = PREFIXES + ("model.encoder.", "encoder.")
+        decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip))
+        if decoder.tokenizer is None:
+            raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
+        projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
+                                   decoder.config.hidden_size, dtype=np.dtype(dtype), param_dtype=np.dtype(dtype),
+                                   allow_pickle=allow_pickle, mesh=mesh)
+        if encoder is not None:
+            return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
+        enc_src = encoder_path or conf.get("encoder_name")
+        if not enc_src or not Path(enc_src).exists():
+            raise FileNotFoundError(f"{path}: encoder {enc_src!r} (config.json encoder_name) is not a local "
+                                    "directory; pass encoder_path= (--encoder) pointing to the encoder's HF directory")
+        from perank_jax.models.encoder import load_encoder
+        encoder = load_encoder(enc_src, pooling=conf.get("encoder_pooling") or None, normalize=True,
+                               max_length=encoder_max_length, dtype="float32")
+        dim = getattr(encoder, "dim", conf["embedding_size"])
+        if dim != conf["embedding_size"]:
+            raise ValueError(f"encoder {enc_src} gives {dim}-d embeddings but the checkpoint's projector expects "
+                             f"embedding_size={conf['embedding_size']}")
+        return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
+
+    def save_pretrained(self, out_dir) -> Path:
+        return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
+                               encoder_name=self.config.get("encoder_name", ""),
+                               encoder_pooling=self.config.get("encoder_pooling", "mean"))
+
+    # --- prompts ------------------------------------------------------------------------
+    def prompt(self, query: str, passages) -> str:
+        """The full chat-formatted prompt text for one window (exactly what is tokenised)."""
+        return render_chat(self.tokenizer, embedding_prompt(strip_special(query), len(passages)))
+
+    def _tokenized(self, query: str, num: int):
+        key = (query, num)
+        if key not in self._prompts:
+            text = render_chat(self.tokenizer, embedding_prompt(strip_special(query), num))
+            self._prompts[key] = tokenize_prompt(self.tokenizer, text, num, self.placeholder_id, self.max_length)
+            if len(self._prompts) > 4096:
+                self._prompts.pop(next(iter(self._prompts)))
+        return self._prompts[key]
+
+    @property
+    def compile_count(self) -> int:
+        return len(self._compiled)
+
+    # --- reranking ----------------------------------------------------------------------
+    def rerank(self, query: str, passages, window: int | None = None, stride: int = 10,
+               top_k: int | None = None, mode: str = "decode") -> list[int]:
+        return self.rerank_batch([query], [passages], window=window, stride=stride, top_k=top_k, mode=mode)[0]
+
+    def rerank_batch(self, queries, passage_lists, window: int | None = None, stride: int = 10,
+                     top_k: int | None = None, mode: str = "decode") -> list[list[int]]:
+        """One permutation of range(len(passages)) per query, best first."""
+        if mode not in ("decode", "single_pass"):
+            raise ValueError(f"mode must be 'decode' or 'single_pass', got {mode!r}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if len(queries) != len(passage_lists):
+            raise ValueError(f"{len(queries)} queries but {len(passage_lists)} passage lists")
+        passage_lists = [[_text(p) for p in ps] for ps in passage_lists]
+        t0 = time.perf_counter()
+        compile0 = self._compile_s = 0.0
+        vecs, encode_s = self._embed_all(passage_lists)
+        orders = [list(range(len(ps))) for ps in passage_lists]
+        plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
+                 for ps in passage_lists]
+        processed = [0] * len(queries)
+        generated = [0] * len(queries)
+        for stage in range(max((len(p) for p in plans), default=0)):
+            rows = [(q, *plans[q][stage]) for q in range(len(queries)) if stage < len(plans[q])]
+            for lo in range(0, len(rows), self.batch_size):
+                chunk = rows[lo:lo + self.batch_size]
+                prompts = [self._tokenized(queries[q], e - s) for q, s, e in chunk]
+                pv = [vecs[q][orders[q][s:e]] for q, s, e in chunk]
+                perms = self._decode_rows(prompts, pv, top_k, mode)
+                for (q, s, e), perm, p in zip(chunk, perms, prompts):
+                    window_ids = orders[q][s:e]
+                    orders[q][s:e] = [window_ids[i] for i in perm]
+                    processed[q] += len(p)
+                    generated[q] += 1 if mode == "single_pass" else min(top_k or (e - s), e - s)
+        wall = time.perf_counter() - t0 - (self._compile_s - compile0)
+        nq = max(len(queries), 1)
+        self.last_stats = [RerankStats(len(ps), len(plans[q]), processed[q], generated[q], wall / nq,
+                                       encode_s / nq, self._compile_s / nq, len(queries))
+                           for q, ps in enumerate(passage_lists)]
+        return orders
+
+    def _embed_all(self, passage_lists):
+        """Encode + project every passage once; returns per-query [n, D] numpy arrays and encode time."""
+        t = time.perf_counter()
+        flat = [p for ps in passage_lists for p in ps]
+        if not flat:
+            return [np.zeros((0, 1), np.float32) for _ in passage_lists], 0.0
+        emb = np.asarray(self.encoder.encode(flat), np.float32)
+        n = len(flat)
+        padded = np.zeros((round_up(n, 128), emb.shape[1]), np.float32)
+        padded[:n] = emb
+        proj = np.asarray(project(self._proj_graph, self._proj_state, padded))[:n]
+        out, i = [], 0
+        for ps in passage_lists:
+            out.append(proj[i:i + len(ps)])
+            i += len(ps)
+        return out, time.perf_counter() - t
+
+    def _decode_rows(self, prompts, passage_vecs, top_k, mode):
+        B = 1 << (len(prompts) - 1).bit_length()
+        arrays = pad_batch(prompts, passage_vecs, length_bucket=self.length_bucket,
+                           passage_bucket=self.passage_bucket, batch_bucket=B,
+                           dtype=np.dtype(self.decoder.model.dtype))
+        N = arrays[3].shape[1]
+        steps = N if (mode == "single_pass" or top_k is None) else min(top_k, N)
+        key = (arrays[0].shape, N, steps, mode)
+        if key not in self._compiled:
+            t = time.perf_counter()
+            self._compiled[key] = self._decode.lower(self.decoder.state, *arrays, steps=steps, mode=mode).compile()
+            self._compile_s += time.perf_counter() - t
+        chosen, _ = self._compiled[key](self.decoder.state, *arrays)
+        chosen = np.asarray(chosen)
+        return [finish_order(chosen[b], len(v), top_k, mode) for b, v in enumerate(passage_vecs)]
+
+
+def _text(p) -> str:
+    if isinstance(p, str):
+        return p
+    for attr in ("text", "content"):
+        v = p.get(attr) if isinstance(p, dict) else getattr(p, attr, None)
+        if isinstance(v, str):
+            return v
+    raise TypeError(f"a passage must be a str or have a 'text'/'content' field, got {type(p).__name__}")
+
+
+# --- checkpoint layout ------------------------------------------------------------------
+def read_perank_config(path) -> dict:
+    """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{path}: config.json not found (expected a PE-Rank checkpoint directory)")
+    try:
+        conf = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    if conf.get("model_type") not in MODEL_TYPES:
+        raise ValueError(f"{cfg_path}: model_type {conf.get('model_type')!r} is not a PE-Rank decoder "
+                         f"(expected one of {MODEL_TYPES})")
+    conf.setdefault("projector_type", "mlp2x_gelu")
+    if "embedding_size" not in conf:
+        if conf["projector_type"] != "identity":
+            raise ValueError(f"{cfg_path}: field 'embedding_size' (the encoder's dimension) is required")
+        conf["embedding_size"] = conf["hidden_size"]
+    return conf
+
+
+def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
+                    encoder_pooling: str = "mean", model_type: str = "embed_mistral") -> Path:
+    """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
+    decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
+    tokenizer files. Each file is written atomically."""
+    import os
+    from perank_jax.weights.decoder_keys import to_hf_tensors
+    from perank_jax.weights.io import save_safetensors_atomic
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    add_special_tokens(tokenizer)
+    tensors = to_hf_tensors(decoder_model)
+    tensors.update(projector.export_torch("model.projector."))
+    save_safetensors_atomic(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    conf = decoder_model.cfg.to_hf()
+    conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
+                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32")
+    tmp = out / "config.json.tmp"
+    tmp.write_text(json.dumps(conf, indent=2))
+    os.replace(tmp, out / "config.json")
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,73 @@
+"""Properties of PERanker.rerank / rerank_batch on a tiny random checkpoint: the output is
+always a permutation of the query's candidates (n=1, ties, identical passages, padded
+batches, windows that do not divide n, top_k, single_pass); identical passages keep their
+first-stage order; nothing recompiles across passage counts within a bucket."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from helpers_tiny import HashEncoder
+from perank_jax.ranker import PERanker
+
+WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
+
+
+@pytest.fixture(scope="module")
+def ranker(tiny_perank_dir):
+    return PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(384), length_bucket=256,
+                                    passage_bucket=8, batch_size=2)
+
+
+passage = st.sampled_from(WORDS).map(lambda w: f"text {w}")          # few distinct texts -> many duplicates
+plist = st.lists(passage, min_size=1, max_size=19)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lists=st.lists(plist, min_size=1, max_size=3), window=st.sampled_from([None, 3, 5, 8]),
+       stride_frac=st.sampled_from([1, 2]), top_k=st.sampled_from([None, 2]),
+       mode=st.sampled_from(["decode", "decode", "single_pass"]))
+def test_rerank_is_a_permutation_and_keeps_duplicates_in_order(ranker, lists, window, stride_frac, top_k, mode):
+    if window is None and max(len(p) for p in lists) > 8:
+        window = 8
+    stride = max(1, (window or 8) // stride_frac)
+    orders = ranker.rerank_batch([f"query {i}" for i in range(len(lists))], lists, window=window,
+                                 stride=stride, top_k=top_k, mode=mode)
+    for ps, order in zip(lists, orders):
+        assert sorted(order) == list(range(len(ps)))
+        for text in set(ps):   # identical passages tie exactly; ties keep first-stage order
+            positions = [i for i in order if ps[i] == text]
+            assert positions == sorted(positions)
+    for ps, stats in zip(lists, ranker.last_stats):
+        assert stats.n_passages == len(ps) and stats.processed_tokens > len(ps)
+
+
+def test_single_passage_and_batch_padding_agree_with_single_queries(ranker):
+    lists = [["text alpha"], ["text beta", "text gamma", "text delta"], ["text eps", "text zeta"]]
+    batched = ranker.rerank_batch(["q a", "q b", "q c"], lists)
+    single = [ranker.rerank(q, ps) for q, ps in zip(["q a", "q b", "q c"], lists)]
+    assert batched == single and batched[0] == [0]
+
+
+def test_no_recompilation_across_passage_counts_within_a_bucket(tiny_perank_dir):
+    r = PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(384), length_bucket=512,
+                                 passage_bucket=8, batch_size=1)
+    for n in (5, 8, 6, 7, 5):
+        r.rerank(f"query with {n} passages", [f"p {i}" for i in range(n)])
+    assert r.compile_count == 1
+    assert r.traces.count == 1                   # the decode function was traced once
+    r.rerank("another query", [f"p {i}" for i in range(9)])   # next passage bucket: one more
+    assert r.compile_count == 2
+
+
+def test_accounting_counts_prompt_tokens_over_windows_and_decode_steps(ranker):
+    ps = [f"text {w} {i}" for i, w in enumerate(WORDS * 2)]          # n = 12
+    ranker.rerank("q", ps, window=5, stride=3)
+    st_ = ranker.last_stats[0]
+    from perank_jax.windows import sliding_windows
+    wins = sliding_windows(12, 5, 3)
+    assert st_.windows == len(wins)
+    assert st_.generated_tokens == sum(e - s for s, e in wins)
+    assert st_.processed_tokens == sum(len(ranker._tokenized("q", e - s)) for s, e in wins)
+    ranker.rerank("q", ps, window=5, stride=3, top_k=2)
+    assert ranker.last_stats[0].generated_tokens == 2 * len(wins)
+    assert ranker.last_stats[0].latency_s > 0 and ranker.last_stats[0].compile_s >= 0
