@@ -43,14 +43,14 @@ def test_encode_compiles_once_per_bucket_not_per_batch(enc):
 
 def test_padding_never_changes_a_text_embedding(enc):
     text = "dense passage retrieval"
-    alone = enc.encode([text], batch_size=8)[0]           # bucket 16, 7 empty filler rows
-    crowd = enc.encode(["rank " * 95, text, "model " * 40], batch_size=3)   # bucket 100
+    alone = enc.encode([text], batch_size=4)[0]           # bucket 16, 3 empty filler rows
+    crowd = enc.encode(["rank " * 95, text, "model " * 40], batch_size=4)   # bucket 100
     assert np.abs(crowd[1] - alone).max() < 1e-6
     assert np.allclose(np.linalg.norm(crowd, axis=1), 1, atol=1e-6)
 
 
 def test_order_of_results_follows_input_order(enc):
-    texts = _texts(np.random.default_rng(1), 11)
+    texts = [t[:60] for t in _texts(np.random.default_rng(1), 11)]   # buckets 16 and 32
     e = enc.encode(texts, batch_size=4)
     rev = enc.encode(texts[::-1], batch_size=4)[::-1]
     assert np.abs(e - rev).max() < 1e-6
