@@ -148,7 +148,16 @@ def _add_evaluate(sub):
 
 def _add_tables(sub):
     p = sub.add_parser("tables", help="reproduce the paper's Table 2 / Table 3 from a YAML config")
-    p.set_defaults(func=lambda a: _not_yet("tables"))
+    p.add_argument("config", help="YAML: datasets, methods, depth, efficiency_depths, ... (configs/tables-*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (YAML value), e.g. --set out_dir=/tmp/t --set depth=20")
+
+    def run(a):
+        from perank_jax.evaluate.tables import load_config, run_tables
+        res = run_tables(load_config(a.config, a.overrides), log=lambda m: print(m, file=sys.stderr))
+        print(res["table2"] + "\n\n" + res["table3"])
+        print(f"\nwrote {res['config']['out_dir']}/tables.md, tables.json, latency_vs_candidates.png")
+    p.set_defaults(func=run)
 
 
 def _not_yet(name: str):

@@ -1,0 +1,305 @@
+"""`perank tables CONFIG.yaml`: the paper's Table 2 (nDCG@10 per dataset x method) and
+Table 3 (latency, processed tokens, generated tokens at several candidate depths) from
+configured datasets and methods, as markdown, JSON and a latency-vs-candidates PNG.
+
+Methods (kind):
+  first_stage   the first-stage order itself
+  embedding     cosine of the encoder's query and passage embeddings (no LLM)
+  textlist      the text-listwise baseline (evaluate/textlist.py) on the JAX decoder
+  perank        PERanker (a checkpoint, or `decoder` + `encoder` with an untrained projector)
+Every method reranks the same top-`depth` candidates of the same queries with the same
+sliding windows. Latency is wall time per query with encoding included and XLA compile
+time excluded (reported apart as compile_s); the first query of each (method, depth) is
+run once untimed as a warm-up.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perank_jax.config import ConfigError, load_yaml
+from perank_jax.data.trec import (build_rerank_requests, read_corpus, read_qrels, read_queries,
+                                  read_requests, read_run, write_run)
+from perank_jax.evaluate.accounting import Usage, as_dicts, summarize, timed
+from perank_jax.evaluate.metrics import evaluate
+
+KINDS = ("first_stage", "embedding", "textlist", "perank")
+
+
+@dataclass
+class DatasetSpec:
+    name: str
+    qrels: str
+    queries: str | None = None
+    run: str | None = None
+    corpus: str | None = None
+    requests: str | None = None      # rank_llm / dl20 candidates JSONL instead of queries+run+corpus
+    title_format: bool = False       # BEIR "Title: {title} Content: {text}"
+    max_queries: int | None = None   # the first N queries of the run (None: all)
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    kind: str
+    encoder: str | None = None       # embedding, perank
+    decoder: str | None = None       # textlist; perank without checkpoint (untrained projector)
+    checkpoint: str | None = None    # perank
+    mode: str = "decode"             # perank: decode | single_pass
+    top_k: int | None = None         # perank: decode only the top k of each window
+    projector: str = "mlp2x_gelu"    # untrained perank projector kind
+    seed: int = 0
+    max_new_tokens: int = 256        # textlist (the reference used 256)
+    max_words: int | None = None     # textlist passage truncation (None: as the reference)
+    dtype: str = "float32"
+
+
+@dataclass
+class TablesConfig:
+    datasets: list[DatasetSpec]
+    methods: list[MethodSpec]
+    depth: int = 100                          # Table 2: rerank the top-`depth` candidates
+    efficiency_dataset: str | None = None     # Table 3 dataset (default: the first)
+    efficiency_depths: list[int] = field(default_factory=lambda: [20, 100])
+    efficiency_queries: int | None = None     # Table 3: the first N queries (None: the dataset's)
+    window: int = 20
+    stride: int = 10
+    measure: str = "nDCG@10"
+    out_dir: str = "tables_out"
+    write_runs: bool = True
+
+
+def load_config(path, overrides=None) -> TablesConfig:
+    cfg = load_yaml(TablesConfig, path, overrides)
+    if not cfg.datasets or not cfg.methods:
+        raise ConfigError(f"{path}: needs at least one dataset and one method")
+    names = [m.name for m in cfg.methods]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: method names must be unique, got {names}")
+    for i, m in enumerate(cfg.methods):
+        where = f"{path}: methods[{i}] ({m.name})"
+        if m.kind not in KINDS:
+            raise ConfigError(f"{where}: kind {m.kind!r} is not one of {KINDS}")
+        if m.kind == "embedding" and not m.encoder:
+            raise ConfigError(f"{where}: kind embedding needs `encoder`")
+        if m.kind == "textlist" and not m.decoder:
+            raise ConfigError(f"{where}: kind textlist needs `decoder`")
+        if m.kind == "perank" and not (m.checkpoint or (m.decoder and m.encoder)):
+            raise ConfigError(f"{where}: kind perank needs `checkpoint`, or `decoder` and `encoder`")
+    for i, d in enumerate(cfg.datasets):
+        if not d.requests and not (d.queries and d.run and d.corpus):
+            raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
+    if cfg.efficiency_dataset and cfg.efficiency_dataset not in [d.name for d in cfg.datasets]:
+        raise ConfigError(f"{path}: efficiency_dataset {cfg.efficiency_dataset!r} is not a configured dataset")
+    return cfg
+
+
+def resolve(path: str) -> str:
+    """`packaged:smollm2` / `packaged:minilm` name the packaged weights; other paths as given."""
+    if path.startswith("packaged:"):
+        from perank_jax.weights import packaged
+        name = path.split(":", 1)[1]
+        fns = {"smollm2": packaged.smollm2_gguf, "minilm": packaged.minilm_dir}
+        if name not in fns:
+            raise ConfigError(f"unknown packaged model {name!r}; known: {sorted(fns)}")
+        return str(fns[name]())
+    return os.path.expanduser(path)
+
+
+# --- datasets -------------------------------------------------------------------------------
+def load_dataset(d: DatasetSpec):
+    """(requests, qrels restricted to those queries)."""
+    if d.requests:
+        reqs = read_requests(d.requests, title_format=d.title_format)
+    else:
+        run = read_run(d.run)
+        queries = read_queries(d.queries)
+        queries = {q: t for q, t in queries.items() if q in run}  # extra topics are fine here
+        reqs = build_rerank_requests(run, _Src(queries, d.queries), read_corpus(d.corpus, d.title_format))
+    reqs = reqs[:d.max_queries] if d.max_queries else reqs
+    qrels = read_qrels(d.qrels)
+    return reqs, {r.qid: qrels[r.qid] for r in reqs if r.qid in qrels}
+
+
+class _Src(dict):
+    def __init__(self, data, source):
+        super().__init__(data)
+        self.source = source
+
+
+# --- methods: (query, texts) -> (order, Usage) ----------------------------------------------
+class Methods:
+    """Builds each configured method once, sharing loaded models between methods."""
+
+    def __init__(self, cfg: TablesConfig):
+        self.cfg, self._cache = cfg, {}
+
+    def _load(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def encoder(self, path):
+        from perank_jax.models.encoder import load_encoder
+        return self._load(("enc", path), lambda: load_encoder(resolve(path)))
+
+    def decoder(self, path, dtype):
+        from perank_jax.models.decoder import load_decoder
+        return self._load(("dec", path, dtype), lambda: load_decoder(resolve(path), dtype=dtype))
+
+    def build(self, m: MethodSpec):
+        cfg = self.cfg
+        if m.kind == "first_stage":
+            return lambda q, texts: (list(range(len(texts))), Usage())
+        if m.kind == "embedding":
+            enc = self.encoder(m.encoder)
+
+            def cosine(q, texts):
+                e = np.asarray(enc.encode([q] + list(texts)), np.float64)
+                e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+                return [int(i) for i in np.argsort(-(e[1:] @ e[0]), kind="stable")], Usage()
+            return cosine
+        if m.kind == "textlist":
+            from perank_jax.evaluate.textlist import TextListwiseReranker
+            r = TextListwiseReranker(self.decoder(m.decoder, m.dtype), cfg.window, cfg.stride,
+                                     m.max_new_tokens, m.max_words)
+            return r.rerank
+        ranker = self._load(("perank", m.name), lambda: self._perank(m))
+
+        def perank(q, texts):
+            order = ranker.rerank(q, list(texts), window=cfg.window, stride=cfg.stride, top_k=m.top_k, mode=m.mode)
+            st = ranker.last_stats[0]
+            return order, Usage(st.processed_tokens, st.generated_tokens, st.windows)
+        return perank
+
+    def _perank(self, m: MethodSpec):
+        from perank_jax.ranker import PERanker
+        if m.checkpoint:
+            return PERanker.from_pretrained(resolve(m.checkpoint), resolve(m.encoder) if m.encoder else None,
+                                            dtype=m.dtype)
+        import jax.numpy as jnp
+        from flax import nnx
+        from perank_jax.models.projector import Projector
+        dec, enc = self.decoder(m.decoder, m.dtype), self.encoder(m.encoder)
+        proj = Projector(m.projector, enc.dim, dec.config.hidden_size, rngs=nnx.Rngs(m.seed),
+                         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.dtype))
+        return PERanker(dec, proj, dec.tokenizer, enc)
+
+
+def rerank_all(method, requests, depth: int):
+    """Run one method over the top-`depth` candidates of each request: (run, costs)."""
+    if not requests:
+        return {}, []
+    first = requests[0]
+    method(first.query, [c.text for c in first.candidates[:depth]])  # warm-up (compiles), untimed
+    run, costs = {}, []
+    for r in requests:
+        cands = r.candidates[:depth]
+        order, cost = timed(r.qid, len(cands), method, r.query, [c.text for c in cands])
+        if sorted(order) != list(range(len(cands))):
+            raise ValueError(f"query {r.qid}: the method returned {order}, not a permutation")
+        run[r.qid] = [cands[i].docid for i in order] + [c.docid for c in r.candidates[depth:]]
+        costs.append(cost)
+    return run, costs
+
+
+# --- the tables -----------------------------------------------------------------------------
+def run_tables(cfg: TablesConfig, log=print) -> dict:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = Methods(cfg)
+    built = {m.name: methods.build(m) for m in cfg.methods}
+    data = {d.name: load_dataset(d) for d in cfg.datasets}
+    eff_name = cfg.efficiency_dataset or cfg.datasets[0].name
+    quality: dict = {m.name: {} for m in cfg.methods}
+    efficiency: dict = {m.name: {} for m in cfg.methods}
+    per_query_costs: dict = {}
+    for dname, (reqs, qrels) in data.items():
+        for m in cfg.methods:
+            log(f"[tables] {dname}: {m.name} on top-{cfg.depth} of {len(reqs)} queries")
+            run, costs = rerank_all(built[m.name], reqs, cfg.depth)
+            quality[m.name][dname] = evaluate(qrels, run, [cfg.measure]).aggregate[cfg.measure]
+            per_query_costs[f"{dname}/{m.name}/top{cfg.depth}"] = as_dicts(costs)
+            if cfg.write_runs:
+                write_run(run, out / "runs" / f"{dname}.{m.name.replace('/', '_')}.top{cfg.depth}.trec",
+                          tag=m.name.replace(" ", "_"))
+            if dname == eff_name and cfg.depth in cfg.efficiency_depths and cfg.efficiency_queries is None:
+                efficiency[m.name][cfg.depth] = summarize(costs)
+    eff_reqs = data[eff_name][0][:cfg.efficiency_queries] if cfg.efficiency_queries else data[eff_name][0]
+    for depth in cfg.efficiency_depths:
+        for m in cfg.methods:
+            if depth not in efficiency[m.name]:
+                log(f"[tables] {eff_name}: {m.name} efficiency at top-{depth} on {len(eff_reqs)} queries")
+                _, costs = rerank_all(built[m.name], eff_reqs, depth)
+                efficiency[m.name][depth] = summarize(costs)
+                per_query_costs[f"{eff_name}/{m.name}/top{depth}"] = as_dicts(costs)
+    result = {"config": asdict(cfg), "measure": cfg.measure, "quality": quality,
+              "efficiency_dataset": eff_name, "efficiency": efficiency,
+              "queries": {d: len(r) for d, (r, _) in data.items()}, "per_query_costs": per_query_costs}
+    result["table2"] = table2_markdown(result)
+    result["table3"] = table3_markdown(result)
+    _atomic_text(out / "tables.json", json.dumps(result, indent=1, default=float))
+    _atomic_text(out / "tables.md", result["table2"] + "\n\n" + result["table3"] + "\n")
+    plot_latency(result, out / "latency_vs_candidates.png")
+    return result
+
+
+def table2_markdown(res: dict) -> str:
+    quality, datasets = res["quality"], list(res["queries"])
+    head = ["Method", *[f"{d} ({res['queries'][d]} q)" for d in datasets], "Avg"]
+    rows = [_md_row(head), _md_row(["---"] * len(head))]
+    for name, vals in quality.items():
+        v = [vals[d] for d in datasets]
+        rows.append(_md_row([name, *[f"{x:.4f}" for x in v], f"{float(np.mean(v)):.4f}"]))
+    return f"Table 2: {res['measure']} (top-{res['config']['depth']} reranked)\n\n" + "\n".join(rows)
+
+
+def table3_markdown(res: dict) -> str:
+    eff = res["efficiency"]
+    depths = sorted({d for v in eff.values() for d in v})
+    head = ["Method"] + [f"top-{d} {c}" for d in depths for c in ("latency (s)", "processed tok", "generated tok")]
+    rows = [_md_row(head), _md_row(["---"] * len(head))]
+    for name, by_depth in eff.items():
+        cells = [name]
+        for d in depths:
+            s = by_depth[d]
+            cells += [f"{s['latency_s']:.3f}", f"{s['processed_tokens']:.0f}", f"{s['generated_tokens']:.0f}"]
+        rows.append(_md_row(cells))
+    comp = "; ".join(f"{n}: {sum(s.get('compile_s_total', 0.0) for s in v.values()):.1f}s" for n, v in eff.items())
+    nq = next(iter(next(iter(eff.values())).values()))["queries"]
+    return (f"Table 3: efficiency on {res['efficiency_dataset']} ({nq} queries; mean per query; latency "
+            f"excludes compile time)\n\n" + "\n".join(rows) + f"\n\ncompile time (excluded above): {comp}")
+
+
+def plot_latency(res: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, by_depth in res["efficiency"].items():
+        ds = sorted(by_depth)
+        ax.plot(ds, [by_depth[d]["latency_s"] for d in ds], marker="o", label=name)
+    ax.set_xlabel("number of candidates")
+    ax.set_ylabel("latency per query (s)")
+    ax.set_title(f"Latency vs candidates ({res['efficiency_dataset']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _md_row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _atomic_text(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
