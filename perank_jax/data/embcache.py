@@ -101,11 +101,11 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     normalize and max_length are then used)."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise CacheError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    docids, texts = _read_corpus(corpus, title_format)       # bad input fails before the model loads
     if isinstance(encoder, (str, os.PathLike)):
         from perank_jax.models.encoder import load_encoder
         encoder = load_encoder(encoder, pooling=pooling, normalize=normalize, max_length=max_length,
                                dtype=dtype)
-    docids, texts = _read_corpus(corpus, title_format)
     plan = {
         "version": CACHE_VERSION,
         "encoder": {"path": encoder.path, "name": encoder.name, "architecture": encoder.config.arch,
@@ -156,6 +156,9 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     for c in todo:
         s = starts[c]
         emb = encoder.encode(texts[s: s + chunk_size], batch_size=batch_size).astype(np.float32)
+        if not np.isfinite(emb).all():
+            bad = docids[s + int(np.argwhere(~np.isfinite(emb))[0, 0])]
+            raise CacheError(f"encoder produced NaN/Inf for document {bad!r} (dtype {plan['dtype']}?)")
         _atomic(chunk(c), lambda f: np.save(f, emb))
         bar.update(len(emb))
     bar.close()

@@ -194,7 +194,7 @@ def embed_param_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
 def _init(key, shape, name, dtype):
     if name.endswith("scale"):
         return jnp.ones(shape, dtype)
-    if name.endswith("_b") or name.endswith("bias") and name != "rel_bias":
+    if name.endswith("_b") or name.endswith("ln_bias") or name in ("ln1_bias", "ln2_bias"):
         return jnp.zeros(shape, dtype)
     return (0.02 * jax.random.normal(key, shape)).astype(dtype)
 
