@@ -8,7 +8,7 @@ import pytest
 from scipy.special import erf
 
 import perank_jax
-from perank_jax.models.encoder import alibi_bias, alibi_slopes
+from perank_jax.models.encoder import EncoderConfig, alibi_bias, alibi_slopes
 from perank_jax.weights.io import WeightError
 from tiny_encoders import tiny_jina
 
@@ -86,6 +86,10 @@ def test_jina_state_dict_loads_with_no_missing_or_unexpected_keys(jina):
     assert enc.config.arch == "jina" and enc.dim == cfg["hidden_size"]
     assert enc.pooling == "mean"                        # from the config's emb_pooler
     assert not hasattr(enc.model.emb, "pos")            # ALiBi: no position table
+    for archs in (["JinaBertModel"], ["JinaBertForMaskedLM"]):
+        assert EncoderConfig.from_hf({**cfg, "architectures": archs}).arch == "jina"
+    assert EncoderConfig.from_hf({**cfg, "position_embedding_type": "absolute", "architectures": ["BertModel"],
+                                  "feed_forward_type": "original"}).arch == "bert"
 
 
 def test_jina_extra_or_missing_key_is_one_clear_error(tmp_path, minilm_dir):
