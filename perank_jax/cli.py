@@ -72,14 +72,81 @@ def _add_encode(sub):
 
 # --- rerank (issue: PE-Rank inference) --------------------------------------------------
 def _add_rerank(sub):
-    p = sub.add_parser("rerank", help="rerank a TREC run with a PE-Rank checkpoint")
-    p.set_defaults(func=lambda a: _not_yet("rerank"))
+    p = sub.add_parser("rerank", help="rerank a TREC run (or rank_llm request JSONL) with a PE-Rank checkpoint")
+    p.add_argument("--model", required=True, help="PE-Rank checkpoint directory")
+    p.add_argument("--encoder", help="encoder HF directory (default: config.json encoder_name)")
+    src = p.add_argument_group("input: --run + --corpus + --queries, or --requests")
+    src.add_argument("--run", help="first-stage TREC run")
+    src.add_argument("--corpus", help="corpus JSONL (_id/title/text) or TSV docid<TAB>text")
+    src.add_argument("--queries", help="queries TSV qid<TAB>text or JSONL")
+    src.add_argument("--requests", help="rank_llm request JSONL (query + candidates with text)")
+    src.add_argument("--title-format", action="store_true", help='BEIR docs as "Title: {title} Content: {text}"')
+    p.add_argument("--depth", type=int, default=100, help="candidates per query from the run (default 100)")
+    p.add_argument("--out", required=True, help="output: TREC run, or rank_llm JSONL when it ends in .jsonl")
+    p.add_argument("--stats", help="per-query JSONL sidecar (default: OUT.stats.jsonl)")
+    p.add_argument("--window", type=int, default=20, help="sliding window size; 0 = one window (default 20)")
+    p.add_argument("--stride", type=int, default=10)
+    p.add_argument("--top-k", type=int, default=None, help="decode only the top k per window")
+    p.add_argument("--mode", choices=("decode", "single_pass"), default="decode")
+    p.add_argument("--batch-queries", type=int, default=1,
+                   help="queries reranked together (latency in the sidecar is then amortised)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--tag", default="perank")
+
+    def run(a):
+        import json
+        import os
+        from pathlib import Path
+        from perank_jax.data import trec
+        from perank_jax.ranker import PERanker, rerank_requests
+        if a.requests:
+            if a.run or a.corpus or a.queries:
+                raise ValueError("give either --requests or --run/--corpus/--queries, not both")
+            requests = trec.read_requests(a.requests, title_format=a.title_format)
+            requests = [trec.Request(r.qid, r.query, r.candidates[:a.depth]) for r in requests]
+        else:
+            if not (a.run and a.corpus and a.queries):
+                raise ValueError("--run, --corpus and --queries are all required (or use --requests)")
+            requests = trec.build_rerank_requests(trec.read_run(a.run), trec.read_queries(a.queries),
+                                                  trec.read_corpus(a.corpus, title_format=a.title_format),
+                                                  k=a.depth)
+        if a.window < 0 or a.stride < 1 or a.batch_queries < 1:
+            raise ValueError("--window must be >= 0, --stride and --batch-queries >= 1")
+        ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype)
+        reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
+                                          top_k=a.top_k, mode=a.mode, batch_queries=a.batch_queries,
+                                          progress=True)
+        stats_path = Path(a.stats or f"{a.out}.stats.jsonl")
+        tmp = stats_path.with_name(f".{stats_path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(s) + "\n" for s in stats))
+        try:
+            if str(a.out).endswith(".jsonl"):
+                trec.write_requests(reranked, a.out)
+            else:
+                trec.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
+            os.replace(tmp, stats_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        lat = sum(s["latency_s"] for s in stats) / len(stats)
+        print(f"wrote {a.out} ({len(reranked)} queries; mean latency {lat:.3f} s/query, "
+              f"compile {sum(s['compile_s'] for s in stats):.1f} s apart) and {stats_path}")
+    p.set_defaults(func=run)
 
 
 # --- train (issue: two-stage training) --------------------------------------------------
 def _add_train(sub):
     p = sub.add_parser("train", help="stage-1 / stage-2 training from a YAML config")
-    p.set_defaults(func=lambda a: _not_yet("train"))
+    p.add_argument("config", help="YAML training config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=1e-4 output_dir=runs/x")
+
+    def run(a):
+        from perank_jax.train.config import load_train_config
+        from perank_jax.train.loop import train
+        summary = train(load_train_config(a.config, a.overrides))
+        keys = [k for k in summary if k not in ("state", "run")]
+        print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
+                       for k in keys))
+    p.set_defaults(func=run)
 
 
 # --- retrieve / evaluate / tables (issue: evaluation) -----------------------------------

@@ -131,14 +131,14 @@ def round_up(x: int, multiple: int) -> int:
 
 
 def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket: int | None = None,
-              batch_bucket: int = 1, dtype=np.float32):
+              batch_bucket: int = 1, min_passages: int = 0, dtype=np.float32):
     """Pad rows to bucket shapes.
 
     prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, D] arrays.
     Returns numpy (ids, prompt_mask, ph_mask, passages, valid) with B, T, N rounded up.
     Padding rows get a 1-token prompt and no valid passages.
     """
-    n_max = max(len(p) for p in passage_vecs)
+    n_max = max(max(len(p) for p in passage_vecs), min_passages)
     D = passage_vecs[0].shape[1]
     B = round_up(len(prompts), batch_bucket)
     T = round_up(max(len(p) for p in prompts), length_bucket)

@@ -145,6 +145,7 @@ class PERanker:
         orders = [list(range(len(ps))) for ps in passage_lists]
         plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
                  for ps in passage_lists]
+        max_n = max((len(ps) for ps in passage_lists), default=0)
         processed = [0] * len(queries)
         generated = [0] * len(queries)
         for stage in range(max((len(p) for p in plans), default=0)):
@@ -153,7 +154,7 @@ class PERanker:
                 chunk = rows[lo:lo + self.batch_size]
                 prompts = [self._tokenized(queries[q], e - s) for q, s, e in chunk]
                 pv = [vecs[q][orders[q][s:e]] for q, s, e in chunk]
-                perms = self._decode_rows(prompts, pv, top_k, mode)
+                perms = self._decode_rows(prompts, pv, top_k, mode, min_n=min(window or 0, max_n))
                 for (q, s, e), perm, p in zip(chunk, perms, prompts):
                     window_ids = orders[q][s:e]
                     orders[q][s:e] = [window_ids[i] for i in perm]
@@ -183,10 +184,12 @@ class PERanker:
             i += len(ps)
         return out, time.perf_counter() - t
 
-    def _decode_rows(self, prompts, passage_vecs, top_k, mode):
+    def _decode_rows(self, prompts, passage_vecs, top_k, mode, min_n: int = 0):
+        """Decode one batch of windows; N is padded to at least `min_n` (the window size, so the
+        shorter last window of a sliding rerank reuses the same compilation)."""
         B = 1 << (len(prompts) - 1).bit_length()
         arrays = pad_batch(prompts, passage_vecs, length_bucket=self.length_bucket,
-                           passage_bucket=self.passage_bucket, batch_bucket=B,
+                           passage_bucket=self.passage_bucket, batch_bucket=B, min_passages=min_n,
                            dtype=np.dtype(self.decoder.model.dtype))
         N = arrays[3].shape[1]
         steps = N if (mode == "single_pass" or top_k is None) else min(top_k, N)
@@ -253,3 +256,38 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     os.replace(tmp, out / "config.json")
     tokenizer.save_pretrained(out)
     return out
+
+
+# --- many queries (the CLI's engine) -----------------------------------------------------
+def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stride: int = 10,
+                    top_k: int | None = None, mode: str = "decode", batch_queries: int = 1,
+                    progress: bool = False):
+    """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
+    Nothing is written here, so a failure leaves no partial output behind."""
+    from perank_jax.data.trec import Candidate, DataError, Request
+    for r in requests:
+        if not r.candidates:
+            raise DataError(f"query {r.qid!r} has no candidates to rerank")
+        for c in r.candidates:
+            if not str(c.text).strip():
+                raise DataError(f"query {r.qid!r}: document {c.docid!r} has empty text (nothing to encode)")
+    out, stats = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(requests), desc="rerank", unit="query")
+    for lo in range(0, len(requests), batch_queries):
+        chunk = requests[lo:lo + batch_queries]
+        orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
+                                     window=window, stride=stride, top_k=top_k, mode=mode)
+        for r, order, st in zip(chunk, orders, ranker.last_stats):
+            n = len(order)
+            cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)
+                     for rank, i in enumerate(order)]
+            out.append(Request(r.qid, r.query, cands))
+            stats.append({"qid": r.qid, **st.to_dict()})
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out, stats

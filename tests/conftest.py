@@ -83,9 +83,15 @@ def tiny_mistral_dir(tmp_path_factory, smollm2_tokenizer_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_perank_dir(tmp_path_factory):
-    """A tiny random PE-Rank checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu from 384-d
-    MiniLM embeddings), written with torch; see tests/helpers_tiny.py."""
-    from helpers_tiny import tiny_perank_checkpoint
-    path, _, _ = tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny"))
-    return path
+def tiny_perank(tmp_path_factory):
+    """(checkpoint dir, torch MistralForCausalLM, torch projector): a tiny random PE-Rank
+    checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu) whose config.json `encoder_name`
+    points at a tiny random 32-d BERT directory; see tests/helpers_tiny.py."""
+    from helpers_tiny import tiny_encoder_dir, tiny_perank_checkpoint
+    enc = tiny_encoder_dir(tmp_path_factory.mktemp("tiny_encoder"))
+    return tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny"), emb_dim=32, encoder_name=str(enc))
+
+
+@pytest.fixture(scope="session")
+def tiny_perank_dir(tiny_perank):
+    return tiny_perank[0]

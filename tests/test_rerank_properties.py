@@ -14,7 +14,7 @@ WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
 
 @pytest.fixture(scope="module")
 def ranker(tiny_perank_dir):
-    return PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(384), length_bucket=256,
+    return PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(32), length_bucket=256,
                                     passage_bucket=8, batch_size=2)
 
 
@@ -22,7 +22,7 @@ passage = st.sampled_from(WORDS).map(lambda w: f"text {w}")          # few disti
 plist = st.lists(passage, min_size=1, max_size=19)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lists=st.lists(plist, min_size=1, max_size=3), window=st.sampled_from([None, 3, 5, 8]),
        stride_frac=st.sampled_from([1, 2]), top_k=st.sampled_from([None, 2]),
        mode=st.sampled_from(["decode", "decode", "single_pass"]))
@@ -49,7 +49,7 @@ def test_single_passage_and_batch_padding_agree_with_single_queries(ranker):
 
 
 def test_no_recompilation_across_passage_counts_within_a_bucket(tiny_perank_dir):
-    r = PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(384), length_bucket=512,
+    r = PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(32), length_bucket=512,
                                  passage_bucket=8, batch_size=1)
     for n in (5, 8, 6, 7, 5):
         r.rerank(f"query with {n} passages", [f"p {i}" for i in range(n)])
