@@ -22,7 +22,7 @@ def _prepare(tok, records, stage, table, **kw):
 
 
 def test_stage2_records_tokenise_with_placeholders_rank_slots_and_ranking(tok, tmp_path):
-    records, table = stage2_records(6)
+    records, table = stage2_records(6, short=False)
     ds = D.read_jsonl(write_jsonl(tmp_path / "s2.jsonl", records))
     prep = _prepare(tok, list(ds), 2, table)
     ph_id, rank_id = D.perank_token_ids(tok)

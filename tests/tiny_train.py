@@ -12,7 +12,7 @@ from perank_jax import prompts
 CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}<s> [INST] {{ m['content'] }} [/INST]"
         "{% else %} {{ m['content'] }} </s>{% endif %}{% endfor %}")
 TOPICS = 4
-WORDS = [f"w{i}" for i in range(12)] + [f"t{i}" for i in range(TOPICS)] + ["about", "topic", "Reconstruct"]
+WORDS = [f"w{i}" for i in range(12)] + [f"t{i}" for i in range(TOPICS)] + ["about", "topic", "Reconstruct", ":"]
 
 
 def make_tokenizer(extra_words=()):
@@ -32,7 +32,7 @@ def make_tokenizer(extra_words=()):
     return t
 
 
-def make_decoder_dir(path, tokenizer, hidden=32, layers=2, seed=0):
+def make_decoder_dir(path, tokenizer, hidden=32, layers=2, seed=0, init_std=0.1):
     """A random Llama-style decoder as an HF directory (config.json, model.safetensors, tokenizer)."""
     import jax.numpy as jnp
     from flax import nnx
@@ -44,7 +44,7 @@ def make_decoder_dir(path, tokenizer, hidden=32, layers=2, seed=0):
     cfg = DecoderConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                         num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=hidden // 4,
                         model_type="llama", bos_token_id=1, eos_token_id=2)
-    model = Decoder(cfg, rngs=nnx.Rngs(seed), dtype=jnp.float32, param_dtype=jnp.float32, init_std=0.1)
+    model = Decoder(cfg, rngs=nnx.Rngs(seed), dtype=jnp.float32, param_dtype=jnp.float32, init_std=init_std)
     save_safetensors_atomic(to_hf_tensors(model), path / "model.safetensors")
     (path / "config.json").write_text(json.dumps(cfg.to_hf()))
     tokenizer.save_pretrained(str(path))
@@ -73,11 +73,14 @@ def stage1_records(n_records, seed=0, dim=16):
 
 
 # --- synthetic stage 2: rank passages by closeness to the query's topic ------------------------
-def stage2_records(n_records, n=5, seed=0, dim=16):
+def stage2_records(n_records, n=5, seed=0, dim=16, short=True):
     """The query names a topic; a passage's embedding is its topic's centroid plus noise; the
-    teacher ranks passages by similarity to the query topic's centroid."""
+    teacher ranks passages by similarity to the query topic's centroid. `short` uses compact
+    prompts (same structure: n placeholders, then the <RANK> slots) to keep tests fast;
+    otherwise the real PE-Rank prompts."""
     rng = np.random.default_rng(seed)
     centroids = np.random.default_rng(7).normal(size=(TOPICS, dim))
+    ph = prompts.PLACEHOLDER
     records, table = [], {}
     for r in range(n_records):
         q = int(rng.integers(TOPICS))
@@ -89,10 +92,14 @@ def stage2_records(n_records, n=5, seed=0, dim=16):
             table[t] = v.astype(np.float32)
         ranking = [int(i) for i in np.argsort(-(vecs @ centroids[q]), kind="stable")]
         query = f"topic t{q}"
-        records.append({
-            "messages_wo_content": [{"role": "user", "content": prompts.embedding_prompt(query, n)}],
-            "messages_w_content": [{"role": "user", "content": prompts.content_prompt(query, texts)}],
-            "ranking": ranking, "extra_texts": texts})
+        if short:
+            wo = f"{query} : " + " ".join(f"[{ph}]" for _ in texts) + f" {query}"
+            w = f"{query} : " + " ".join(f"[{ph}] {t}" for t in texts) + f" {query}"
+        else:
+            wo, w = prompts.embedding_prompt(query, n), prompts.content_prompt(query, texts)
+        records.append({"messages_wo_content": [{"role": "user", "content": wo}],
+                        "messages_w_content": [{"role": "user", "content": w}],
+                        "ranking": ranking, "extra_texts": texts})
     return records, table
 
 

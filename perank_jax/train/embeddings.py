@@ -3,7 +3,8 @@
 The encoder is frozen in both stages, so every unique passage text is embedded once,
 before training, by one of:
   - a precomputed table: an .npz with `texts` (str array) and `vectors` [N, d];
-  - the encoder embedding cache (perank_jax.data.embcache), filled on a miss;
+  - an encoder embedding cache of the corpus (perank_jax.data.embcache), the encoder
+    covering passages the cache lacks;
   - a frozen dense encoder run directly (perank_jax.models.encoder.load_encoder).
 Each is a callable `texts -> np.ndarray [len(texts), d] float32`.
 """
@@ -57,25 +58,49 @@ def table_embedder(path: str | os.PathLike) -> Embedder:
     return embed
 
 
-def encoder_embedder(encoder_dir: str | os.PathLike, max_length: int = 128, append_eos: bool = False,
-                     batch_size: int = 32, cache_dir: str | os.PathLike | None = None) -> Embedder:
-    """Embed with the frozen dense encoder (through the embedding cache when `cache_dir` is set).
+def cache_embedder(cache_dir: str | os.PathLike, fallback: Embedder | None = None) -> Embedder:
+    """Look passages up in an encoder embedding cache (perank_jax.data.embcache), matching a
+    record's passage text to the cached corpus document with the same (whitespace-normalised)
+    text; texts not in the corpus go to `fallback` (e.g. the encoder) or are an error."""
+    from perank_jax.data.embcache import load_embedding_cache
+    from perank_jax.data.trec import read_corpus
+    cache = load_embedding_cache(cache_dir)
+    corpus = cache.metadata["corpus"]
+    if not Path(corpus["path"]).is_file():
+        raise FileNotFoundError(f"{cache_dir}: the cached corpus {corpus['path']} is gone; its texts are "
+                                "needed to match training passages to cached documents")
+    docs = read_corpus(corpus["path"], title_format=corpus["title_format"])
+    by_text = {" ".join(t.split()): d for d, t in docs.items()}
 
-    append_eos reproduces the reference's training-time text (`text + eos_token`), which its
-    inference does not do (a known train/inference mismatch); off by default."""
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        keys = [" ".join(t.split()) for t in texts]
+        hit = [k in by_text for k in keys]
+        out = np.zeros((len(texts), cache.dim), np.float32)
+        if any(hit):
+            out[np.flatnonzero(hit)] = cache.lookup([by_text[k] for k, h in zip(keys, hit) if h])
+        miss = [i for i, h in enumerate(hit) if not h]
+        if miss:
+            if fallback is None:
+                raise EmbeddingTableError(f"{cache_dir}: {len(miss)} passage text(s) are not in the cached corpus, "
+                                          f"e.g. {texts[miss[0]][:80]!r}; set model.encoder to embed them")
+            out[miss] = fallback([texts[i] for i in miss])
+        return out
+    embed.dim = cache.dim
+    return embed
+
+
+def encoder_embedder(encoder_dir: str | os.PathLike, max_length: int = 128, append_eos: bool = False,
+                     batch_size: int = 32) -> Embedder:
+    """Embed with the frozen dense encoder. append_eos reproduces the reference's training-time
+    text (`text + eos_token`), which its inference does not do (a known train/inference
+    mismatch); off by default."""
     from perank_jax.models.encoder import load_encoder
     enc = load_encoder(encoder_dir, max_length=max_length)
     eos = getattr(enc.tokenizer, "eos_token", None) if append_eos else None
 
-    def prep(texts):
-        return [t + eos for t in texts] if eos else list(texts)
-
-    if cache_dir is not None:
-        from perank_jax.data.embcache import cached_encode
-        def embed(texts: Sequence[str]) -> np.ndarray:
-            return np.asarray(cached_encode(enc, prep(texts), cache_dir, batch_size=batch_size), np.float32)
-    else:
-        def embed(texts: Sequence[str]) -> np.ndarray:
-            return np.asarray(enc.encode(prep(texts), batch_size=batch_size), np.float32)
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        texts = [t + eos for t in texts] if eos else list(texts)
+        return np.asarray(enc.encode(texts, batch_size=batch_size), np.float32)
     embed.dim = enc.dim
+    embed.encoder = enc
     return embed

@@ -1,0 +1,132 @@
+"""Typed training configuration (YAML in configs/, parsed strictly by perank_jax.config).
+
+    perank train configs/tiny.stage2.yaml data.train=... optim.lr=1e-4
+
+Every section is a dataclass; unknown keys and wrong types are errors naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perank_jax.config import ConfigError, from_dict, load_yaml
+
+
+@dataclass
+class ModelConfig:
+    decoder: str = ""                      # HF directory (safetensors) or a Llama-family .gguf
+    encoder: str | None = None             # HF encoder directory: embeds the passages once, frozen
+    projector: str = "mlp2x_gelu"          # mlpNx_gelu | linear | identity
+    projector_init: str | None = None      # a stage-1 export (directory) to start from
+    embedding_dim: int | None = None       # required when no encoder is given (precomputed table)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""                        # reference-format JSONL
+    eval: str | None = None                # held-out JSONL of the same stage
+    embeddings: str | None = None          # .npz table {texts, vectors}: instead of running the encoder
+    embedding_cache: str | None = None     # encoder cache directory (perank_jax.data.embcache)
+    encoder_max_len: int = 128             # the reference trains with 128 encoder tokens
+    append_eos: bool = False               # the reference appended the encoder's EOS in training
+    max_len: int = 512
+    buckets: list[int] = field(default_factory=lambda: [512])
+    max_passages: int = 20
+    use_content_view: bool = True          # stage 2: second (with-content) view, loss2 and KL
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"               # cosine | constant
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    epochs: float = 1.0
+    max_steps: int | None = None           # overrides epochs
+
+
+@dataclass
+class LossConfig:
+    w1: float = 1.0                        # ListMLE on the embedding-only view
+    w2: float = 1.0                        # ListMLE on the with-content view
+    w_kl: float = 0.2                      # KL(softmax(L2) || softmax(L1))
+    weighting: str = "mean"                # mean (reference) | pow2 (step j weighted 2^-j, summed)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 0                          # 0: full fine-tune of the decoder in stage 2
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+
+
+@dataclass
+class MeshConfig:
+    shape: list[int] = field(default_factory=lambda: [1, 1, 1])   # (data, fsdp, tensor); one -1 = the rest
+    distributed: bool = False              # call jax.distributed.initialize
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500                       # steps between checkpoints (0: only at the end)
+    keep: int = 2                          # keep the last k
+    resume: bool = True                    # continue from the latest checkpoint in output_dir
+
+
+@dataclass
+class TrainConfig:
+    stage: int = 2
+    output_dir: str = "runs/train"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    global_batch: int = 4
+    grad_accum: int = 1                    # microbatches per step (global_batch % grad_accum == 0)
+    compute_dtype: str = "float32"         # float32 | bfloat16
+    param_dtype: str = "float32"           # master weights and optimiser state
+    remat: bool = False
+    log_every: int = 1
+    eval_every: int = 0                    # 0: evaluate only at the end (when data.eval is set)
+    seed: int = 0
+    progress: bool = True
+    xla_options: dict = field(default_factory=dict)   # XLA compiler options for the step, e.g.
+                                                      # {xla_backend_optimization_level: 0} for fast tests
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        if self.global_batch < 1 or self.grad_accum < 1 or self.global_batch % self.grad_accum:
+            raise ConfigError(f"global_batch {self.global_batch} must be a positive multiple of "
+                              f"grad_accum {self.grad_accum}")
+        for k in ("compute_dtype", "param_dtype"):
+            if getattr(self, k) not in ("float32", "bfloat16"):
+                raise ConfigError(f"{k} must be float32 or bfloat16, got {getattr(self, k)!r}")
+        if self.loss.weighting not in ("mean", "pow2"):
+            raise ConfigError(f"loss.weighting must be mean or pow2, got {self.loss.weighting!r}")
+        if self.stage == 1 and self.lora.rank:
+            raise ConfigError("lora applies to stage 2 only (stage 1 trains the projector alone)")
+        if self.data.max_len > max(self.data.buckets):
+            raise ConfigError(f"data.max_len {self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
+        if sum(1 for s in self.mesh.shape if s == -1) > 1 or len(self.mesh.shape) != 3:
+            raise ConfigError(f"mesh.shape must have 3 entries with at most one -1, got {self.mesh.shape}")
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Parse a YAML config with `key.sub=value` overrides (paths in it are relative to the CWD)."""
+    return load_yaml(TrainConfig, path, overrides)
+
+
+def train_config(data: dict) -> TrainConfig:
+    return from_dict(TrainConfig, data)

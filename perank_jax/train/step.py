@@ -1,0 +1,253 @@
+"""Sharded, jit-compiled training steps for both PE-Rank stages.
+
+State layout (plain nested dicts, so orbax and optax see ordinary pytrees):
+    state  = {"params": trainable, "opt": optax state, "step": int32}
+    frozen = parameters that never change (passed in, never returned, never donated)
+  stage 1:            trainable = {"projector"}               frozen = {"decoder"}
+  stage 2 (full):     trainable = {"projector", "decoder"}    frozen = {}
+  stage 2 (LoRA r):   trainable = {"projector", "lora"}       frozen = {"decoder"}
+The encoder is never part of a step: passage embeddings are precomputed (frozen encoder).
+
+One step = gradient accumulation over `grad_accum` microbatches (lax.scan), global-norm
+clipping, AdamW with linear warmup + cosine decay. Parameters may be kept in float32
+(master weights) while the modules compute in bfloat16. Every array carries an explicit
+NamedSharding derived from the logical axes and perank_jax.sharding.RULES; the step is
+jax.jit with in_shardings/out_shardings and donates the old state.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from perank_jax.prompts import merge_placeholders
+from perank_jax.sharding import logical_to_spec, named_sharding
+from perank_jax.train import lora as lora_lib
+from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
+
+
+# ----------------------------------------------------------------------------- params & shardings
+def pure_params(module: nnx.Module) -> tuple[Any, dict, dict]:
+    """(graphdef, params as a nested dict of arrays, logical axes as a matching nested dict)."""
+    graphdef, state = nnx.split(module)
+    params = nnx.to_pure_dict(state)
+    axes: dict = {}
+    for path, var in nnx.to_flat_state(state):
+        node = axes
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = var.get_metadata().get("axes")
+    return graphdef, params, axes
+
+
+def _is_axes(x):
+    return x is None or (isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x))
+
+
+def shardings_for(axes_tree, params_tree, mesh) -> Any:
+    return jax.tree.map(lambda a, p: named_sharding(mesh, a, p.shape), axes_tree, params_tree, is_leaf=_is_axes)
+
+
+def place(tree, shardings):
+    """Put every leaf on its sharding. Host-complete values (identical on every process) are
+    sliced per device, so this works across processes too."""
+    def put(x, s):
+        if isinstance(x, jax.Array) and x.sharding == s:
+            return x
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.jit(lambda a: a, out_shardings=s)(x)
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+    return jax.tree.map(put, tree, shardings)
+
+
+# ----------------------------------------------------------------------------- optimiser
+def make_optimizer(optim, total_steps: int):
+    """AdamW + warmup/cosine (or constant) + global-norm clipping; returns (tx, schedule)."""
+    warmup = int(math.ceil(optim.warmup_ratio * total_steps))
+    if optim.schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(warmup, 0), max(total_steps, warmup + 1), 0.0)
+    elif optim.schedule == "constant":
+        sched = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, max(warmup, 1)),
+                                      optax.constant_schedule(optim.lr)], [warmup]) if warmup else \
+            optax.constant_schedule(optim.lr)
+    else:
+        raise ValueError(f"unknown lr schedule {optim.schedule!r} (cosine or constant)")
+    parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm and optim.clip_norm > 0 else []
+    parts.append(optax.adamw(sched, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay))
+    return optax.chain(*parts), sched
+
+
+# ----------------------------------------------------------------------------- the model maths
+def _positions_mask(pos, T):
+    B = pos.shape[0]
+    return jnp.zeros((B, T), bool).at[jnp.arange(B)[:, None], pos].set(True, mode="drop")
+
+
+def _hidden(dec, e, ids, mask, ph, rank=None, ranking=None):
+    """Final hidden states of one prompt view, placeholders (and teacher-forced <RANK> slots,
+    which take the gold passages in ranking order) overwritten by projected passages."""
+    T = ids.shape[1]
+    x = merge_placeholders(dec.embed(ids), _positions_mask(ph, T), e)
+    if rank is not None:
+        ranked = jnp.take_along_axis(e, ranking[..., None], axis=1)
+        x = merge_placeholders(x, _positions_mask(rank, T), ranked)
+    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    h, _ = dec.forward(x, positions, mask)
+    return h
+
+
+def rank_logits(h, e, rank):
+    """L[b, j, i] = h(state before <RANK> slot j) . e_i, in float32."""
+    idx = jnp.clip(rank - 1, 0, h.shape[1] - 1)
+    rows = jnp.take_along_axis(h, idx[..., None], axis=1)
+    return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
+
+
+class StepFns:
+    """Holds the graphdefs and options; `loss(params, frozen, batch)` is pure."""
+
+    def __init__(self, stage: int, dec_gd, proj_gd, loss_cfg=None, lora_cfg=None, use_content_view=True):
+        self.stage, self.dec_gd, self.proj_gd = stage, dec_gd, proj_gd
+        self.loss_cfg, self.lora_cfg, self.use_content_view = loss_cfg, lora_cfg, use_content_view
+
+    def modules(self, params, frozen):
+        dec_params = params["decoder"] if "decoder" in params else frozen["decoder"]
+        if "lora" in params:
+            dec_params = lora_lib.merge(dec_params, params["lora"], self.lora_cfg.alpha, self.lora_cfg.rank)
+        return nnx.merge(self.dec_gd, dec_params), nnx.merge(self.proj_gd, params["projector"])
+
+    def loss(self, params, frozen, batch):
+        dec, proj = self.modules(params, frozen)
+        e = proj(batch["emb"])
+        if self.stage == 1:
+            h = _hidden(dec, e, batch["ids"], batch["mask"], batch["ph"])
+            loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
+            return loss, {"loss": loss, "tokens": count}
+        valid, ranking = batch["valid"], batch["ranking"]
+        h1 = _hidden(dec, e, batch["wo_ids"], batch["wo_mask"], batch["wo_ph"], batch["wo_rank"], ranking)
+        L1 = rank_logits(h1, e, batch["wo_rank"])
+        L2 = None
+        if self.use_content_view and "w_ids" in batch:
+            h2 = _hidden(dec, e, batch["w_ids"], batch["w_mask"], batch["w_ph"], batch["w_rank"], ranking)
+            L2 = rank_logits(h2, e, batch["w_rank"])
+        c = self.loss_cfg
+        total, m = stage2_loss(L1, L2, ranking, valid, c.w1, c.w2, c.w_kl, c.weighting)
+        return total, {"loss": total, **m, "top1": top1_accuracy(L1, ranking, valid)}
+
+
+def _accumulate(fns: StepFns, params, frozen, batch, accum: int):
+    """Mean loss, metrics and grads over `accum` microbatches (rows i, i+accum, ... form microbatch i)."""
+    vg = jax.value_and_grad(fns.loss, has_aux=True)
+    if accum == 1:
+        (_, metrics), grads = vg(params, frozen, batch)
+        return metrics, grads
+    micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+    def body(carry, mb):
+        (_, m), g = vg(params, frozen, mb)
+        return jax.tree.map(jnp.add, carry, (m, g)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: vg(params, frozen, jax.tree.map(lambda x: x[0], micro))))
+    (metrics, grads), _ = jax.lax.scan(body, (zeros[0][1], zeros[1]), micro)
+    return jax.tree.map(lambda x: x / accum, (metrics, grads))
+
+
+# ----------------------------------------------------------------------------- the trainer core
+_COMPILED: dict = {}
+
+
+def _build_jits(fns: StepFns, tx, schedule, accum, state_sh, frozen_sh, param_sh, batch_sh, rep, xla) -> dict:
+    traces = [0]
+
+    def step(state, frozen, batch):
+        traces[0] += 1                                  # Python side effect: runs only while tracing
+        metrics, grads = _accumulate(fns, state["params"], frozen, batch, accum)
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        return new, metrics
+
+    return {"traces": traces,
+            "step": jax.jit(step, in_shardings=(state_sh, frozen_sh, batch_sh), out_shardings=(state_sh, rep),
+                            donate_argnums=(0,), compiler_options=xla or None),
+            "eval": jax.jit(lambda params, frozen, batch: fns.loss(params, frozen, batch)[1],
+                            in_shardings=(param_sh, frozen_sh, batch_sh), out_shardings=rep,
+                            compiler_options=xla or None)}
+
+
+class TrainStep:
+    """Builds the sharded state and the jitted step for a decoder + projector pair."""
+
+    def __init__(self, cfg, decoder: nnx.Module, projector: nnx.Module, mesh, total_steps: int):
+        self.cfg, self.mesh = cfg, mesh
+        dec_gd, dec_params, dec_axes = pure_params(decoder)
+        proj_gd, proj_params, proj_axes = pure_params(projector)
+        lora_cfg = cfg.lora if cfg.stage == 2 and cfg.lora.rank > 0 else None
+        self.fns = StepFns(cfg.stage, dec_gd, proj_gd, cfg.loss, lora_cfg, cfg.data.use_content_view)
+        params, axes = {"projector": proj_params}, {"projector": proj_axes}
+        frozen, frozen_axes = {}, {}
+        if cfg.stage == 1 or lora_cfg:
+            frozen, frozen_axes = {"decoder": dec_params}, {"decoder": dec_axes}
+        else:
+            params["decoder"], axes["decoder"] = dec_params, dec_axes
+        if lora_cfg:
+            params["lora"] = lora_lib.init(dec_params, lora_cfg.targets, lora_cfg.rank, jax.random.key(cfg.seed))
+            axes["lora"] = lora_lib.axes(params["lora"])
+        self.param_shardings = shardings_for(axes, params, mesh)
+        self.frozen_shardings = shardings_for(frozen_axes, frozen, mesh)
+        self.frozen = place(frozen, self.frozen_shardings)
+        self.tx, self.schedule = make_optimizer(cfg.optim, total_steps)
+        rep = NamedSharding(mesh, P())
+        abstract_opt = jax.eval_shape(self.tx.init, params)
+        self.opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract_opt, self.param_shardings,
+            transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, NamedSharding))
+        self.state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings, "step": rep}
+        self.batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",), (cfg.global_batch,), mesh))
+        self._init_params = params
+        key = (cfg.stage, dec_gd, proj_gd, repr(cfg.loss), repr(cfg.lora), repr(cfg.optim), cfg.grad_accum,
+               cfg.global_batch, cfg.data.use_content_view, total_steps, mesh, repr(sorted(cfg.xla_options.items())))
+        if key not in _COMPILED:     # identical runs (e.g. a resumed one in the same process) share executables
+            _COMPILED[key] = _build_jits(self.fns, self.tx, self.schedule, cfg.grad_accum, self.state_shardings,
+                                         self.frozen_shardings, self.param_shardings, self.batch_sharding, rep,
+                                         dict(cfg.xla_options))
+        self._jits = _COMPILED[key]
+
+    @property
+    def trace_count(self) -> int:
+        """How many times the step function was traced (= compiled): once per length bucket."""
+        return self._jits["traces"][0]
+
+    def init_state(self) -> dict:
+        params = place(self._init_params, self.param_shardings)
+        opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(params)
+        step = place(jnp.zeros((), jnp.int32), self.state_shardings["step"])
+        return {"params": params, "opt": opt, "step": step}
+
+    def global_batch(self, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Global arrays from this process's rows (its contiguous share of the global batch)."""
+        out = {}
+        for k, v in local.items():
+            shape = (self.cfg.global_batch,) + v.shape[1:]
+            out[k] = jax.make_array_from_process_local_data(self.batch_sharding, v, shape)
+        return out
+
+    def step(self, state, batch):
+        return self._jits["step"](state, self.frozen, batch)
+
+    def evaluate(self, params, batch):
+        return self._jits["eval"](params, self.frozen, batch)
+
+    def decoder_params(self, params) -> dict:
+        """Plain decoder parameters (LoRA merged) for export."""
+        dec = params["decoder"] if "decoder" in params else self.frozen["decoder"]
+        if "lora" in params:
+            dec = lora_lib.merge(dec, params["lora"], self.cfg.lora.alpha, self.cfg.lora.rank)
+        return dec
