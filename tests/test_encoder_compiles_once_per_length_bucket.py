@@ -15,14 +15,14 @@ def enc(tmp_path_factory, minilm_dir):
     return perank_jax.load_encoder(d, max_length=100)
 
 
-def _texts(rng, n):
+def _texts(rng, n, max_words=40):
     words = "query passage rank dense vector token model search answer retrieval".split()
-    return [" ".join(rng.choice(words, rng.integers(1, 90))) for _ in range(n)]
+    return [" ".join(rng.choice(words, rng.integers(1, max_words))) for _ in range(n)]
 
 
-def test_length_buckets_are_powers_of_two_up_to_max_length():
-    assert length_buckets(512) == (16, 32, 64, 128, 256, 512)
-    assert length_buckets(100) == (16, 32, 64, 100)
+def test_length_buckets_are_powers_of_two_and_midpoints_up_to_max_length():
+    assert length_buckets(512) == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    assert length_buckets(100) == (16, 24, 32, 48, 64, 96, 100)
     assert length_buckets(8) == (8,)
 
 
@@ -50,7 +50,7 @@ def test_padding_never_changes_a_text_embedding(enc):
 
 
 def test_order_of_results_follows_input_order(enc):
-    texts = [t[:60] for t in _texts(np.random.default_rng(1), 11)]   # buckets 16 and 32
+    texts = [t[:60] for t in _texts(np.random.default_rng(1), 11)]   # short texts: small buckets
     e = enc.encode(texts, batch_size=4)
     rev = enc.encode(texts[::-1], batch_size=4)[::-1]
     assert np.abs(e - rev).max() < 1e-6

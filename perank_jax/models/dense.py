@@ -2,9 +2,10 @@
 
 Texts are tokenised with the model's own HF tokenizer (from the same directory, never remote
 code), truncated to `max_length`, sorted by length and cut into batches of a FIXED size; each
-batch is right-padded to the smallest length bucket (powers of two from 16, and `max_length`)
-that fits it, and the last batch is filled with empty rows. So the jitted forward compiles at
-most once per bucket, and padding (masked keys, masked pooling) never changes an embedding.
+batch is right-padded to the smallest length bucket that fits it (powers of two from 16 and
+their 1.5x midpoints, and `max_length`), and the last batch is filled with empty rows. So the
+jitted forward compiles at most once per bucket, and padding (masked keys, masked pooling)
+never changes an embedding.
 """
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ MIN_BUCKET = 16
 
 
 def length_buckets(max_length: int) -> tuple[int, ...]:
+    """Powers of two from 16 and their 1.5x midpoints (16, 24, 32, 48, ..., 256, 384), then
+    `max_length`: at most ~2 log2(max_length) compilations, at most a third of a batch padding."""
     b, out = MIN_BUCKET, []
     while b < max_length:
-        out.append(b)
+        out += [b] + ([b * 3 // 2] if b * 3 // 2 < max_length else [])
         b *= 2
     return tuple(out) + (max_length,)
 
