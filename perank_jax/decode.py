@@ -18,7 +18,6 @@ the forward pass (lax.cond), so padding passages cost no decoder work.
 """
 from __future__ import annotations
 
-from functools import partial
 
 import jax
 import jax.numpy as jnp

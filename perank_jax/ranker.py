@@ -23,13 +23,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
 from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
-from perank_jax.prompts import (PromptError, add_special_tokens, embedding_prompt, render_chat,
+from perank_jax.prompts import (add_special_tokens, embedding_prompt, render_chat,
                                 strip_special, tokenize_prompt)
 from perank_jax.windows import sliding_windows
 
@@ -84,7 +84,7 @@ class PERanker:
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
         projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
-                                   decoder.config.hidden_size, dtype=np.dtype(dtype), param_dtype=np.dtype(dtype),
+                                   decoder.config.hidden_size, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype),
                                    allow_pickle=allow_pickle, mesh=mesh)
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)

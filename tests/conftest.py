@@ -93,5 +93,10 @@ def tiny_perank(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_perank_dir(tiny_perank):
-    return tiny_perank[0]
+def tiny_perank_dir(tmp_path_factory, minilm_dir):
+    """A tiny random PE-Rank checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu) for 384-d
+    all-MiniLM-L6-v2 embeddings (config.json encoder_name = the packaged MiniLM directory)."""
+    from helpers_tiny import tiny_perank_checkpoint
+    path, _, _ = tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny384"), emb_dim=384,
+                                        encoder_name=str(minilm_dir))
+    return path

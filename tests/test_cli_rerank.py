@@ -8,6 +8,11 @@ from perank_jax.cli import main
 from perank_jax.data.trec import read_run
 from perank_jax.ranker import PERanker
 
+
+@pytest.fixture(scope="module")
+def tiny_perank_dir_32(tiny_perank):
+    return tiny_perank[0]   # 32-d tiny encoder named in config.json
+
 DOCS = {f"d{i}": f"document {i} about {w}" for i, w in enumerate("cats dogs rivers banks loans trees "
                                                                  "music pianos courts cities fish birds".split())}
 
@@ -25,14 +30,14 @@ def _write_inputs(tmp_path, run_lines=None, corpus=None, queries=None):
             "--queries", str(tmp_path / "queries.tsv")]
 
 
-def test_rerank_cli_writes_run_and_stats_matching_the_library(tmp_path, tiny_perank_dir):
+def test_rerank_cli_writes_run_and_stats_matching_the_library(tmp_path, tiny_perank_dir_32):
     args = _write_inputs(tmp_path)
     out = tmp_path / "out.trec"
-    assert main(["rerank", "--model", str(tiny_perank_dir), *args,    # encoder: config.json encoder_name
+    assert main(["rerank", "--model", str(tiny_perank_dir_32), *args,    # encoder: config.json encoder_name
                  "--out", str(out), "--window", "5", "--stride", "2"]) == 0
     got = read_run(out)
     first = read_run(tmp_path / "run.trec")
-    ranker = PERanker.from_pretrained(tiny_perank_dir)
+    ranker = PERanker.from_pretrained(tiny_perank_dir_32)
     queries = {"q1": "cats and dogs", "q2": "money in banks"}
     for qid, hits in got.items():
         cands = [h.docid for h in first[qid]]
@@ -49,14 +54,14 @@ def test_rerank_cli_writes_run_and_stats_matching_the_library(tmp_path, tiny_per
     assert all(s["latency_s"] > 0 and s["processed_tokens"] > s["n_passages"] for s in stats)
 
 
-def test_rerank_cli_reads_and_writes_rank_llm_requests(tmp_path, tiny_perank_dir):
+def test_rerank_cli_reads_and_writes_rank_llm_requests(tmp_path, tiny_perank_dir_32):
     req = tmp_path / "req.jsonl"
     req.write_text(json.dumps({"query": {"text": "cats", "qid": "7"},
                                "candidates": [{"docid": d, "score": 1.0 - i / 10, "doc": {"text": t}}
                                               for i, (d, t) in enumerate(list(DOCS.items())[:6])]}) + "\n")
     out = tmp_path / "out.jsonl"
-    enc = json.loads((tiny_perank_dir / "config.json").read_text())["encoder_name"]
-    assert main(["rerank", "--model", str(tiny_perank_dir), "--encoder", enc, "--requests", str(req),
+    enc = json.loads((tiny_perank_dir_32 / "config.json").read_text())["encoder_name"]
+    assert main(["rerank", "--model", str(tiny_perank_dir_32), "--encoder", enc, "--requests", str(req),
                  "--out", str(out), "--window", "0", "--top-k", "3"]) == 0
     rec = json.loads(out.read_text())
     assert rec["query"]["qid"] == "7" and sorted(c["docid"] for c in rec["candidates"]) == sorted(list(DOCS)[:6])
@@ -72,7 +77,7 @@ def test_rerank_cli_reads_and_writes_rank_llm_requests(tmp_path, tiny_perank_dir
     ("no_candidates", "req.jsonl:1"),
     ("empty_document", "'d1' has empty text"),
 ])
-def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path, tiny_perank_dir, capsys, case, expect):
+def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path, tiny_perank_dir_32, capsys, case, expect):
     run = ["q1 Q0 d0 1 3 x\n", "q1 Q0 d1 2 2 x\n", "q1 Q0 d2 3 1 x\n"]
     corpus, queries = dict(DOCS), "q1\tcats\n"
     extra = []
@@ -92,7 +97,7 @@ def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path, tiny_perank_dir
         args = ["--requests", str(tmp_path / "req.jsonl")]
     out = tmp_path / "out.trec"
     out.write_text("previous content\n")
-    code = main(["rerank", "--model", str(tiny_perank_dir), *args,
+    code = main(["rerank", "--model", str(tiny_perank_dir_32), *args,
                  "--out", str(out), *extra])
     err = capsys.readouterr().err
     assert code == 2 and expect in err and err.count("\n") == 1, err

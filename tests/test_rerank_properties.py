@@ -2,19 +2,23 @@
 always a permutation of the query's candidates (n=1, ties, identical passages, padded
 batches, windows that do not divide n, top_k, single_pass); identical passages keep their
 first-stage order; nothing recompiles across passage counts within a bucket."""
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from helpers_tiny import HashEncoder
 from perank_jax.ranker import PERanker
 
+
+@pytest.fixture(scope="module")
+def tiny_perank_dir_32(tiny_perank):
+    return tiny_perank[0]   # 32-d tiny encoder named in config.json
+
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
 
 
 @pytest.fixture(scope="module")
-def ranker(tiny_perank_dir):
-    return PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(32), length_bucket=256,
+def ranker(tiny_perank_dir_32):
+    return PERanker.from_pretrained(tiny_perank_dir_32, encoder=HashEncoder(32), length_bucket=256,
                                     passage_bucket=8, batch_size=2)
 
 
@@ -48,8 +52,8 @@ def test_single_passage_and_batch_padding_agree_with_single_queries(ranker):
     assert batched == single and batched[0] == [0]
 
 
-def test_no_recompilation_across_passage_counts_within_a_bucket(tiny_perank_dir):
-    r = PERanker.from_pretrained(tiny_perank_dir, encoder=HashEncoder(32), length_bucket=512,
+def test_no_recompilation_across_passage_counts_within_a_bucket(tiny_perank_dir_32):
+    r = PERanker.from_pretrained(tiny_perank_dir_32, encoder=HashEncoder(32), length_bucket=512,
                                  passage_bucket=8, batch_size=1)
     for n in (5, 8, 6, 7, 5):
         r.rerank(f"query with {n} passages", [f"p {i}" for i in range(n)])
