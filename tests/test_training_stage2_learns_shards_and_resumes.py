@@ -119,3 +119,40 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, files):
     assert strip(files / "run_a" / "metrics.jsonl") == strip(out / "metrics.jsonl")
     kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [60, STEPS]                                                  # keep the last 2
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_with_4_devices_each_equal_one_process_with_8(files, tmp_path):
+    """jax.distributed on localhost (gloo CPU collectives): 2 processes x 4 fake devices, each
+    feeding its half of every batch, against 1 process x 8 devices; same (2,4,1) mesh."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    worker = str(Path(__file__).with_name("mp_train_worker.py"))
+    args = [f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}",
+            f"data.embeddings={files / 'emb.npz'}", f"output_dir={tmp_path / 'mp'}", "data.buckets=[32,64]",
+            "data.max_len=64", "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    port = str(_free_port())
+    cmd = lambda out, pid, n, devs: [sys.executable, worker, str(out), str(pid), str(n), port, str(devs), *args]
+    procs = [subprocess.Popen(cmd(tmp_path / "two.npz", i, 2, 4), env=env, cwd=os.getcwd(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    one = subprocess.run(cmd(tmp_path / "one.npz", 0, 1, 8), env=env, cwd=os.getcwd(),
+                         capture_output=True, text=True, timeout=600)
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    assert all(p.returncode == 0 for p in procs), "\n".join(x[-3000:] for x in logs)
+    a, b = np.load(tmp_path / "two.npz"), np.load(tmp_path / "one.npz")
+    print("losses, 2 processes x 4 devices:", a["losses"], " 1 process x 8 devices:", b["losses"])
+    np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-6)
+    assert sorted(a.files) == sorted(b.files) and len(a.files) > 10
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)

@@ -74,6 +74,13 @@ def make_embedder(cfg: TrainConfig):
     return enc
 
 
+def scalar(x) -> float:
+    """A replicated (possibly multi-process) scalar as a Python float, read from a local copy."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return float(np.asarray(x))
+
+
 def _fingerprint(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,7 +144,7 @@ class Run:
         for s in range(len(prep) // gb):
             m = self.trainer.evaluate(params, self.batch(prep, np.arange(s * gb, (s + 1) * gb)))
             for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + scalar(v)
             n += 1
         return {f"eval_{k}": v / max(n, 1) for k, v in sums.items()}
 
@@ -274,7 +281,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) 
             state, metrics = run.trainer.step(state, batch)
             done = step + 1
             if done % cfg.log_every == 0 or done == run.total_steps:
-                rec = {"step": done, **{k: float(v) for k, v in metrics.items()}}
+                rec = {"step": done, **{k: scalar(v) for k, v in metrics.items()}}
                 log.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
