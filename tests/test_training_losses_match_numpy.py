@@ -102,3 +102,10 @@ def test_top1_accuracy_ignores_padded_passages_and_filler_lists():
     ranking = np.array([[1, 0, 0], [2, 1, 0], [0, 0, 0]])
     valid = np.array([[1, 1, 0], [1, 1, 1], [0, 0, 0]], bool)
     assert float(top1_accuracy(jnp.asarray(L), jnp.asarray(ranking), jnp.asarray(valid))) == 0.5
+
+
+def test_next_token_xent_ignores_out_of_vocabulary_ids_at_unweighted_positions():
+    logits = jnp.zeros((1, 3, 4))
+    targets = jnp.array([[1, 99, 2]])          # 99: e.g. <PLACEHOLDER> added after the vocabulary
+    loss, _ = next_token_xent(logits, targets, jnp.array([[1.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(float(loss), np.log(4.0), rtol=1e-6)

@@ -275,8 +275,10 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
         out[pre + "mask"] = mask
         out[pre + "ph"] = ph
         if prep.stage == 1:
-            out["targets"] = np.concatenate([ids[:, 1:], np.full((B, 1), pad_id, np.int32)], 1)
-            out["weights"] = np.concatenate([labels[:, 1:], np.zeros((B, 1), bool)], 1).astype(np.float32)
+            weights = np.concatenate([labels[:, 1:], np.zeros((B, 1), bool)], 1)
+            targets = np.concatenate([ids[:, 1:], np.full((B, 1), pad_id, np.int32)], 1)
+            out["targets"] = np.where(weights, targets, pad_id)            # only assistant tokens are targets
+            out["weights"] = weights.astype(np.float32)
         else:
             out[pre + "rank"] = rank
     return out

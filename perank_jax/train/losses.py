@@ -98,10 +98,11 @@ def next_token_xent(logits: jax.Array, targets: jax.Array, weights: jax.Array):
     (already shifted: targets[:, t] is the token at t+1); weights[B,T] is 1 on assistant-turn
     targets, 0 elsewhere. Returns (mean loss, number of target tokens)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    tok = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     w = weights.astype(jnp.float32)
+    safe = jnp.where(w > 0, targets, 0).astype(jnp.int32)    # unweighted targets may be any id (e.g. added tokens)
+    tok = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
     count = w.sum()
-    return (tok * w).sum() / jnp.maximum(count, 1.0), count
+    return jnp.where(w > 0, tok * w, 0.0).sum() / jnp.maximum(count, 1.0), count
 
 
 def top1_accuracy(logits: jax.Array, ranking: jax.Array, valid: jax.Array) -> jax.Array:

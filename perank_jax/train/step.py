@@ -62,6 +62,8 @@ def place(tree, shardings):
             return x
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return jax.jit(lambda a: a, out_shardings=s)(x)
+        if isinstance(x, jax.Array) and s.is_fully_addressable:
+            return jax.device_put(x, s)                 # single process: no host round trip
         host = np.asarray(jax.device_get(x))
         return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
     return jax.tree.map(put, tree, shardings)
