@@ -93,7 +93,7 @@ def main(argv=None):
     print("| encoder | max len | mean tokens | JAX passages/s | torch passages/s | JAX/torch | min cos | JAX compiles |")
     print("|---|---|---|---|---|---|---|---|")
     for n, L, nt, j, t, r, c, cc in rows:
-        print(f"| {n} | {L} | {nt:.0f} | {j:.1f} | {t:.1f} | {r:.2f} | {c:.6f} | {cc} |")
+        print(f"| {n} | {L} | {nt:.0f} | {j:.3g} | {t:.3g} | {r:.2f} | {c:.6f} | {cc} |")
 
 
 if __name__ == "__main__":

@@ -249,20 +249,21 @@ class Encoder(nnx.Module):
         e = self.emb.arrays()
         x = self._embed(ids, mask, e)
         bias = self._bias(T, e)
-        keep = mask[:, None, None, :]                 # [B,1,1,T]: attend to real keys only
+        # additive key mask [B,1,1,T] (0 real, MASK_VALUE padding), plus the position bias
+        add = jnp.where(mask, 0.0, MASK_VALUE).astype(jnp.float32)[:, None, None, :]
         dt = self.dtype
+
+        def heads(y):                                  # [B,T,D] -> [B,H,T,hd]
+            return y.reshape(B, T, H, hd).transpose(0, 2, 1, 3)
 
         def layer(x, p):
             p = {k: v.astype(dt) for k, v in p.items()}
-            q = (x @ p["q_w"] + p["q_b"]).reshape(B, T, H, hd)
-            k = (x @ p["k_w"] + p["k_b"]).reshape(B, T, H, hd)
-            v = (x @ p["v_w"] + p["v_b"]).reshape(B, T, H, hd)
-            s = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(hd)
+            q, k, v = (heads(x @ p[f"{n}_w"] + p[f"{n}_b"]) for n in "qkv")
+            s = jnp.matmul(q, jnp.swapaxes(k, -1, -2)).astype(jnp.float32) * (1.0 / math.sqrt(hd)) + add
             if bias is not None:
                 s = s + bias[None]
-            s = jnp.where(keep, s, MASK_VALUE)
             a = jax.nn.softmax(s, axis=-1).astype(dt)
-            ctx = jnp.einsum("bhqk,bkhd->bqhd", a, v).reshape(B, T, H * hd)
+            ctx = jnp.matmul(a, v).transpose(0, 2, 1, 3).reshape(B, T, H * hd)
             x = _layer_norm(ctx @ p["o_w"] + p["o_b"] + x, p["ln1_scale"], p["ln1_bias"], eps)
             if cfg.arch == "jina":
                 g = x @ p["gate_w"]
