@@ -96,3 +96,19 @@ def test_order_is_seeded_resumable_and_split_over_processes():
     assert sum((first[0][r] for r in rows), []) == first[0]
     with pytest.raises(D.DataError):
         D.process_rows(4, 0, 3)
+
+
+def test_passage_embeddings_come_from_the_encoder_cache_with_encoder_fallback(minilm_dir, tmp_path):
+    import json as _json
+    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.train.embeddings import EmbeddingTableError, cache_embedder, encoder_embedder
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(_json.dumps({"_id": str(i), "text": t}) + "\n"
+                              for i, t in enumerate(["a cat sat", "dogs  bark loudly", "rain in spain"])))
+    enc = encoder_embedder(minilm_dir, max_length=128)
+    build_embedding_cache(enc.encoder, corpus, tmp_path / "cache", title_format=False, progress=False)
+    with pytest.raises(EmbeddingTableError, match="not in the cached corpus"):
+        cache_embedder(tmp_path / "cache")(["dogs bark loudly", "unseen text"])
+    got = cache_embedder(tmp_path / "cache", fallback=enc)(["dogs bark loudly", "unseen text"])
+    want = enc(["dogs  bark loudly", "unseen text"])
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -1,7 +1,8 @@
 """Stage 1 trains the projector alone: the decoder's parameters are bit-for-bit those on disk
 after training, the optimiser holds no decoder state, the reconstruction loss goes down, the
 export is the projector alone; gradient accumulation over microbatches equals one big batch;
-and stage-2 LoRA leaves the base decoder untouched while the exported (merged) one moves."""
+and stage-2 LoRA (bf16 compute, fp32 master weights, remat) leaves the base decoder untouched
+while the exported (merged) one moves."""
 import json
 
 import jax
@@ -87,13 +88,16 @@ def test_gradient_accumulation_equals_one_big_batch(files):
     assert max(diffs) < 1e-6
 
 
-def test_stage2_lora_trains_adapters_and_exports_merged_decoder(files):
+def test_stage2_lora_in_bf16_with_fp32_master_weights_and_remat_exports_merged_decoder(files):
     cfg = load_train_config("configs/tiny.stage2.yaml", [
         f"model.decoder={files / 'dec'}", f"data.train={files / 's2.jsonl'}", f"data.embeddings={files / 'emb.npz'}",
         f"output_dir={files / 'lora'}", FAST, "lora.rank=2", "lora.targets=[q, v]", "optim.lr=1e-2",
-        "optim.max_steps=3", "data.buckets=[32,64]", "data.max_len=64", "data.use_content_view=false"])
+        "optim.max_steps=3", "data.buckets=[32,64]", "data.max_len=64", "data.use_content_view=false",
+        "compute_dtype=bfloat16", "param_dtype=float32", "remat=true"])
     s = train(cfg)
     p = s["state"]["params"]
+    assert {x.dtype for x in jax.tree.leaves(p)} == {np.dtype("float32")}        # master weights
+    assert s["run"].decoder.model.dtype == jax.numpy.bfloat16 and s["run"].decoder.model.remat   # bf16 compute
     assert set(p) == {"projector", "lora"} and set(p["lora"]) == {"q", "v"}
     assert float(np.abs(np.asarray(p["lora"]["q"]["b"])).max()) > 0            # adapters moved
     base = disk_decoder(files)
