@@ -12,6 +12,9 @@ Record formats (the reference's):
             "ranking": [...], "extra_texts": [...]}
            the assistant turn becomes n <RANK> slots; `ranking` is the teacher's order
            (passage indices, 0- or 1-based, a permutation).
+
+Under multi-host training every process prepares (and so validates) all records, and each
+feeds only its contiguous share of every global batch (`process_rows`).
 """
 from __future__ import annotations
 
