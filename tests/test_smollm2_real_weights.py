@@ -51,3 +51,9 @@ def test_smollm2_greedy_answer_names_paris(smol):
                              16, eos_ids_of(tok, smol.config))
     text = tok.decode(out[0, :n[0]], skip_special_tokens=True)
     assert "Paris" in text, text
+
+
+def test_cli_generate_defaults_to_packaged_smollm2_and_answers_paris(capsys):
+    from perank_jax.cli import main
+    assert main(["generate", "--max-new-tokens", "12", "What is the capital of France?"]) == 0
+    assert "Paris" in capsys.readouterr().out
