@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.atomic import atomic_json
 from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
 from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
 from perank_jax.prompts import (add_special_tokens, embedding_prompt, render_chat,
@@ -251,9 +252,7 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     conf = decoder_model.cfg.to_hf()
     conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
                 encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32")
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(conf, indent=2))
-    os.replace(tmp, out / "config.json")
+    atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out
 

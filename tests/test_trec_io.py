@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from perank_jax.atomic import atomic_write
+
 from perank_jax.data import trec
 from perank_jax.data.trec import (Candidate, DataError, Hit, Request, build_rerank_requests, read_corpus,
                                   read_qrels, read_queries, read_requests, read_run, write_qrels,
@@ -157,7 +159,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
         f.write("half")
         raise RuntimeError("disk full")
     with pytest.raises(RuntimeError):
-        trec._atomic_write(p, boom)
+        atomic_write(p, boom)
     assert p.read_text() == before and list(tmp_path.iterdir()) == [p]
 
 

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from perank_jax.atomic import atomic_write
+
 CACHE_VERSION = 1
 META, EMB, IDS, PARTIAL = "metadata.json", "embeddings.npy", "docids.txt", ".partial"
 
@@ -39,16 +41,7 @@ class CacheError(ValueError):
 
 # ------------------------------------------------------------------ helpers
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, write, binary=True, fsync=True)
 
 
 def _write_json(path: Path, obj) -> None:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
+
+from perank_jax.atomic import atomic_write
 
 
 class DataError(ValueError):
@@ -114,21 +115,6 @@ def doc_text(rec: Mapping, title_format: bool = False, path="<memory>", line=Non
     if title_format and title is not None:
         return " ".join(f"Title: {title} Content: {text}".split())
     return f"{title} {text}" if title else str(text)
-
-
-def _atomic_write(path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 # ---------------------------------------------------------------------------- readers
@@ -294,14 +280,14 @@ def write_run(run: Mapping[str, Iterable], path, tag: str = "perank", scores: st
                                 f"decrease (previous {prev!r})")
             prev = s
             rows.append(f"{qid} Q0 {docid} {r} {s!r} {tag}\n")
-    return _atomic_write(path, lambda f: f.writelines(rows))
+    return atomic_write(path, lambda f: f.writelines(rows))
 
 
 def write_qrels(qrels: Mapping[str, Mapping[str, int]], path) -> Path:
     rows = [f"{q} 0 {d} {int(g)}\n" for q, judged in qrels.items() for d, g in judged.items()]
     if not rows:
         raise DataError(f"{path}: refusing to write empty qrels")
-    return _atomic_write(path, lambda f: f.writelines(rows))
+    return atomic_write(path, lambda f: f.writelines(rows))
 
 
 def write_requests(requests: Sequence[Request], path) -> Path:
@@ -311,7 +297,7 @@ def write_requests(requests: Sequence[Request], path) -> Path:
         cands = [{"docid": c.docid, "score": c.score, "doc": {"text": c.text}} for c in r.candidates]
         rows.append(json.dumps({"query": {"text": r.query, "qid": r.qid}, "candidates": cands},
                                ensure_ascii=False) + "\n")
-    return _atomic_write(path, lambda f: f.writelines(rows))
+    return atomic_write(path, lambda f: f.writelines(rows))
 
 
 # ---------------------------------------------------------------------------- joins

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.data.trec import (build_rerank_requests, read_corpus, read_qrels, read_queries,
                                   read_requests, read_run, write_run)
@@ -243,8 +244,8 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
               "queries": {d: len(r) for d, (r, _) in data.items()}, "per_query_costs": per_query_costs}
     result["table2"] = table2_markdown(result)
     result["table3"] = table3_markdown(result)
-    _atomic_text(out / "tables.json", json.dumps(result, indent=1, default=float))
-    _atomic_text(out / "tables.md", result["table2"] + "\n\n" + result["table3"] + "\n")
+    atomic_text(out / "tables.json", json.dumps(result, indent=1, default=float))
+    atomic_text(out / "tables.md", result["table2"] + "\n\n" + result["table3"] + "\n")
     plot_latency(result, out / "latency_vs_candidates.png")
     return result
 
@@ -289,10 +290,8 @@ def plot_latency(res: dict, path: Path) -> Path:
     ax.set_title(f"Latency vs candidates ({res['efficiency_dataset']})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -300,7 +299,3 @@ def _md_row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def _atomic_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

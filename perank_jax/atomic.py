@@ -1,0 +1,37 @@
+"""Atomic file writes: every output of perank-jax is written to a temporary file in the
+target's directory and renamed into place, so a reader never sees a half-written file
+and an error (or Ctrl-C) leaves the previous file, if any, untouched."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+
+def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync: bool = False) -> Path:
+    """Call `write(f)` on a temp file next to `path`, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_text(path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_json(path, obj, indent: int | None = 2) -> Path:
+    return atomic_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
