@@ -241,14 +241,15 @@ def export(run: Run, params, out_dir: Path) -> Path:
         save_safetensors_atomic(proj.export_torch("model.projector."), out_dir / "projector.safetensors",
                                 metadata={"format": "pt"})
         conf = {"projector_type": proj.kind, "embedding_size": proj.in_dim, "hidden_size": proj.out_dim,
-                "decoder": cfg.model.decoder, "encoder_name": cfg.model.encoder or ""}
+                "decoder": resolve_model_path(cfg.model.decoder),
+                "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
         tmp = out_dir / "projector_config.json.tmp"
         tmp.write_text(json.dumps(conf, indent=2))
         os.replace(tmp, out_dir / "projector_config.json")
         return out_dir
     from perank_jax.ranker import save_checkpoint
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
-    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=cfg.model.encoder or "")
+    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(cfg.model.encoder) or "")
 
 
 # ----------------------------------------------------------------------------- the loop
