@@ -240,7 +240,6 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
     tokenizer files. Each file is written atomically."""
-    import os
     from perank_jax.weights.decoder_keys import to_hf_tensors
     from perank_jax.weights.io import save_safetensors_atomic
     out = Path(out_dir)

@@ -101,23 +101,15 @@ def request_lists(requests: Sequence[Request], rankings: Mapping[str, Sequence[s
 def write_records(records: Iterable[dict], path) -> int:
     """Write records as JSONL atomically (temp file + os.replace); returns the count."""
     import json
-    import os
-    import tempfile
-    from pathlib import Path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    from perank_jax.atomic import atomic_write
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                count += 1
+
+    def write(f):
+        nonlocal count
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            count += 1
         if count == 0:
             raise DataError(f"{path}: no records to write")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, write)
     return count

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from perank_jax.atomic import atomic_write
+
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -29,9 +31,8 @@ def save_table(path: str | os.PathLike, texts: Sequence[str], vectors: np.ndarra
     vectors = np.asarray(vectors, np.float32)
     if vectors.shape[0] != len(texts):
         raise EmbeddingTableError(f"{len(texts)} texts but {vectors.shape[0]} vectors")
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, texts=np.asarray(list(texts), dtype=object).astype(str), vectors=vectors)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez(f, texts=np.asarray(list(texts), dtype=object).astype(str),
+                                          vectors=vectors), binary=True)
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perank_jax.atomic import atomic_json, atomic_text, atomic_write
 from perank_jax.config import ConfigError
 from perank_jax.train import data as D
 from perank_jax.train.config import TrainConfig
@@ -191,9 +191,7 @@ class MetricsLog:
         keep = []
         if path.exists() and start_step > 0:
             keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in keep))
-        os.replace(tmp, path)
+        atomic_text(path, "".join(ln + "\n" for ln in keep))
 
     def write(self, rec: dict):
         if self.enabled:
@@ -218,10 +216,8 @@ def plot_metrics(log_path: Path, png_path: Path) -> None:
     b.plot([r["step"] for r in train], [r["lr"] for r in train])
     b.set_xlabel("step"), b.set_ylabel("learning rate")
     fig.tight_layout()
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
     plt.close(fig)
-    os.replace(tmp, png_path)
 
 
 def export(run: Run, params, out_dir: Path) -> Path:
@@ -243,9 +239,7 @@ def export(run: Run, params, out_dir: Path) -> Path:
         conf = {"projector_type": proj.kind, "embedding_size": proj.in_dim, "hidden_size": proj.out_dim,
                 "decoder": resolve_model_path(cfg.model.decoder),
                 "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
-        tmp = out_dir / "projector_config.json.tmp"
-        tmp.write_text(json.dumps(conf, indent=2))
-        os.replace(tmp, out_dir / "projector_config.json")
+        atomic_json(out_dir / "projector_config.json", conf)
         return out_dir
     from perank_jax.ranker import save_checkpoint
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
@@ -314,9 +308,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) 
     export_dir = export(run, state["params"], out / "export")
     if run.main:
         plot_metrics(out / "metrics.jsonl", out / "metrics.png")
-        tmp = out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, out / "summary.json")
+        atomic_json(out / "summary.json", summary)
     mngr.close()
     summary["export"] = str(export_dir)
     summary["state"] = state
