@@ -109,9 +109,3 @@ def constrain(x, axes, mesh: Mesh | None):
         return x
     return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape))
 
-
-def tree_shardings(tree_axes, tree_shapes, mesh: Mesh):
-    """NamedShardings for a pytree of logical-axes tuples and a matching pytree of shapes."""
-    is_leaf = lambda a: a is None or (isinstance(a, tuple) and all(isinstance(s, (str, type(None))) for s in a))
-    return jax.tree.map(lambda a, s: named_sharding(mesh, a, getattr(s, "shape", s)),
-                        tree_axes, tree_shapes, is_leaf=is_leaf)

@@ -145,11 +145,6 @@ class KVCache(NamedTuple):
     index: jax.Array  # int32 scalar: next slot to write
 
 
-CACHE_AXES = KVCache(k=("layers", "batch", "cache_seq", "act_kv_heads", "head_dim"),
-                     v=("layers", "batch", "cache_seq", "act_kv_heads", "head_dim"),
-                     pos=("batch", "cache_seq"), index=None)
-
-
 def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
@@ -269,25 +264,6 @@ class Decoder(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         h, _ = self.forward(self.embed(ids), positions, mask)
         return self.head(h)
-
-
-def param_axes(model: Decoder) -> dict[str, tuple[str, ...]]:
-    return {name: axes for name, (_, axes) in param_specs(model.cfg).items()}
-
-
-def shard_model(model: nnx.Module, mesh) -> nnx.Module:
-    """Place every nnx.Param of `model` onto `mesh` according to its `axes` metadata."""
-    from perank_jax.sharding import named_sharding
-
-    state = nnx.state(model, nnx.Param)
-
-    def put(var):
-        axes = var.get_metadata().get("axes")
-        return var.replace(jax.device_put(var[...], named_sharding(mesh, axes, var.shape)))
-
-    nnx.update(model, jax.tree.map(put, state, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-    model.mesh = mesh
-    return model
 
 
 # Loading lives in perank_jax/weights/decoder_keys.py (HF key map) and is re-exported here.
