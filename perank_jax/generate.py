@@ -92,7 +92,7 @@ def chat_generate(model_path: str, prompt: str, max_new_tokens: int = 32, dtype:
     dec = load_decoder(model_path, dtype=dtype)
     tok = dec.tokenizer
     if tok is None:
-        raise ValueError(f"{model_path}: no tokenizer found next to the weights")
+        raise ValueError(f"{model_path}: {dec.tokenizer_error or 'no tokenizer found next to the weights'}")
     text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                    add_generation_prompt=True)
     ids = tok(text, add_special_tokens=False)["input_ids"]

@@ -236,10 +236,14 @@ def read_perank_config(path) -> dict:
 
 
 def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
-                    encoder_pooling: str = "mean", model_type: str = "embed_mistral") -> Path:
+                    encoder_pooling: str = "mean", model_type: str | None = None) -> Path:
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
-    tokenizer files. Each file is written atomically."""
+    tokenizer files. Each file is written atomically. model_type defaults to `embed_mistral`
+    (the released checkpoints' label) for a Mistral decoder and to the decoder's own type
+    (e.g. `llama`) otherwise."""
+    if model_type is None:
+        model_type = "embed_mistral" if decoder_model.cfg.model_type == "mistral" else decoder_model.cfg.model_type
     from perank_jax.weights.decoder_keys import to_hf_tensors
     from perank_jax.weights.io import save_safetensors_atomic
     out = Path(out_dir)

@@ -125,3 +125,14 @@ def test_non_gguf_file_is_refused(tmp_path):
     f.write_bytes(b"GGUF" + b"\x00" * 10)
     with pytest.raises(WeightError, match="not a readable GGUF file"):
         load_decoder(f)
+
+
+def test_gguf_tokenizer_conversion_failure_is_reported_not_swallowed(smollm2_gguf, monkeypatch):
+    from perank_jax.generate import chat_generate
+    from perank_jax.weights.gguf import GGUFSource
+
+    def broken(self):
+        raise ValueError("unsupported tokenizer.ggml.model 'made-up'")
+    monkeypatch.setattr(GGUFSource, "tokenizer", broken)
+    with pytest.raises(ValueError, match=r"GGUF tokenizer could not be converted .*made-up"):
+        chat_generate(str(smollm2_gguf), "hi", max_new_tokens=1)

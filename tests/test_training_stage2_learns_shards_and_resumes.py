@@ -9,8 +9,14 @@ import json
 import jax
 import numpy as np
 import pytest
+from tiny_train import (
+    make_decoder_dir,
+    make_tokenizer,
+    stage2_records,
+    table_file,
+    write_jsonl,
+)
 
-from tiny_train import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run, train
 
@@ -119,6 +125,62 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, files):
     assert strip(files / "run_a" / "metrics.jsonl") == strip(out / "metrics.jsonl")
     kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [60, STEPS]                                                  # keep the last 2
+
+
+def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
+    """A real `perank train` process, checkpointing every step (asynchronously), is SIGKILLed
+    once a few checkpoints are on disk (usually mid-save); `perank train` again resumes from
+    the last complete checkpoint and ends byte-identical to the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from perank_jax.cli import main
+    out = files / "run_k"
+    overrides = [f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}",
+                 f"data.eval={files / 'eval.jsonl'}", f"data.embeddings={files / 'emb.npz'}", f"output_dir={out}",
+                 "data.buckets=[32,64]", "data.max_len=64", "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST,
+                 "checkpoint.every=1", "checkpoint.keep=2"]
+    ckpts = out / "checkpoints"
+    finished = lambda: sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    with open(files / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", "train", "configs/tiny.stage2.yaml",
+                                 *overrides], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline and (not finished() or max(finished()) < 3):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (files / "killed.log").read_text()[-3000:]
+    at_kill = finished()
+    left = sorted(p.name for p in ckpts.iterdir() if not p.name.isdigit())
+    assert not (out / "export").exists() and 3 <= max(at_kill) < STEPS
+    assert main(["train", "configs/tiny.stage2.yaml", *overrides]) == 0
+    resumed = json.loads((out / "summary.json").read_text())
+    print(f"killed with checkpoints {at_kill} on disk (other entries: {left}); resumed from {resumed['resumed_from']}")
+    assert resumed["resumed_from"] == max(at_kill)
+    from perank_jax.weights.io import SafetensorsCheckpoint
+    a, b = (SafetensorsCheckpoint(files / r / "export") for r in ("run_a", "run_k"))
+    assert sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        np.testing.assert_array_equal(np.asarray(a.get(k)), np.asarray(b.get(k)), err_msg=k)
+    strip = lambda p: [json.loads(x) for x in p.read_text().splitlines()]
+    assert strip(files / "run_a" / "metrics.jsonl") == strip(out / "metrics.jsonl")
+
+
+def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
+    from perank_jax.config import ConfigError
+    from perank_jax.train.loop import MetricsLog
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    MetricsLog(p, 2, True)
+    assert p.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(ConfigError, match="line 2 is not JSON"):
+        MetricsLog(p, 2, True)
+    assert p.read_text().count("\n") == 3                     # nothing rewritten
 
 
 def _free_port():

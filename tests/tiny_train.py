@@ -36,6 +36,7 @@ def make_decoder_dir(path, tokenizer, hidden=32, layers=2, seed=0, init_std=0.1)
     """A random Llama-style decoder as an HF directory (config.json, model.safetensors, tokenizer)."""
     import jax.numpy as jnp
     from flax import nnx
+
     from perank_jax.models.decoder import Decoder, DecoderConfig
     from perank_jax.weights.decoder_keys import to_hf_tensors
     from perank_jax.weights.io import save_safetensors_atomic
@@ -109,3 +110,39 @@ def table_file(path, *tables):
     for t in tables:
         merged.update(t)
     return save_table(path, list(merged), np.stack(list(merged.values())))
+
+
+def pretrain_reader(cfg, out_dir, steps=1000, lr=3e-3):
+    """A decoder that can read passage embeddings: the random decoder of `cfg` (a stage-1
+    config) trained JOINTLY with a throwaway projector on cfg's data (plain Adam, the
+    production stage-1 loss), saved as an HF directory. Stage 1 proper then starts a fresh
+    projector against this frozen decoder, as PE-Rank does against a pre-trained LLM."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from perank_jax.train.loop import Run
+    from perank_jax.weights.decoder_keys import to_hf_tensors
+    from perank_jax.weights.io import save_safetensors_atomic
+    run = Run(cfg)
+    fns = run.trainer.fns
+    params = {"projector": run.trainer._init_params["projector"], "decoder": run.trainer.frozen["decoder"]}
+    tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, 10, steps))
+
+    @jax.jit
+    def step(params, opt, batch):
+        def loss(p):
+            return fns.loss({"projector": p["projector"]}, {"decoder": p["decoder"]}, batch)[0]
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, updates), opt, value
+
+    opt = tx.init(params)
+    for k in range(steps):
+        params, opt, _ = step(params, opt, run.batch(run.train_data, run.order.indices(k)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors_atomic(to_hf_tensors(nnx.merge(fns.dec_gd, params["decoder"])), out / "model.safetensors")
+    (out / "config.json").write_text((Path(cfg.model.decoder) / "config.json").read_text())
+    run.tokenizer.save_pretrained(str(out))
+    return out, params["projector"]

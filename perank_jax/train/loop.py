@@ -107,7 +107,7 @@ class Run:
                                     param_dtype=cfg.param_dtype, remat=cfg.remat)
         self.tokenizer = self.decoder.tokenizer
         if self.tokenizer is None:
-            raise ConfigError(f"{cfg.model.decoder}: the decoder has no tokenizer")
+            raise ConfigError(f"{cfg.model.decoder}: {self.decoder.tokenizer_error or 'the decoder has no tokenizer'}")
         embed = make_embedder(cfg)
         dim = getattr(embed, "dim", None) or cfg.model.embedding_dim
         hidden = self.decoder.config.hidden_size
@@ -182,7 +182,8 @@ def _restore(mngr, run: Run, state):
 
 # ----------------------------------------------------------------------------- logs and export
 class MetricsLog:
-    """JSONL metrics (process 0). On resume, lines past the restored step are dropped first."""
+    """JSONL metrics (process 0). On resume, lines past the restored step are dropped first,
+    and so is a torn last line (a process killed while appending)."""
 
     def __init__(self, path: Path, start_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -190,7 +191,16 @@ class MetricsLog:
             return
         keep = []
         if path.exists() and start_step > 0:
-            keep = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= start_step]
+            lines = path.read_text().splitlines()
+            for i, ln in enumerate(lines):
+                try:
+                    rec = json.loads(ln)
+                except json.JSONDecodeError:
+                    if i == len(lines) - 1:
+                        break
+                    raise ConfigError(f"{path}: line {i + 1} is not JSON (a corrupt metrics log)") from None
+                if rec.get("step", 0) <= start_step:
+                    keep.append(ln)
         atomic_text(path, "".join(ln + "\n" for ln in keep))
 
     def write(self, rec: dict):

@@ -86,6 +86,10 @@ def make_optimizer(optim, total_steps: int):
     return optax.chain(*parts), sched
 
 
+# optax >= 0.2.5 has optax.tree.norm (optax.global_norm is deprecated); older versions lack it
+_tree_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
+
+
 # ----------------------------------------------------------------------------- the model maths
 def _positions_mask(pos, T):
     B = pos.shape[0]
@@ -173,7 +177,7 @@ def _build_jits(fns: StepFns, tx, schedule, accum, state_sh, frozen_sh, param_sh
         metrics, grads = _accumulate(fns, state["params"], frozen, batch, accum)
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state["step"]))
+        metrics = dict(metrics, grad_norm=_tree_norm(grads), lr=schedule(state["step"]))
         return new, metrics
 
     return {"traces": traces,

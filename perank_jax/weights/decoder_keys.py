@@ -133,12 +133,14 @@ def build_decoder(cfg: DecoderConfig, params: dict[str, jax.Array], dtype, mesh=
 
 
 class LoadedDecoder:
-    """A loaded decoder: `.config`, `.model`, `.tokenizer` and jit-compiled entry points."""
+    """A loaded decoder: `.config`, `.model`, `.tokenizer` and jit-compiled entry points.
+    `.tokenizer_error` says why `.tokenizer` is None when a GGUF vocabulary failed to convert."""
 
-    def __init__(self, model: Decoder, tokenizer=None, path: str | None = None):
+    def __init__(self, model: Decoder, tokenizer=None, path: str | None = None, tokenizer_error: str | None = None):
         self.model = model
         self.config = model.cfg
         self.tokenizer = tokenizer
+        self.tokenizer_error = tokenizer_error
         self.path = path
         self.graphdef, self.state = nnx.split(model)
         gd = self.graphdef
@@ -208,17 +210,17 @@ def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False
         from perank_jax.weights.gguf import GGUFSource
         source = GGUFSource(path)
         cfg = DecoderConfig.from_hf(source.hf_config(), source=str(path))
-        tokenizer = None
+        tokenizer, tokenizer_error = None, None
         try:
             tokenizer = source.tokenizer()
-        except Exception:  # tokenizer conversion is optional for weights-only use
-            tokenizer = None
+        except Exception as e:  # optional for weights-only use; the reason is kept for callers
+            tokenizer_error = f"the GGUF tokenizer could not be converted ({type(e).__name__}: {e})"
     elif path.is_dir():
         cfg = DecoderConfig.from_hf(_read_config(path), source=str(path / "config.json"))
         source = SafetensorsCheckpoint(path)
-        tokenizer = load_tokenizer(path)
+        tokenizer, tokenizer_error = load_tokenizer(path), None
     else:
         raise WeightError(f"{path}: not found (expected an HF model directory or a .gguf file)")
     params = load_params(source, cfg, param_dtype, mesh, source_name=str(path), ignore=ignore)
     model = build_decoder(cfg, params, dtype, mesh=mesh, remat=remat)
-    return LoadedDecoder(model, tokenizer, str(path))
+    return LoadedDecoder(model, tokenizer, str(path), tokenizer_error)
