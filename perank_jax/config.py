@@ -9,6 +9,7 @@ are errors naming the key.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,18 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     pass
+
+
+def read_config_json(directory, error: type[Exception] = ValueError, missing_error: type[Exception] | None = None,
+                     expected: str = "a model directory") -> dict:
+    """`directory/config.json` as a dict; one clear error (naming the file) if it is missing or not JSON."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise (missing_error or error)(f"{directory}: config.json not found (expected {expected})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e})") from None
 
 
 def _coerce(tp, value, where: str):

@@ -18,7 +18,6 @@ of time once; compile time is accounted apart from latency.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.atomic import atomic_json
+from perank_jax.config import read_config_json
 from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
 from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
 from perank_jax.prompts import (add_special_tokens, embedding_prompt, render_chat,
@@ -218,12 +218,7 @@ def _text(p) -> str:
 def read_perank_config(path) -> dict:
     """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked."""
     cfg_path = Path(path) / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{path}: config.json not found (expected a PE-Rank checkpoint directory)")
-    try:
-        conf = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: invalid JSON ({e})") from None
+    conf = read_config_json(path, ValueError, FileNotFoundError, expected="a PE-Rank checkpoint directory")
     if conf.get("model_type") not in MODEL_TYPES:
         raise ValueError(f"{cfg_path}: model_type {conf.get('model_type')!r} is not a PE-Rank decoder "
                          f"(expected one of {MODEL_TYPES})")

@@ -136,3 +136,19 @@ def test_gguf_tokenizer_conversion_failure_is_reported_not_swallowed(smollm2_ggu
     monkeypatch.setattr(GGUFSource, "tokenizer", broken)
     with pytest.raises(ValueError, match=r"GGUF tokenizer could not be converted .*made-up"):
         chat_generate(str(smollm2_gguf), "hi", max_new_tokens=1)
+
+
+@pytest.mark.parametrize("loader", ["decoder", "encoder", "perank"])
+def test_corrupt_or_missing_config_json_is_one_error_naming_the_file(loader, tmp_path):
+    from perank_jax.models.dense import DenseEncoder
+    from perank_jax.models.encoder import EncoderError
+    from perank_jax.ranker import read_perank_config
+    from perank_jax.weights.decoder_keys import load_decoder
+    load, err, missing = {"decoder": (load_decoder, WeightError, WeightError),
+                          "encoder": (DenseEncoder.from_dir, EncoderError, EncoderError),
+                          "perank": (read_perank_config, ValueError, FileNotFoundError)}[loader]
+    with pytest.raises(missing, match="config.json not found"):
+        load(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "llama",')
+    with pytest.raises(err, match=r"config.json: invalid JSON"):
+        load(tmp_path)

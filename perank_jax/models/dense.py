@@ -9,7 +9,6 @@ never changes an embedding.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.config import read_config_json
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS, l2_normalize, pool, pooling_from_dir
 
@@ -90,12 +90,7 @@ class DenseEncoder:
         if not d.is_dir():
             raise EncoderError(f"{d}: encoder directory not found")
         cfile = d / "config.json"
-        if not cfile.exists():
-            raise EncoderError(f"{d}: no config.json")
-        try:
-            hf = json.loads(cfile.read_text())
-        except json.JSONDecodeError as e:
-            raise EncoderError(f"{cfile}: invalid JSON ({e})") from None
+        hf = read_config_json(d, EncoderError, expected="an HF encoder directory")
         if dtype not in DTYPES:
             raise EncoderError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         cfg = EncoderConfig.from_hf(hf, str(cfile))

@@ -7,7 +7,6 @@ only its own slice, so a sharded 7B checkpoint never needs 2x its size in host R
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.config import read_config_json
 from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, KVCache, init_cache, param_specs
 from perank_jax.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, place
@@ -182,16 +182,6 @@ class LoadedDecoder:
         return init_cache(self.config, batch, max_len, dtype or self.model.dtype)
 
 
-def _read_config(d: Path) -> dict:
-    cfg_path = d / "config.json"
-    if not cfg_path.exists():
-        raise WeightError(f"{d}: config.json not found (an HF model directory or a .gguf file is expected)")
-    try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise WeightError(f"{cfg_path}: invalid JSON ({e})") from None
-
-
 def load_tokenizer(d: Path):
     """The directory's own HF tokenizer, or None when it has no tokenizer files."""
     if not any((d / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
@@ -216,7 +206,7 @@ def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False
         except Exception as e:  # optional for weights-only use; the reason is kept for callers
             tokenizer_error = f"the GGUF tokenizer could not be converted ({type(e).__name__}: {e})"
     elif path.is_dir():
-        cfg = DecoderConfig.from_hf(_read_config(path), source=str(path / "config.json"))
+        cfg = DecoderConfig.from_hf(read_config_json(path, WeightError, expected="an HF model directory or a .gguf file"), source=str(path / "config.json"))
         source = SafetensorsCheckpoint(path)
         tokenizer, tokenizer_error = load_tokenizer(path), None
     else:
