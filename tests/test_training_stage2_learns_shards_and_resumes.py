@@ -129,7 +129,8 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, files):
 
 def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
     """A real `perank train` process, checkpointing every step (asynchronously), is SIGKILLed
-    once a few checkpoints are on disk (usually mid-save); `perank train` again resumes from
+    once a few checkpoints are on disk, aiming at a moment when the next save is in flight
+    (a torn `N.orbax-checkpoint-tmp` is left behind); `perank train` again resumes from
     the last complete checkpoint and ends byte-identical to the uninterrupted run."""
     import os
     import signal
@@ -145,17 +146,21 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
                  "checkpoint.every=1", "checkpoint.keep=2"]
     ckpts = out / "checkpoints"
     finished = lambda: sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    saving = lambda: any(not p.name.isdigit() and "tmp" in p.name for p in ckpts.iterdir())
     with open(files / "killed.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", "train", "configs/tiny.stage2.yaml",
                                  *overrides], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline and (not finished() or max(finished()) < 3):
             time.sleep(0.005)
+        soon = time.time() + 2.0                       # aim at a moment when a save is in flight
+        while proc.poll() is None and time.time() < soon and not saving():
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, (files / "killed.log").read_text()[-3000:]
     at_kill = finished()
-    left = sorted(p.name for p in ckpts.iterdir() if not p.name.isdigit())
+    left = sorted(p.name for p in ckpts.iterdir() if not p.name.isdigit())          # e.g. a torn save
     assert not (out / "export").exists() and 3 <= max(at_kill) < STEPS
     assert main(["train", "configs/tiny.stage2.yaml", *overrides]) == 0
     resumed = json.loads((out / "summary.json").read_text())
