@@ -22,7 +22,7 @@ def _compiled(graphdef):
     def run(state, ids, lengths, eos_ids, max_new: int):
         m = nnx.merge(graphdef, state)
         B, T = ids.shape
-        cache = init_cache(m.cfg, B, T + max_new, m.dtype)
+        cache = init_cache(m.cfg, B, T + max_new, m.dtype, mesh=m.mesh)
         pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         h, cache = m.forward(m.embed(ids), pos, pos < lengths[:, None], cache)
         last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)

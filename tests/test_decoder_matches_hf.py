@@ -104,3 +104,23 @@ def test_forward_on_2x4_mesh_equals_single_device(tmp_path, mesh_shape):
     assert len(q.sharding.device_set) == 8 and q.sharding.spec[2] == "tensor"
     out = sharded.logits(ids, mask)
     np.testing.assert_allclose(np.asarray(out)[mask], single[mask], rtol=0, atol=1e-5 * np.abs(single).max())
+
+
+def test_cached_decoding_on_mesh_keeps_kv_heads_sharded_and_matches_single_device(tmp_path):
+    from perank_jax.sharding import make_mesh
+    make_tiny_hf_decoder(tmp_path, "mistral", num_attention_heads=8, num_key_value_heads=4,
+                         hidden_size=64, intermediate_size=128)
+    ids, mask = _padded_batch(128, seed=6)
+    B, P = ids.shape[0], 6
+    outs = []
+    for mesh in (None, make_mesh((2, 1, 4))):
+        dec = load_decoder(tmp_path, mesh=mesh)
+        x = dec.embed(ids)
+        cache = dec.init_cache(B, P + 2)
+        h, cache = dec.forward(x[:, :P], np.broadcast_to(np.arange(P), (B, P)), np.ones((B, P), bool), cache)
+        h2, cache = dec.forward(x[:, P:P + 1], np.full((B, 1), P), np.ones((B, 1), bool), cache)
+        if mesh is not None:          # [layers, batch, cache_seq, kv_heads, head_dim]: batch/data, heads/tensor
+            spec = cache.k.sharding.spec
+            assert "data" in np.atleast_1d(spec[1]) and spec[3] == "tensor" and len(cache.k.sharding.device_set) == 8
+        outs.append(np.concatenate([np.asarray(h), np.asarray(h2)], 1))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-5 * np.abs(outs[0]).max())

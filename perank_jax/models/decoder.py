@@ -145,10 +145,15 @@ class KVCache(NamedTuple):
     index: jax.Array  # int32 scalar: next slot to write
 
 
-def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+# logical axes of the KV cache's k / v: [layers, batch, cache_seq, kv_heads, head_dim]
+CACHE_AXES = ("layers", "batch", "cache_seq", "act_kv_heads", "head_dim")
+
+
+def init_cache(cfg: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32, mesh=None) -> KVCache:
+    """An empty cache (slot positions -1). On a mesh, k / v are laid out by CACHE_AXES."""
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   pos=jnp.full((batch, max_len), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+    zeros = constrain(jnp.zeros(shape, dtype), CACHE_AXES, mesh)
+    return KVCache(k=zeros, v=zeros, pos=jnp.full((batch, max_len), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
 
 
 def rms_norm(x, w, eps):
@@ -240,6 +245,7 @@ class Decoder(nnx.Module):
             if ck is not None:
                 k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache.index, 0, 0))
                 v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache.index, 0, 0))
+                k, v = (constrain(c, CACHE_AXES[1:], self.mesh) for c in (k, v))
             o = attention(q, k.astype(self.dtype), v.astype(self.dtype), positions, k_pos,
                           cfg.sliding_window)
             h = h + jnp.einsum("bthk,hkd->btd", o, w("o"))

@@ -179,7 +179,7 @@ class LoadedDecoder:
         return self._head(self.state, h)
 
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        return init_cache(self.config, batch, max_len, dtype or self.model.dtype)
+        return init_cache(self.config, batch, max_len, dtype or self.model.dtype, mesh=self.model.mesh)
 
 
 def load_tokenizer(d: Path):
