@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tiny_train import make_decoder_dir, make_tokenizer, pretrain_reader, stage1_records, stage2_records, table_file, write_jsonl
+from tiny_train import (make_decoder_dir, make_tokenizer, pretrain_reader, stage1_records, stage2_records,
+                        table_file, write_jsonl)
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run, train
 
@@ -19,7 +20,8 @@ FAST = "xla_options={xla_backend_optimization_level: 0}"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def pretrained(tmp_path_factory):
+    """(data directory, the projector the decoder `dec` was jointly pre-trained with)."""
     d = tmp_path_factory.mktemp("stage1")
     tok = make_tokenizer()
     make_decoder_dir(d / "random_dec", tok)
@@ -35,9 +37,12 @@ def files(tmp_path_factory):
     _, joint_projector = pretrain_reader(load_train_config("configs/tiny.stage1.yaml", [
         f"model.decoder={d / 'random_dec'}", f"data.train={d / 'pre.jsonl'}", f"data.embeddings={d / 'emb.npz'}",
         f"output_dir={d / 'pre'}", FAST]), d / "dec")
-    np.savez(d / "joint_projector.npz", **{"/".join(map(str, k)): np.asarray(v) for k, v in
-                                           nnx.traversals.flatten_mapping(joint_projector).items()})
-    return d
+    return d, joint_projector
+
+
+@pytest.fixture(scope="module")
+def files(pretrained):
+    return pretrained[0]
 
 
 def overrides(files, out, *extra):
@@ -50,7 +55,8 @@ def disk_decoder(files):
     return nnx.to_pure_dict(nnx.state(load_decoder(files / "dec").model))
 
 
-def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder_untouched(files):
+def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder_untouched(pretrained):
+    files, joint = pretrained
     cfg = load_train_config("configs/tiny.stage1.yaml", overrides(
         files, files / "run", f"data.eval={files / 'eval.jsonl'}", "optim.lr=3e-2", "optim.max_steps=200", "seed=1"))
     s = train(cfg)
@@ -58,9 +64,6 @@ def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder
     # learning: held-out reconstruction cross-entropy falls from the fresh projector's ...
     before, after = s["initial_eval_loss"], s["eval_loss"]
     # ... to near what the decoder's own (jointly pre-trained) projector reaches ...
-    flat = dict(np.load(files / "joint_projector.npz"))
-    joint = nnx.traversals.unflatten_mapping({tuple(int(p) if p.isdigit() else p for p in k.split("/")): v
-                                              for k, v in flat.items()})
     joint_loss = run.evaluate({"projector": joint})["eval_loss"]
     # ... and depends on WHICH passage was embedded: mismatched embeddings do much worse
     shuffled = run.eval_data

@@ -37,11 +37,26 @@ def files(tmp_path_factory):
     return d
 
 
+def overrides(files, out, *extra):
+    """`key=value` overrides of configs/tiny.stage2.yaml shared by every run here (and the CLI)."""
+    return [f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}", f"data.eval={files / 'eval.jsonl'}",
+            f"data.embeddings={files / 'emb.npz'}", f"output_dir={out}", "data.buckets=[32,64]", "data.max_len=64",
+            "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST, *extra]
+
+
 def cfg_for(files, out, *extra):
-    return load_train_config("configs/tiny.stage2.yaml", [
-        f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}", f"data.eval={files / 'eval.jsonl'}",
-        f"data.embeddings={files / 'emb.npz'}", f"output_dir={out}", "data.buckets=[32,64]", "data.max_len=64",
-        "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST, *extra])
+    return load_train_config("configs/tiny.stage2.yaml", overrides(files, out, *extra))
+
+
+def assert_same_export_and_metrics(run_a, run_b):
+    """Byte-identical exported tensors and identical metrics logs."""
+    from perank_jax.weights.io import SafetensorsCheckpoint
+    a, b = (SafetensorsCheckpoint(r / "export") for r in (run_a, run_b))
+    assert sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        np.testing.assert_array_equal(np.asarray(a.get(k)), np.asarray(b.get(k)), err_msg=k)
+    lines = lambda r: [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+    assert lines(run_a) == lines(run_b)
 
 
 def host(tree):
@@ -109,20 +124,10 @@ def test_killed_and_resumed_run_is_bit_identical(uninterrupted, files):
     with pytest.raises(Killed):
         train(cfg_for(files, out, "checkpoint.every=5"), on_step=kill_after_7)
     assert (out / "checkpoints" / "5").is_dir()
-    overrides = [f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}",
-                 f"data.eval={files / 'eval.jsonl'}", f"data.embeddings={files / 'emb.npz'}", f"output_dir={out}",
-                 "data.buckets=[32,64]", "data.max_len=64", "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST,
-                 "checkpoint.every=5"]
-    assert main(["train", "configs/tiny.stage2.yaml", *overrides]) == 0          # the CLI resumes
+    assert main(["train", "configs/tiny.stage2.yaml", *overrides(files, out, "checkpoint.every=5")]) == 0  # CLI resumes
     resumed = json.loads((out / "summary.json").read_text())
     assert resumed["resumed_from"] == 5
-    from perank_jax.weights.io import SafetensorsCheckpoint
-    a, b = (SafetensorsCheckpoint(files / r / "export") for r in ("run_a", "run_b"))
-    assert sorted(a.keys()) == sorted(b.keys())
-    for k in a.keys():
-        np.testing.assert_array_equal(np.asarray(a.get(k)), np.asarray(b.get(k)), err_msg=k)
-    strip = lambda p: [json.loads(x) for x in p.read_text().splitlines()]
-    assert strip(files / "run_a" / "metrics.jsonl") == strip(out / "metrics.jsonl")
+    assert_same_export_and_metrics(files / "run_a", out)
     kept = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert kept == [60, STEPS]                                                  # keep the last 2
 
@@ -140,16 +145,13 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
 
     from perank_jax.cli import main
     out = files / "run_k"
-    overrides = [f"model.decoder={files / 'dec'}", f"data.train={files / 'train.jsonl'}",
-                 f"data.eval={files / 'eval.jsonl'}", f"data.embeddings={files / 'emb.npz'}", f"output_dir={out}",
-                 "data.buckets=[32,64]", "data.max_len=64", "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST,
-                 "checkpoint.every=1", "checkpoint.keep=2"]
+    args = ["train", "configs/tiny.stage2.yaml", *overrides(files, out, "checkpoint.every=1", "checkpoint.keep=2")]
     ckpts = out / "checkpoints"
     finished = lambda: sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
     saving = lambda: any(not p.name.isdigit() and "tmp" in p.name for p in ckpts.iterdir())
     with open(files / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", "train", "configs/tiny.stage2.yaml",
-                                 *overrides], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline and (not finished() or max(finished()) < 3):
             time.sleep(0.005)
@@ -162,17 +164,11 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
     at_kill = finished()
     left = sorted(p.name for p in ckpts.iterdir() if not p.name.isdigit())          # e.g. a torn save
     assert not (out / "export").exists() and 3 <= max(at_kill) < STEPS
-    assert main(["train", "configs/tiny.stage2.yaml", *overrides]) == 0
+    assert main(args) == 0
     resumed = json.loads((out / "summary.json").read_text())
     print(f"killed with checkpoints {at_kill} on disk (other entries: {left}); resumed from {resumed['resumed_from']}")
     assert resumed["resumed_from"] == max(at_kill)
-    from perank_jax.weights.io import SafetensorsCheckpoint
-    a, b = (SafetensorsCheckpoint(files / r / "export") for r in ("run_a", "run_k"))
-    assert sorted(a.keys()) == sorted(b.keys())
-    for k in a.keys():
-        np.testing.assert_array_equal(np.asarray(a.get(k)), np.asarray(b.get(k)), err_msg=k)
-    strip = lambda p: [json.loads(x) for x in p.read_text().splitlines()]
-    assert strip(files / "run_a" / "metrics.jsonl") == strip(out / "metrics.jsonl")
+    assert_same_export_and_metrics(files / "run_a", out)
 
 
 def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
