@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 # --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
@@ -76,24 +77,34 @@ def _add_encode(sub):
     p.set_defaults(func=run)
 
 
+EXAMPLE_SET = Path(__file__).resolve().parent / "examples" / "example.jsonl"
+
+
 # --- rerank (issue: PE-Rank inference) --------------------------------------------------
 def _add_rerank(sub):
-    p = sub.add_parser("rerank", help="rerank a TREC run (or rank_llm request JSONL) with a PE-Rank checkpoint")
-    p.add_argument("--model", required=True, help="PE-Rank checkpoint directory")
+    p = sub.add_parser("rerank", help="rerank a TREC run (or rank_llm request JSONL) with a PE-Rank checkpoint; "
+                                      "with no input, the example set that ships in the package")
+    p.add_argument("--model", default="packaged:perank",
+                   help="PE-Rank checkpoint or adapter directory (default: the trained reranker shipped in the "
+                        "package, SmolLM2-135M-Instruct + all-MiniLM-L6-v2)")
     p.add_argument("--encoder", help="encoder HF directory (default: config.json encoder_name)")
     src = p.add_argument_group("input: --run + --corpus + --queries, or --requests")
     src.add_argument("--run", help="first-stage TREC run")
     src.add_argument("--corpus", help="corpus JSONL (_id/title/text) or TSV docid<TAB>text")
     src.add_argument("--queries", help="queries TSV qid<TAB>text or JSONL")
-    src.add_argument("--requests", help="rank_llm request JSONL (query + candidates with text)")
+    src.add_argument("--requests", help="rank_llm request JSONL (query + candidates with text); "
+                                        "with no input at all: the packaged example set")
     src.add_argument("--title-format", action="store_true", help='BEIR docs as "Title: {title} Content: {text}"')
     p.add_argument("--depth", type=int, default=100, help="candidates per query from the run (default 100)")
-    p.add_argument("--out", required=True, help="output: TREC run, or rank_llm JSONL when it ends in .jsonl")
+    p.add_argument("--out", help="output: TREC run, or rank_llm JSONL when it ends in .jsonl "
+                                 "(default: print the ranked lists)")
+    p.add_argument("--show", type=int, default=5, help="passages printed per query without --out (default 5)")
     p.add_argument("--stats", help="per-query JSONL sidecar (default: OUT.stats.jsonl)")
     p.add_argument("--window", type=int, default=20, help="sliding window size; 0 = one window (default 20)")
     p.add_argument("--stride", type=int, default=10)
     p.add_argument("--top-k", type=int, default=None, help="decode only the top k per window")
-    p.add_argument("--mode", choices=("decode", "single_pass"), default="decode")
+    p.add_argument("--mode", choices=("decode", "single_pass"), default=None,
+                   help="default: the checkpoint's `default_mode` (decode for the paper's checkpoints)")
     p.add_argument("--batch-queries", type=int, default=1,
                    help="queries reranked together (latency in the sidecar is then amortised)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
@@ -105,6 +116,9 @@ def _add_rerank(sub):
         from pathlib import Path
         from perank_jax.data import trec
         from perank_jax.ranker import PERanker, rerank_requests
+        if not (a.requests or a.run or a.corpus or a.queries):
+            a.requests = str(EXAMPLE_SET)
+            print(f"no input given: reranking the example set {EXAMPLE_SET}")
         if a.requests:
             if a.run or a.corpus or a.queries:
                 raise ValueError("give either --requests or --run/--corpus/--queries, not both")
@@ -119,9 +133,13 @@ def _add_rerank(sub):
         if a.window < 0 or a.stride < 1 or a.batch_queries < 1:
             raise ValueError("--window must be >= 0, --stride and --batch-queries >= 1")
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype)
+        mode = a.mode or ranker.config.get("default_mode") or "decode"
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
-                                          top_k=a.top_k, mode=a.mode, batch_queries=a.batch_queries,
-                                          progress=True)
+                                          top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
+                                          progress=a.out is not None)
+        if a.out is None:
+            print_rankings(reranked, stats, a.show, mode)
+            return
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl")
         tmp = stats_path.with_name(f".{stats_path.name}.{os.getpid()}.tmp")
         tmp.write_text("".join(json.dumps(s) + "\n" for s in stats))
@@ -137,6 +155,18 @@ def _add_rerank(sub):
         print(f"wrote {a.out} ({len(reranked)} queries; mean latency {lat:.3f} s/query, "
               f"compile {sum(s['compile_s'] for s in stats):.1f} s apart) and {stats_path}")
     p.set_defaults(func=run)
+
+
+def print_rankings(reranked, stats, show: int, mode: str) -> None:
+    """The top `show` passages of each reranked query, with scores and per-query timing."""
+    for r, st in zip(reranked, stats):
+        print(f"\n[{r.qid}] {r.query}   ({st['n_passages']} candidates, {mode}, "
+              f"{st['latency_s']:.2f} s, compile {st['compile_s']:.1f} s apart)")
+        for i, c in enumerate(r.candidates[:show], 1):
+            text = " ".join(str(c.text).split())
+            print(f"  {i:>2}. {c.score:6.1f}  {c.docid:<12} {text[:96]}{'...' if len(text) > 96 else ''}")
+    lat = sum(s["latency_s"] for s in stats) / max(len(stats), 1)
+    print(f"\n{len(reranked)} queries, mean latency {lat:.2f} s/query (XLA compile time excluded)")
 
 
 # --- train (issue: two-stage training) --------------------------------------------------

@@ -130,10 +130,12 @@ def round_up(x: int, multiple: int) -> int:
 
 
 def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket: int | None = None,
-              batch_bucket: int = 1, min_passages: int = 0, dtype=np.float32):
+              batch_bucket: int = 1, min_passages: int = 0, dtype=np.float32, n_valid=None):
     """Pad rows to bucket shapes.
 
-    prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, D] arrays.
+    prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, D] arrays, one per placeholder
+    of the prompt; only the first n_valid[b] (default: all) are candidates (a query slot after
+    them fills its placeholder but is never ranked).
     Returns numpy (ids, prompt_mask, ph_mask, passages, valid) with B, T, N rounded up.
     Padding rows get a 1-token prompt and no valid passages.
     """
@@ -151,5 +153,5 @@ def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket:
     for b, (p, v) in enumerate(zip(prompts, passage_vecs)):
         L, n = len(p), len(v)
         ids[b, :L], pm[b, :L], ph[b, :L] = p.ids, True, p.placeholder
-        pv[b, :n], valid[b, :n] = v, True
+        pv[b, :n], valid[b, :n if n_valid is None else n_valid[b]] = v, True
     return ids, pm, ph, pv, valid

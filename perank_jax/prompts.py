@@ -82,6 +82,36 @@ def content_prompt(query: str, texts: list[str]) -> str:
     return _prefix(query, num) + body + _suffix(query, num)
 
 
+def compact_prompt(query: str, num: int) -> str:
+    """A compact embedding-only user turn (one token per passage, no per-passage labels): about
+    four times fewer template tokens per window than the paper's, for small models."""
+    return (f"Rank the {num} passages by relevance to the search query.\n"
+            f"Query: {query}\n"
+            f"Passages: " + PLACEHOLDER * num + "\n")
+
+
+TEMPLATES = {"paper": embedding_prompt, "compact": compact_prompt}
+
+
+def user_prompt(template: str, query: str, num: int) -> str:
+    """The embedding-only user turn of template `paper` (the reference's text) or `compact`."""
+    if template not in TEMPLATES:
+        raise PromptError(f"unknown prompt template {template!r} (expected one of {sorted(TEMPLATES)})")
+    return TEMPLATES[template](query, num)
+
+
+def assistant_prefix(query_token: bool) -> str:
+    """What opens the assistant turn before the ranking: with `query_token`, one more
+    placeholder that takes the query's own projected embedding (never a candidate). It is the
+    last prompt position, so the state that picks the first passage starts from the query."""
+    return PLACEHOLDER if query_token else ""
+
+
+def build_prompt(tokenizer, query: str, num: int, template: str = "paper", query_token: bool = False) -> str:
+    """The full inference prompt for one window: chat-rendered user turn + assistant prefix."""
+    return render_chat(tokenizer, user_prompt(template, strip_special(query), num)) + assistant_prefix(query_token)
+
+
 def text_prompt(query: str, texts: list[str]) -> str:
     """The text-only listwise baseline (RankMistral_p / RankGPT style) user turn."""
     num = len(texts)

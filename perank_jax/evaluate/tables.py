@@ -41,6 +41,7 @@ class DatasetSpec:
     requests: str | None = None      # rank_llm / dl20 candidates JSONL instead of queries+run+corpus
     title_format: bool = False       # BEIR "Title: {title} Content: {text}"
     max_queries: int | None = None   # the first N queries of the run (None: all)
+    split: str | None = None         # "file.json:key": only the qids listed under `key` (e.g. a held-out half)
 
 
 @dataclass
@@ -101,15 +102,12 @@ def load_config(path, overrides=None) -> TablesConfig:
 
 
 def resolve(path: str) -> str:
-    """`packaged:smollm2` / `packaged:minilm` name the packaged weights; other paths as given."""
-    if path.startswith("packaged:"):
-        from perank_jax.weights import packaged
-        name = path.split(":", 1)[1]
-        fns = {"smollm2": packaged.smollm2_gguf, "minilm": packaged.minilm_dir}
-        if name not in fns:
-            raise ConfigError(f"unknown packaged model {name!r}; known: {sorted(fns)}")
-        return str(fns[name]())
-    return os.path.expanduser(path)
+    """Model names resolved by perank_jax.weights.packaged.resolve_model_path (unknown: ConfigError)."""
+    from perank_jax.weights.packaged import UnknownPackagedModel, resolve_model_path
+    try:
+        return resolve_model_path(path)
+    except UnknownPackagedModel as e:
+        raise ConfigError(str(e)) from None
 
 
 # --- datasets -------------------------------------------------------------------------------
@@ -122,9 +120,26 @@ def load_dataset(d: DatasetSpec):
         queries = read_queries(d.queries)
         queries = {q: t for q, t in queries.items() if q in run}  # extra topics are fine here
         reqs = build_rerank_requests(run, _Src(queries, d.queries), read_corpus(d.corpus, d.title_format))
+    if d.split:
+        keep = set(read_split_qids(d.split))
+        reqs = [r for r in reqs if r.qid in keep]
     reqs = reqs[:d.max_queries] if d.max_queries else reqs
     qrels = read_qrels(d.qrels)
     return reqs, {r.qid: qrels[r.qid] for r in reqs if r.qid in qrels}
+
+
+def read_split_qids(spec: str) -> list[str]:
+    """The qids under `key` in a JSON split file named as "path.json:key"."""
+    path, sep, key = spec.rpartition(":")
+    if not sep or not path:
+        raise ConfigError(f"split {spec!r}: expected 'file.json:key'")
+    try:
+        qids = json.loads(Path(path).read_text())[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: cannot read split {key!r} ({type(e).__name__}: {e})") from None
+    if not isinstance(qids, list) or not qids:
+        raise ConfigError(f"{path}: split {key!r} must be a non-empty list of qids")
+    return [str(q) for q in qids]
 
 
 class _Src(dict):

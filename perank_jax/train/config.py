@@ -19,6 +19,9 @@ class ModelConfig:
     projector: str = "mlp2x_gelu"          # mlpNx_gelu | linear | identity
     projector_init: str | None = None      # a stage-1 export (directory) to start from
     embedding_dim: int | None = None       # required when no encoder is given (precomputed table)
+    prompt_template: str = "paper"         # stage 2: the records' user turn (paper | compact), saved in the export
+    query_token: bool = False              # stage 2: records carry `query_text` (its embedding opens the answer)
+    default_mode: str = "decode"           # saved in the export: `perank rerank`'s mode for it (decode | single_pass)
 
 
 @dataclass
@@ -115,6 +118,11 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be float32 or bfloat16, got {getattr(self, k)!r}")
         if self.loss.weighting not in ("mean", "pow2"):
             raise ConfigError(f"loss.weighting must be mean or pow2, got {self.loss.weighting!r}")
+        from perank_jax.prompts import TEMPLATES
+        if self.model.prompt_template not in TEMPLATES:
+            raise ConfigError(f"model.prompt_template must be one of {sorted(TEMPLATES)}, got {self.model.prompt_template!r}")
+        if self.model.default_mode not in ("decode", "single_pass"):
+            raise ConfigError(f"model.default_mode must be decode or single_pass, got {self.model.default_mode!r}")
         if self.stage == 1 and self.lora.rank:
             raise ConfigError("lora applies to stage 2 only (stage 1 trains the projector alone)")
         if self.data.max_len > max(self.data.buckets):

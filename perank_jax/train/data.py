@@ -84,13 +84,16 @@ def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenis
                      np.flatnonzero(ids == rank_id).astype(np.int32), label_mask)
 
 
-def _rank_messages(messages, n):
-    """The reference's stage-2 conversation: the assistant turn is n <RANK> slots."""
+def _rank_messages(messages, n, query_token: bool = False):
+    """The reference's stage-2 conversation: the assistant turn is n <RANK> slots (after the
+    query's own placeholder when the record has a `query_text`)."""
+    from perank_jax.prompts import assistant_prefix
     msgs = [dict(m) for m in messages]
+    content = assistant_prefix(query_token) + RANK * n
     if msgs and msgs[-1]["role"] == "assistant":
-        msgs[-1]["content"] = RANK * n
+        msgs[-1]["content"] = content
     else:
-        msgs.append({"role": "assistant", "content": RANK * n})
+        msgs.append({"role": "assistant", "content": content})
     return msgs
 
 
@@ -105,6 +108,8 @@ class Prepared:
     table: np.ndarray                         # [U, d] float32 passage embeddings
     source: str = ""
     lengths: dict[str, np.ndarray] = field(default_factory=dict)
+    n_passages: list[int] = field(default_factory=list)   # per record; text_idx may add the query's row
+    query_token: bool = False                 # stage 2 records carry `query_text` (one more slot)
 
     def __len__(self):
         return len(self.text_idx)
@@ -127,7 +132,8 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
         views["w"] = []
     errors: list[str] = []
     texts: dict[str, int] = {}
-    text_idx, rankings, owners = [], [], {}
+    text_idx, rankings, owners, n_passages = [], [], {}, []
+    query_token = None
 
     for i, rec in enumerate(records):
         try:
@@ -137,6 +143,14 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
             n = len(extra)
             if n > max_passages:
                 raise ValueError(f"{n} extra_texts exceed max_passages={max_passages}")
+            q_text = rec.get("query_text") if stage == 2 else None
+            if q_text is not None and (not isinstance(q_text, str) or not q_text.strip()):
+                raise ValueError("'query_text' must be a non-empty string")
+            if query_token is None:
+                query_token = q_text is not None
+            if (q_text is not None) != query_token:
+                raise ValueError("'query_text' must be present in every record or in none")
+            slots = n + (1 if q_text is not None else 0)
             toks = {}
             if stage == 1:
                 _check_messages(rec.get("messages"), "'messages'")
@@ -152,15 +166,17 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                     raise ValueError(f"ranking {ranking} is not a permutation of the {n} extra_texts")
                 for v in views:
                     _check_messages(rec.get(VIEWS[v]), repr(VIEWS[v]))
-                    toks[v] = _tokenise(tokenizer, _rank_messages(rec[VIEWS[v]], n), ph_id, rank_id, False)
+                    toks[v] = _tokenise(tokenizer, _rank_messages(rec[VIEWS[v]], n, q_text is not None),
+                                        ph_id, rank_id, False)
                     if len(toks[v].rank_pos) != n:
                         raise ValueError(f"{VIEWS[v]}: {len(toks[v].rank_pos)} {RANK} tokens after templating, "
                                          f"expected {n} (does the prompt itself contain {RANK}?)")
                 rankings.append(r.astype(np.int32))
             for v, t in toks.items():
                 name = "messages" if v == "main" else VIEWS[v]
-                if len(t.ph_pos) != n:
-                    raise ValueError(f"{name}: extra_texts count {n} != {len(t.ph_pos)} {PLACEHOLDER} tokens")
+                if len(t.ph_pos) != slots:
+                    raise ValueError(f"{name}: {n} extra_texts{' + the query' if slots > n else ''} != "
+                                     f"{len(t.ph_pos)} {PLACEHOLDER} tokens")
                 if len(t.ids) > max_len:
                     raise ValueError(f"{name}: over-long record, {len(t.ids)} tokens > max_len={max_len}")
         except ValueError as e:
@@ -171,7 +187,8 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
         for v, t in toks.items():
             views[v].append(t)
         rows = []
-        for t in extra:
+        n_passages.append(n)
+        for t in extra + ([q_text] if q_text is not None else []):
             if t not in texts:
                 texts[t] = len(texts)
                 owners[texts[t]] = i
@@ -193,7 +210,7 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                         f"({len(bad)} passage(s) in {len(recs)} record(s), e.g. records {recs[:5]}); "
                         "nothing was trained")
     lengths = {v: np.asarray([len(t.ids) for t in ts]) for v, ts in views.items()}
-    return Prepared(stage, views, text_idx, rankings, table, source, lengths)
+    return Prepared(stage, views, text_idx, rankings, table, source, lengths, n_passages, bool(query_token))
 
 
 # ----------------------------------------------------------------------------- order & batches
@@ -237,14 +254,14 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
     """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
     smallest bucket holding the longest record. Padded passages/positions are marked invalid
     (positions point one past the end, so scatters drop them)."""
-    B, n = len(idx), max_passages
+    B, n = len(idx), max_passages + (1 if prep.query_token else 0)   # + the query's slot (never valid)
     d = prep.table.shape[1]
     emb = np.zeros((B, n, d), np.float32)
     valid = np.zeros((B, n), bool)
     for r, i in enumerate(idx):
         k = len(prep.text_idx[i])
         emb[r, :k] = prep.table[prep.text_idx[i]]
-        valid[r, :k] = True
+        valid[r, :prep.n_passages[i]] = True
     out = {"emb": emb, "valid": valid}
     if prep.stage == 2:
         ranking = np.zeros((B, n), np.int32)

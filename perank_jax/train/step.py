@@ -116,6 +116,14 @@ def rank_logits(h, e, rank):
     return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
 
 
+def listwise_logits(dec, e, batch, view: str = "wo"):
+    """L[b, j, i] of one prompt view ("wo": embedding-only, "w": with content) with teacher-forced
+    <RANK> slots; e [B, n, D] are the projected passages (plus the query's slot, if any)."""
+    p = view + "_"
+    h = _hidden(dec, e, batch[p + "ids"], batch[p + "mask"], batch[p + "ph"], batch[p + "rank"], batch["ranking"])
+    return rank_logits(h, e, batch[p + "rank"])
+
+
 class StepFns:
     """Holds the graphdefs and options; `loss(params, frozen, batch)` is pure."""
 
@@ -137,12 +145,8 @@ class StepFns:
             loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
             return loss, {"loss": loss, "tokens": count}
         valid, ranking = batch["valid"], batch["ranking"]
-        h1 = _hidden(dec, e, batch["wo_ids"], batch["wo_mask"], batch["wo_ph"], batch["wo_rank"], ranking)
-        L1 = rank_logits(h1, e, batch["wo_rank"])
-        L2 = None
-        if self.use_content_view and "w_ids" in batch:
-            h2 = _hidden(dec, e, batch["w_ids"], batch["w_mask"], batch["w_ph"], batch["w_rank"], ranking)
-            L2 = rank_logits(h2, e, batch["w_rank"])
+        L1 = listwise_logits(dec, e, batch, "wo")
+        L2 = listwise_logits(dec, e, batch, "w") if self.use_content_view and "w_ids" in batch else None
         c = self.loss_cfg
         total, m = stage2_loss(L1, L2, ranking, valid, c.w1, c.w2, c.w_kl, c.weighting)
         return total, {"loss": total, **m, "top1": top1_accuracy(L1, ranking, valid)}

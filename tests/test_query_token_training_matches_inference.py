@@ -1,0 +1,93 @@
+"""The compact template with a query token: what training scores is what inference decodes.
+
+A tiny random decoder and projector; one stage-2 record built by the training-record builder
+(template "compact", query_token) is prepared and collated by the training pipeline, and the
+same query and passages are reranked by PERanker (which builds its own prompt). Teacher-forced
+on the ranking the ranker decoded, the training logits' masked argmax must reproduce that
+ranking step by step, and their step-0 order must equal single-pass mode's order.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from perank_jax import prompts
+from perank_jax.data.training_records import listwise_record
+from perank_jax.models.projector import Projector
+from perank_jax.ranker import PERanker
+from perank_jax.train import data as D
+from perank_jax.train.losses import NEG
+from perank_jax.train.step import listwise_logits
+from perank_jax.weights.decoder_keys import load_decoder
+
+from tiny_train import make_decoder_dir, make_tokenizer
+
+QUERY = "w1 w2 about topic"
+TEXTS = ["w3 w4 t0", "w5 t1 w6", "w7 w8 t2", "w9 w10 t3", "w11 w0 t0"]
+DIM = 8
+
+
+class TableEncoder:
+    """Deterministic stand-in encoder: a fixed random vector per text."""
+    dim = DIM
+
+    def __init__(self):
+        self.rows = {}
+
+    def encode(self, texts, batch_size=32):
+        rng = np.random.default_rng
+        return np.stack([self.rows.setdefault(t, rng(list(t.encode())).normal(size=DIM).astype(np.float32))
+                         for t in texts])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
+    tok = make_tokenizer(extra_words=extra + QUERY.split())
+    d = make_decoder_dir(tmp_path_factory.mktemp("dec"), tok, hidden=32, layers=2, init_std=0.3)
+    dec = load_decoder(d)
+    proj = Projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
+    enc = TableEncoder()
+    ranker = PERanker(dec, proj, dec.tokenizer, enc, config={"prompt_template": "compact", "query_token": True})
+    return dec, proj, enc, ranker
+
+
+def _train_logits(setup, ranking):
+    dec, proj, enc, _ = setup
+    rec = listwise_record(QUERY, TEXTS, ranking, template="compact", query_token=True, content_view=False)
+    assert rec["query_text"] == QUERY and "messages_w_content" not in rec
+    prep = D.prepare([rec], dec.tokenizer, 2, enc.encode, max_len=128, max_passages=5, use_content_view=False)
+    assert prep.query_token and prep.n_passages == [5]
+    batch = D.collate(prep, np.array([0]), [128], 5)
+    assert batch["emb"].shape[1] == 6 and batch["valid"][0].tolist() == [True] * 5 + [False]
+    e = proj(batch["emb"])
+    return np.asarray(listwise_logits(dec.model, e, batch, "wo"))[0]
+
+
+def test_teacher_forced_training_logits_reproduce_the_decoded_ranking(setup):
+    ranker = setup[3]
+    order = ranker.rerank(QUERY, TEXTS)
+    assert sorted(order) == list(range(5))
+    L = _train_logits(setup, order)                                   # [6, 6] incl. the query slot
+    used = np.zeros(6, bool)
+    used[5] = True                                                    # the query is never a candidate
+    for j, gold in enumerate(order):
+        pick = int(np.argmax(np.where(used, NEG, L[j])))
+        assert pick == gold, f"step {j}: training logits pick {pick}, inference decoded {gold}"
+        used[pick] = True
+
+
+def test_single_pass_order_is_the_step0_training_order(setup):
+    ranker = setup[3]
+    single = ranker.rerank(QUERY, TEXTS, mode="single_pass")
+    L = _train_logits(setup, list(range(5)))
+    assert single == [int(i) for i in np.argsort(-L[0, :5], kind="stable")]
+
+
+def test_query_token_prompt_ends_with_the_query_slot(setup):
+    ranker = setup[3]
+    text = ranker.prompt(QUERY, TEXTS)
+    assert text.endswith(prompts.PLACEHOLDER) and text.count(prompts.PLACEHOLDER) == 6
+    rec = listwise_record(QUERY, TEXTS, range(5), template="compact", query_token=False, content_view=False)
+    assert "query_text" not in rec and rec["messages_wo_content"][0]["content"].count(prompts.PLACEHOLDER) == 5
