@@ -10,8 +10,19 @@ from pathlib import Path
 from typing import Callable, IO
 
 
+def target_mode(path) -> int:
+    """The mode a replaced file keeps, or what a plain open(path, "w") would give (0o666 & ~umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
 def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync: bool = False) -> Path:
-    """Call `write(f)` on a temp file next to `path`, then rename it to `path`."""
+    """Call `write(f)` on a temp file next to `path`, then rename it to `path` (with the mode the
+    replaced file had, or the umask's default for a new file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -21,6 +32,7 @@ def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync:
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        os.chmod(tmp, target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

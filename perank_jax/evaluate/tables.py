@@ -25,7 +25,7 @@ from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.data.trec import (build_rerank_requests, read_corpus, read_qrels, read_queries,
                                   read_requests, read_run, write_run)
-from perank_jax.evaluate.accounting import Usage, as_dicts, summarize, timed
+from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.metrics import evaluate
 
 KINDS = ("first_stage", "embedding", "textlist", "perank")
@@ -72,6 +72,7 @@ class TablesConfig:
     stride: int = 10
     measure: str = "nDCG@10"
     warmup: bool = True                       # run each (method, depth)'s first query once untimed
+    batch_queries: int = 1                    # Table 2: PE-Rank methods rerank this many queries at once
     out_dir: str = "tables_out"
     write_runs: bool = True
 
@@ -191,6 +192,12 @@ class Methods:
             order = ranker.rerank(q, list(texts), window=cfg.window, stride=cfg.stride, top_k=m.top_k, mode=m.mode)
             st = ranker.last_stats[0]
             return order, Usage(st.processed_tokens, st.generated_tokens, st.windows)
+
+        def batch(queries, text_lists):
+            orders = ranker.rerank_batch(list(queries), [list(t) for t in text_lists], window=cfg.window,
+                                         stride=cfg.stride, top_k=m.top_k, mode=m.mode)
+            return orders, [Usage(st.processed_tokens, st.generated_tokens, st.windows) for st in ranker.last_stats]
+        perank.batch = batch
         return perank
 
     def _perank(self, m: MethodSpec):
@@ -207,21 +214,40 @@ class Methods:
         return PERanker(dec, proj, dec.tokenizer, enc)
 
 
-def rerank_all(method, requests, depth: int, warmup: bool = True):
-    """Run one method over the top-`depth` candidates of each request: (run, costs)."""
+def rerank_all(method, requests, depth: int, warmup: bool = True, batch_queries: int = 1):
+    """Run one method over the top-`depth` candidates of each request: (run, costs). Methods with
+    a `.batch` entry (PE-Rank) take `batch_queries` queries at a time; each query's latency is
+    then the batch's wall time divided by the queries in it."""
     if not requests:
         return {}, []
     if warmup:  # compiles and fills caches; untimed (compile time is excluded from latency anyway)
         method(requests[0].query, [c.text for c in requests[0].candidates[:depth]])
+    step = batch_queries if batch_queries > 1 and hasattr(method, "batch") else 1
     run, costs = {}, []
-    for r in requests:
-        cands = r.candidates[:depth]
-        order, cost = timed(r.qid, len(cands), method, r.query, [c.text for c in cands])
-        if sorted(order) != list(range(len(cands))):
-            raise ValueError(f"query {r.qid}: the method returned {order}, not a permutation")
-        run[r.qid] = [cands[i].docid for i in order] + [c.docid for c in r.candidates[depth:]]
-        costs.append(cost)
+    for lo in range(0, len(requests), step):
+        chunk = requests[lo:lo + step]
+        texts = [[c.text for c in r.candidates[:depth]] for r in chunk]
+        if step == 1:
+            order, cost = timed(chunk[0].qid, len(texts[0]), method, chunk[0].query, texts[0])
+            pairs = [(order, cost)]
+        else:
+            orders, cost = timed("batch", 0, lambda: _joint(method.batch([r.query for r in chunk], texts)))
+            k = len(chunk)
+            pairs = [(o, QueryCost(r.qid, len(t), cost.latency_s / k, cost.compile_s / k, int(u.processed_tokens),
+                                   int(u.generated_tokens), int(u.windows)))
+                     for r, t, o, u in zip(chunk, texts, orders[0], orders[1])]
+        for r, (order, cost) in zip(chunk, pairs):
+            cands = r.candidates[:depth]
+            if sorted(order) != list(range(len(cands))):
+                raise ValueError(f"query {r.qid}: the method returned {order}, not a permutation")
+            run[r.qid] = [cands[i].docid for i in order] + [c.docid for c in r.candidates[depth:]]
+            costs.append(cost)
     return run, costs
+
+
+def _joint(result):
+    """(orders, usages) -> ((orders, usages), Usage()) so `timed` can time a batch call."""
+    return result, Usage()
 
 
 # --- the tables -----------------------------------------------------------------------------
@@ -238,13 +264,14 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
     for dname, (reqs, qrels) in data.items():
         for m in cfg.methods:
             log(f"[tables] {dname}: {m.name} on top-{cfg.depth} of {len(reqs)} queries")
-            run, costs = rerank_all(built[m.name], reqs, cfg.depth, cfg.warmup)
+            run, costs = rerank_all(built[m.name], reqs, cfg.depth, cfg.warmup, cfg.batch_queries)
             quality[m.name][dname] = evaluate(qrels, run, [cfg.measure]).aggregate[cfg.measure]
             per_query_costs[f"{dname}/{m.name}/top{cfg.depth}"] = as_dicts(costs)
             if cfg.write_runs:
                 write_run(run, out / "runs" / f"{dname}.{m.name.replace('/', '_')}.top{cfg.depth}.trec",
                           tag=m.name.replace(" ", "_"))
-            if dname == eff_name and cfg.depth in cfg.efficiency_depths and cfg.efficiency_queries is None:
+            if (dname == eff_name and cfg.depth in cfg.efficiency_depths and cfg.efficiency_queries is None
+                    and cfg.batch_queries == 1):
                 efficiency[m.name][cfg.depth] = summarize(costs)
     eff_reqs = data[eff_name][0][:cfg.efficiency_queries] if cfg.efficiency_queries else data[eff_name][0]
     for depth in cfg.efficiency_depths:

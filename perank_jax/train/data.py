@@ -175,7 +175,7 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
             for v, t in toks.items():
                 name = "messages" if v == "main" else VIEWS[v]
                 if len(t.ph_pos) != slots:
-                    raise ValueError(f"{name}: {n} extra_texts{' + the query' if slots > n else ''} != "
+                    raise ValueError(f"{name}: extra_texts count {n}{' + the query' if slots > n else ''} != "
                                      f"{len(t.ph_pos)} {PLACEHOLDER} tokens")
                 if len(t.ids) > max_len:
                     raise ValueError(f"{name}: over-long record, {len(t.ids)} tokens > max_len={max_len}")
