@@ -63,6 +63,7 @@ class PERanker:
         self.placeholder_id, self.rank_id = add_special_tokens(tokenizer)
         self.template = self.config.get("prompt_template") or "paper"
         self.query_token = bool(self.config.get("query_token", False))
+        self.query_scale = float(self.config.get("query_scale", 1.0)) if self.query_token else 1.0
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.traces = TraceCounter()
@@ -115,7 +116,8 @@ class PERanker:
         return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
                                encoder_name=self.config.get("encoder_name", ""),
                                encoder_pooling=self.config.get("encoder_pooling", "mean"),
-                               prompt_template=self.template, query_token=self.query_token)
+                               prompt_template=self.template, query_token=self.query_token,
+                               query_scale=self.query_scale)
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:
@@ -196,7 +198,10 @@ class PERanker:
         proj = np.asarray(project(self._proj_graph, self._proj_state, padded))[:n]
         out, i = [], 0
         for ps in passage_lists:
-            out.append(proj[i:i + len(ps)])
+            rows = proj[i:i + len(ps)]
+            if queries is not None and self.query_scale != 1.0:     # the query's slot (last row)
+                rows = np.concatenate([rows[:-1], rows[-1:] * np.asarray(self.query_scale, rows.dtype)])
+            out.append(rows)
             i += len(ps)
         return out, time.perf_counter() - t
 
@@ -248,7 +253,7 @@ def read_perank_config(path) -> dict:
 
 def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
                     encoder_pooling: str = "mean", model_type: str | None = None,
-                    prompt_template: str = "paper", query_token: bool = False) -> Path:
+                    prompt_template: str = "paper", query_token: bool = False, query_scale: float = 1.0) -> Path:
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
     tokenizer files. Each file is written atomically. model_type defaults to `embed_mistral`
@@ -267,7 +272,7 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     conf = decoder_model.cfg.to_hf()
     conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
                 encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32",
-                prompt_template=prompt_template, query_token=bool(query_token))
+                prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale))
     atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out

@@ -18,7 +18,7 @@ from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
 from perank_jax.train.losses import NEG
-from perank_jax.train.step import listwise_logits
+from perank_jax.train.step import listwise_logits, scale_query_slot
 from perank_jax.weights.decoder_keys import load_decoder
 
 from tiny_train import make_decoder_dir, make_tokenizer
@@ -41,15 +41,16 @@ class TableEncoder:
                          for t in texts])
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1.0, 50.0], ids=["query_scale_1", "query_scale_50"])
+def setup(tmp_path_factory, request):
     extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
     tok = make_tokenizer(extra_words=extra + QUERY.split())
     d = make_decoder_dir(tmp_path_factory.mktemp("dec"), tok, hidden=32, layers=2, init_std=0.3)
     dec = load_decoder(d)
     proj = Projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
     enc = TableEncoder()
-    ranker = PERanker(dec, proj, dec.tokenizer, enc, config={"prompt_template": "compact", "query_token": True})
+    ranker = PERanker(dec, proj, dec.tokenizer, enc, config={"prompt_template": "compact", "query_token": True,
+                                                             "query_scale": request.param})
     return dec, proj, enc, ranker
 
 
@@ -61,7 +62,7 @@ def _train_logits(setup, ranking):
     assert prep.query_token and prep.n_passages == [5]
     batch = D.collate(prep, np.array([0]), [128], 5)
     assert batch["emb"].shape[1] == 6 and batch["valid"][0].tolist() == [True] * 5 + [False]
-    e = proj(batch["emb"])
+    e = scale_query_slot(proj(batch["emb"]), batch["valid"], setup[3].query_scale)
     return np.asarray(listwise_logits(dec.model, e, batch, "wo"))[0]
 
 
@@ -91,3 +92,12 @@ def test_query_token_prompt_ends_with_the_query_slot(setup):
     assert text.endswith(prompts.PLACEHOLDER) and text.count(prompts.PLACEHOLDER) == 6
     rec = listwise_record(QUERY, TEXTS, range(5), template="compact", query_token=False, content_view=False)
     assert "query_text" not in rec and rec["messages_wo_content"][0]["content"].count(prompts.PLACEHOLDER) == 5
+
+
+def test_isometric_linear_projector_keeps_the_encoders_inner_products():
+    p = Projector("linear", 6, 16, rngs=nnx.Rngs(0)).init_isometry(3.0, seed=1)
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    y = np.asarray(p(x))
+    np.testing.assert_allclose(y @ y.T, 9.0 * (x @ x.T), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="linear"):
+        Projector("mlp2x_gelu", 6, 16).init_isometry(1.0)

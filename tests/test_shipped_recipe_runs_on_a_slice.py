@@ -29,7 +29,7 @@ def test_every_recipe_and_tables_config_parses():
         assert cfg.model.decoder == "packaged:smollm2" and cfg.model.encoder == "packaged:minilm", p
     assert load_train_config(STAGE1).stage == 1
     s2 = load_train_config(STAGE2)
-    assert s2.stage == 2 and s2.lora.rank > 0 and s2.data.embeddings and s2.model.projector_init
+    assert s2.stage == 2 and s2.lora.rank > 0 and s2.data.embeddings and s2.model.projector_isometry
     tables = sorted((ROOT / "configs").glob("tables-*.yaml"))
     assert tables
     for p in tables:
@@ -49,8 +49,7 @@ def trained(tmp_path_factory):
     s1, s2 = tmp / "s1", tmp / "s2"
     assert cli.main(["train", str(STAGE1), f"output_dir={s1}", f"data.train={data / 'stage1.jsonl'}", *common]) == 0
     assert cli.main(["train", str(STAGE2), f"output_dir={s2}", f"data.train={data / 'stage2.jsonl'}",
-                     f"data.embeddings={data / 'stage2.emb.npz'}", f"model.projector_init={s1 / 'export'}",
-                     *common]) == 0
+                     f"data.embeddings={data / 'stage2.emb.npz'}", *common]) == 0
     yield info, s1, s2
     shutil.rmtree(tmp, ignore_errors=True)      # stage 2 also exports a full merged checkpoint (~0.5 GB)
 

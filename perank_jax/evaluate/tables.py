@@ -305,6 +305,8 @@ def table2_markdown(res: dict) -> str:
 def table3_markdown(res: dict) -> str:
     eff = res["efficiency"]
     depths = sorted({d for v in eff.values() for d in v})
+    if not depths:
+        return "Table 3: not measured (efficiency_depths is empty)"
     head = ["Method"] + [f"top-{d} {c}" for d in depths for c in ("latency (s)", "processed tok", "generated tok")]
     rows = [_md_row(head), _md_row(["---"] * len(head))]
     for name, by_depth in eff.items():

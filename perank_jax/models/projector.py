@@ -75,6 +75,22 @@ class Projector(nnx.Module):
             _Linear(in_dim if i == 0 else out_dim, out_dim, _layer_axes(i, n), rngs=rngs,
                     dtype=dtype, param_dtype=param_dtype) for i in range(n)])
 
+    def init_isometry(self, scale: float, seed: int = 0) -> "Projector":
+        """(`linear` only) Start from `scale` times a random isometry (kernel rows orthonormal, bias 0):
+        projected vectors keep the encoder's geometry (inner products times scale^2), instead of
+        torch's uniform init. Returns self."""
+        if self.kind != "linear":
+            raise ValueError(f"an isometric start needs the linear projector, not {self.kind!r}")
+        if self.in_dim > self.out_dim:
+            raise ValueError(f"no isometry from {self.in_dim} to {self.out_dim} dimensions")
+        g = np.random.default_rng(seed).standard_normal((self.out_dim, self.in_dim))
+        q, r = np.linalg.qr(g)                                   # q [out, in], orthonormal columns
+        q = q * np.sign(np.diag(r))[None, :]
+        layer = self.layers[0]
+        layer.kernel[...] = jnp.asarray(scale * q.T, layer.kernel[...].dtype)
+        layer.bias[...] = jnp.zeros_like(layer.bias[...])
+        return self
+
     def __call__(self, emb):
         x = emb.astype(self.dtype)
         for i, layer in enumerate(self.layers):

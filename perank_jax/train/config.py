@@ -18,9 +18,12 @@ class ModelConfig:
     encoder: str | None = None             # HF encoder directory: embeds the passages once, frozen
     projector: str = "mlp2x_gelu"          # mlpNx_gelu | linear | identity
     projector_init: str | None = None      # a stage-1 export (directory) to start from
+    projector_isometry: float | None = None  # linear projector without projector_init: start from a random
+                                             # isometry times this (keeps the encoder's geometry)
     embedding_dim: int | None = None       # required when no encoder is given (precomputed table)
     prompt_template: str = "paper"         # stage 2: the records' user turn (paper | compact), saved in the export
     query_token: bool = False              # stage 2: records carry `query_text` (its embedding opens the answer)
+    query_scale: float = 1.0               # stage 2: the query slot's projected vector times this (residual shortcut)
     default_mode: str = "decode"           # saved in the export: `perank rerank`'s mode for it (decode | single_pass)
 
 

@@ -113,6 +113,8 @@ class Run:
         else:
             self.projector = Projector(cfg.model.projector, dim, hidden, rngs=nnx.Rngs(cfg.seed),
                                        dtype=cdt, param_dtype=pdt)
+            if cfg.model.projector_isometry:
+                self.projector.init_isometry(cfg.model.projector_isometry, cfg.seed)
         d = cfg.data
         kw = dict(max_len=d.max_len, max_passages=d.max_passages, use_content_view=d.use_content_view)
         self.train_data = D.prepare(list(D.read_jsonl(d.train)), self.tokenizer, cfg.stage, embed,
@@ -272,10 +274,10 @@ def export(run: Run, params, out_dir: Path) -> Path:
                      encoder_name=_portable(m.encoder), lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
                      encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
                      query_token=m.query_token, hidden_size=proj.out_dim, dtype="float16",
-                     extra={"default_mode": m.default_mode})
+                     extra={"default_mode": m.default_mode, "query_scale": m.query_scale})
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
     return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
-                           prompt_template=m.prompt_template, query_token=m.query_token)
+                           prompt_template=m.prompt_template, query_token=m.query_token, query_scale=m.query_scale)
 
 
 def _portable(name: str | None) -> str:

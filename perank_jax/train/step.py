@@ -116,6 +116,16 @@ def rank_logits(h, e, rank):
     return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
 
 
+def scale_query_slot(e, valid, scale: float):
+    """Multiply the query's slot (row n_b, right after a list's n_b passages) of projected vectors
+    e [B, n, D] by `scale`. The query opens the answer, so at scale >> 1 the residual stream of the
+    position that picks the first passage starts from the query and h . e_i begins as a similarity."""
+    if scale == 1.0:
+        return e
+    slot = jnp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
+    return jnp.where(slot[..., None], e * jnp.asarray(scale, e.dtype), e)
+
+
 def listwise_logits(dec, e, batch, view: str = "wo"):
     """L[b, j, i] of one prompt view ("wo": embedding-only, "w": with content) with teacher-forced
     <RANK> slots; e [B, n, D] are the projected passages (plus the query's slot, if any)."""
@@ -127,8 +137,9 @@ def listwise_logits(dec, e, batch, view: str = "wo"):
 class StepFns:
     """Holds the graphdefs and options; `loss(params, frozen, batch)` is pure."""
 
-    def __init__(self, stage: int, dec_gd, proj_gd, loss_cfg=None, lora_cfg=None, use_content_view=True):
-        self.stage, self.dec_gd, self.proj_gd = stage, dec_gd, proj_gd
+    def __init__(self, stage: int, dec_gd, proj_gd, loss_cfg=None, lora_cfg=None, use_content_view=True,
+                 query_scale: float = 1.0):
+        self.stage, self.dec_gd, self.proj_gd, self.query_scale = stage, dec_gd, proj_gd, float(query_scale)
         self.loss_cfg, self.lora_cfg, self.use_content_view = loss_cfg, lora_cfg, use_content_view
 
     def modules(self, params, frozen):
@@ -145,6 +156,7 @@ class StepFns:
             loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
             return loss, {"loss": loss, "tokens": count}
         valid, ranking = batch["valid"], batch["ranking"]
+        e = scale_query_slot(e, valid, self.query_scale)
         L1 = listwise_logits(dec, e, batch, "wo")
         L2 = listwise_logits(dec, e, batch, "w") if self.use_content_view and "w_ids" in batch else None
         c = self.loss_cfg
@@ -200,7 +212,8 @@ class TrainStep:
         dec_gd, dec_params, dec_axes = pure_params(decoder)
         proj_gd, proj_params, proj_axes = pure_params(projector)
         lora_cfg = cfg.lora if cfg.stage == 2 and cfg.lora.rank > 0 else None
-        self.fns = StepFns(cfg.stage, dec_gd, proj_gd, cfg.loss, lora_cfg, cfg.data.use_content_view)
+        self.fns = StepFns(cfg.stage, dec_gd, proj_gd, cfg.loss, lora_cfg, cfg.data.use_content_view,
+                           cfg.model.query_scale if cfg.model.query_token else 1.0)
         params, axes = {"projector": proj_params}, {"projector": proj_axes}
         frozen, frozen_axes = {}, {}
         if cfg.stage == 1 or lora_cfg:
@@ -222,7 +235,7 @@ class TrainStep:
         self.state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings, "step": rep}
         self.batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",), (cfg.global_batch,), mesh))
         self._init_params = params
-        key = (cfg.stage, dec_gd, proj_gd, repr(cfg.loss), repr(cfg.lora), repr(cfg.optim), cfg.grad_accum,
+        key = (cfg.stage, dec_gd, proj_gd, repr(cfg.model), repr(cfg.loss), repr(cfg.lora), repr(cfg.optim), cfg.grad_accum,
                cfg.global_batch, cfg.data.use_content_view, total_steps, mesh, repr(sorted(cfg.xla_options.items())))
         if key not in _COMPILED:     # identical runs (e.g. a resumed one in the same process) share executables
             _COMPILED[key] = _build_jits(self.fns, self.tx, self.schedule, cfg.grad_accum, self.state_shardings,
