@@ -72,6 +72,8 @@ class PERanker:
         self._compiled: dict = {}
         self._prompts: dict = {}
         self.last_stats: list[RerankStats] = []
+        self.embedding_memo: dict[str, np.ndarray] | None = None   # text -> encoder vector, when a caller
+                                                                    # shares one (e.g. several modes, same data)
 
     # --- loading ------------------------------------------------------------------------
     @classmethod
@@ -191,7 +193,12 @@ class PERanker:
         flat = [p for ps in passage_lists for p in ps]
         if not flat:
             return [np.zeros((0, 1), np.float32) for _ in passage_lists], 0.0
-        emb = np.asarray(self.encoder.encode(flat), np.float32)
+        memo = self.embedding_memo
+        todo = list(dict.fromkeys(t for t in flat if memo is None or t not in memo))
+        new = dict(zip(todo, np.asarray(self.encoder.encode(todo), np.float32))) if todo else {}
+        if memo is not None:
+            memo.update(new)
+        emb = np.stack([new[t] if t in new else memo[t] for t in flat])
         n = len(flat)
         padded = np.zeros((round_up(n, 128), emb.shape[1]), np.float32)
         padded[:n] = emb

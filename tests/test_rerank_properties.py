@@ -86,3 +86,21 @@ def test_save_pretrained_round_trips_to_the_same_rankings(ranker, tmp_path):
     assert again.config["model_type"] == "embed_mistral" and again.config["projector_type"] == "mlp2x_gelu"
     for k, v in ranker.projector.export_torch().items():
         assert (again.projector.export_torch()[k] == v).all()
+
+
+def test_shared_embedding_memo_encodes_each_text_once_and_changes_no_ranking(tiny_perank_dir_32):
+    class Counting(HashEncoder):
+        seen: list = []
+
+        def encode(self, texts, batch_size=32):
+            self.seen.extend(texts)
+            return super().encode(texts, batch_size)
+    enc = Counting(32)
+    r = PERanker.from_pretrained(tiny_perank_dir_32, encoder=enc, length_bucket=256, passage_bucket=8)
+    lists = [[f"text {w}" for w in WORDS], [f"text {w}" for w in reversed(WORDS)]]
+    plain = [r.rerank_batch(["q a", "q b"], lists, window=4, stride=2, mode=m) for m in ("decode", "single_pass")]
+    enc.seen.clear()
+    r.embedding_memo = {}
+    memo = [r.rerank_batch(["q a", "q b"], lists, window=4, stride=2, mode=m) for m in ("decode", "single_pass")]
+    assert memo == plain
+    assert sorted(enc.seen) == sorted({t for ps in lists for t in ps})
