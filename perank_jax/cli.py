@@ -116,6 +116,10 @@ def _add_rerank(sub):
         from pathlib import Path
         from perank_jax.data import trec
         from perank_jax.ranker import PERanker, rerank_requests
+        if a.depth < 1:
+            raise ValueError(f"--depth must be >= 1, got {a.depth}")
+        if a.out is not None:
+            check_outputs(a.out, a.stats or f"{a.out}.stats.jsonl")
         if not (a.requests or a.run or a.corpus or a.queries):
             a.requests = str(EXAMPLE_SET)
             print(f"no input given: reranking the example set {EXAMPLE_SET}")
@@ -155,6 +159,20 @@ def _add_rerank(sub):
         print(f"wrote {a.out} ({len(reranked)} queries; mean latency {lat:.3f} s/query, "
               f"compile {sum(s['compile_s'] for s in stats):.1f} s apart) and {stats_path}")
     p.set_defaults(func=run)
+
+
+def check_outputs(*paths) -> None:
+    """Refuse, before any work, output paths that are directories or the same file twice; create
+    missing parent directories."""
+    seen = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            raise ValueError(f"{p}: is a directory, expected an output file path")
+        key = p.resolve()
+        if key in seen:
+            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
+        seen.add(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def print_rankings(reranked, stats, show: int, mode: str) -> None:

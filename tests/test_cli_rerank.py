@@ -104,3 +104,26 @@ def test_bad_inputs_give_one_clear_error_and_no_output(tmp_path, tiny_perank_dir
     assert out.read_text() == "previous content\n"
     assert not (tmp_path / "out.trec.stats.jsonl").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rerank_refuses_bad_depth_and_output_paths_before_any_work(tmp_path, capsys, tiny_perank_dir_32):
+    req = tmp_path / "req.jsonl"
+    req.write_text(json.dumps({"query": {"text": "q", "qid": "1"},
+                               "candidates": [{"docid": "d1", "doc": {"contents": "alpha"}, "score": 1.0}]}) + "\n")
+    base = ["rerank", "--model", str(tiny_perank_dir_32), "--requests", str(req)]
+    (tmp_path / "adir").mkdir()
+    for extra, expect in ((["--depth", "-1", "--out", str(tmp_path / "o.trec")], "--depth must be >= 1"),
+                          (["--depth", "0", "--out", str(tmp_path / "o.trec")], "--depth must be >= 1"),
+                          (["--out", str(tmp_path / "adir")], "is a directory"),
+                          (["--out", str(tmp_path / "o.trec"), "--stats", str(tmp_path / "o.trec")], "two outputs")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert expect in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o.trec").exists()
+
+
+def test_rerank_creates_missing_output_directories(tmp_path, tiny_perank_dir_32):
+    args = _write_inputs(tmp_path)
+    out = tmp_path / "new" / "sub" / "run.trec"
+    assert main(["rerank", "--model", str(tiny_perank_dir_32), *args, "--out", str(out), "--window", "0"]) == 0
+    assert sorted(read_run(out)) == ["q1", "q2"] and (out.parent / "run.trec.stats.jsonl").is_file()
