@@ -22,3 +22,11 @@ def test_impossible_value_is_a_config_error_naming_the_field(override):
 def test_the_shipped_recipe_values_are_accepted():
     cfg = load_train_config(STAGE2)
     assert cfg.optim.lr > 0 and cfg.model.query_scale == 300.0
+
+
+def test_every_training_config_in_configs_parses():
+    files = sorted(STAGE2.parent.glob("*.stage[12].yaml"))
+    assert len(files) >= 6
+    for f in files:
+        cfg = load_train_config(f)
+        assert cfg.stage == (1 if f.name.endswith("stage1.yaml") else 2), f
