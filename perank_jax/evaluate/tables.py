@@ -58,6 +58,7 @@ class MethodSpec:
     max_new_tokens: int = 256        # textlist (the reference used 256)
     max_words: int | None = None     # textlist passage truncation (None: as the reference)
     dtype: str = "float32"
+    max_length: int | None = None    # embedding: encoder tokens per text (None: the encoder's maximum)
 
 
 @dataclass
@@ -162,9 +163,10 @@ class Methods:
             self._cache[key] = fn()
         return self._cache[key]
 
-    def encoder(self, path):
+    def encoder(self, path, max_length: int | None = None):
         from perank_jax.models.encoder import load_encoder
-        return self._load(("enc", path), lambda: load_encoder(resolve(path)))
+        kw = {"max_length": max_length} if max_length else {}
+        return self._load(("enc", path, max_length), lambda: load_encoder(resolve(path), **kw))
 
     def decoder(self, path, dtype):
         from perank_jax.models.decoder import load_decoder
@@ -175,7 +177,7 @@ class Methods:
         if m.kind == "first_stage":
             return lambda q, texts: (list(range(len(texts))), Usage())
         if m.kind == "embedding":
-            enc = self.encoder(m.encoder)
+            enc = self.encoder(m.encoder, m.max_length)
 
             def cosine(q, texts):
                 e = np.asarray(enc.encode([q] + list(texts)), np.float64)
