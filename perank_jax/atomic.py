@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, IO
 
@@ -20,24 +21,34 @@ def target_mode(path) -> int:
         return 0o666 & ~mask
 
 
-def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync: bool = False) -> Path:
-    """Call `write(f)` on a temp file next to `path`, then rename it to `path` (with the mode the
-    replaced file had, or the umask's default for a new file)."""
+@contextmanager
+def atomic_path(path):
+    """Yield a fresh temp file path next to `path` for the caller to write; on success it is given
+    the mode the replaced file had (or the umask's default for a new file) and renamed to `path`;
+    on any error it is removed and `path` is untouched."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
-            write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync: bool = False) -> Path:
+    """Call `write(f)` on a temp file next to `path`, then rename it to `path` (atomic_path)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
     return path
 
 

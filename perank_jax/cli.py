@@ -113,7 +113,6 @@ def _add_rerank(sub):
     def run(a):
         import json
         import os
-        from pathlib import Path
         from perank_jax.data import trec
         from perank_jax.ranker import PERanker, rerank_requests
         if a.depth < 1:

@@ -112,21 +112,11 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
         d = data / "scifact"
         sci = list(qrels_lists(read_run(d / "run.bm25.train.top100.txt"), read_queries(d / "queries.train.tsv"),
                                read_corpus(d / "corpus.jsonl", title_format=True), read_qrels(d / "qrels.train.txt"),
-                               n=args.n))
+                               n=args.n, **kw))
         picked = rng.choice(len(sci), size=min(args.scifact_lists, len(sci)), replace=False)
-        for i in sorted(picked):
-            r = sci[i]
-            recs.append(listwise_record(_query_of(r), r["extra_texts"], r["ranking"], **kw))
+        recs.extend(sci[i] for i in sorted(picked))
         counts["scifact-train"] = len(picked)
     return recs, counts
-
-
-def _query_of(record: dict) -> str:
-    """The query of a paper-template record built by qrels_lists (its prompt's first line)."""
-    text = record["messages_wo_content"][0]["content"]
-    marker = "relevance to the search query: "
-    line = text.split("\n")[1]
-    return line[line.index(marker) + len(marker):-1]
 
 
 def stage1_records(data: Path, args) -> tuple[list[dict], dict]:

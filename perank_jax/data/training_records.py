@@ -64,12 +64,12 @@ def relevance_first(docids: Sequence[str], judged: Mapping[str, int]) -> list[in
 
 
 def qrels_lists(run: Mapping, queries: Mapping, corpus: Mapping, qrels: Mapping, n: int = 20,
-                require_relevant: bool = True, shuffle_seed: int | None = None) -> Iterable[dict]:
+                require_relevant: bool = True, shuffle_seed: int | None = None, **record_kw) -> Iterable[dict]:
     """Stage-2 records from a first-stage run and judgements (e.g. SciFact train: candidates =
     the run's top n; relevant documents missing from them replace the lowest-ranked ones;
     teacher ranking = relevant first, then first-stage order). Queries without any relevant
     document are skipped when `require_relevant`. With `shuffle_seed` the candidates are shown
-    in a seeded random order (the ranking follows them)."""
+    in a seeded random order (the ranking follows them). `record_kw` go to `listwise_record`."""
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     for qid in sorted(run, key=lambda q: (len(q), q)):
         if qid not in queries:
@@ -89,7 +89,8 @@ def qrels_lists(run: Mapping, queries: Mapping, corpus: Mapping, qrels: Mapping,
         for d in docids:
             if d not in corpus:
                 raise DataError(f"document {d!r} (query {qid!r}) is in the run but not in the corpus")
-        yield listwise_record(queries[qid], [corpus[d] for d in docids], relevance_first(docids, judged))
+        yield listwise_record(queries[qid], [corpus[d] for d in docids], relevance_first(docids, judged),
+                              **record_kw)
 
 
 def request_lists(requests: Sequence[Request], rankings: Mapping[str, Sequence[str]], n: int = 20) -> Iterable[dict]:

@@ -158,18 +158,8 @@ def place(read: Callable[[tuple], np.ndarray], shape: tuple[int, ...], dtype, sh
 
 def save_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temp file + rename (never half-written)."""
-    import tempfile
+    """Write a safetensors file via a temp file + rename (never half-written; perank_jax.atomic)."""
     from safetensors.numpy import save_file
-    from perank_jax.atomic import target_mode
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from perank_jax.atomic import atomic_path
+    with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, target_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
