@@ -67,13 +67,59 @@ class Request:
 
 
 # ---------------------------------------------------------------------------- helpers
+class DataFileNotFound(DataError, FileNotFoundError):
+    """An input file that does not exist (a DataError, and a FileNotFoundError for old callers)."""
+
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _decode(raw: bytes, path, i) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        col = len(raw[:e.start].decode("utf-8", "replace")) + 1
+        src = "utf-16" if i == 1 and raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "latin1"
+        raise DataError(f"{_at(path, i)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col}); "
+                        f"re-encode the file as UTF-8 (e.g. `iconv -f {src} -t utf-8`)") from None
+
+
+def iter_text_lines(path, skip_blank: bool = True) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its line break) of a UTF-8 text file: the one place
+    input text files are opened and read. Line breaks are \\n, \\r\\n or a lone \\r (as Python's
+    universal newlines); a leading UTF-8 byte-order mark is dropped. A missing, unreadable or
+    non-UTF-8 file raises a DataError naming the file (and line and column)."""
+    p = Path(path)
+    try:
+        f = open(p, "rb")
+    except FileNotFoundError:
+        raise DataFileNotFound(f"{p}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{p}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DataError(f"{p}: cannot open ({e.strerror or e})") from None
+    i = 0
+    with f:
+        try:
+            for n, raw in enumerate(f):
+                if n == 0 and raw.startswith(_BOM):
+                    raw = raw[len(_BOM):]
+                if raw.endswith(b"\n"):
+                    raw = raw[:-1]
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]
+                for piece in raw.split(b"\r") if b"\r" in raw else (raw,):
+                    i += 1
+                    line = _decode(piece, p, i)
+                    if not skip_blank or line.strip():
+                        yield i, line
+        except OSError as e:
+            raise DataError(f"{_at(p, i + 1)}: read error ({e.strerror or e})") from None
+
+
 def _lines(path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped line) for every non-blank line."""
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield i, line
+    """(1-based line number, line) for every non-blank line."""
+    return iter_text_lines(path, skip_blank=True)
 
 
 def _is_jsonl(path) -> bool:
@@ -111,7 +157,11 @@ def doc_text(rec: Mapping, title_format: bool = False, path="<memory>", line=Non
     """Text of a document record. With `title_format` and a `title` field, the paper's BEIR
     formatting "Title: {title} Content: {text}" with whitespace collapsed (as the reference did)."""
     text = _field(rec, ("text", "contents", "segment", "body"), path, line, "document text")
+    if not isinstance(text, str):
+        raise DataError(f"{_at(path, line)}: document text must be a string, got {type(text).__name__}")
     title = rec.get("title")
+    if title is not None and not isinstance(title, (str, int, float)):
+        raise DataError(f"{_at(path, line)}: document title must be a string, got {type(title).__name__}")
     if title_format and title is not None:
         return " ".join(f"Title: {title} Content: {text}".split())
     return f"{title} {text}" if title else str(text)
@@ -125,8 +175,10 @@ def read_queries(path) -> Sourced:
     for i, line in _lines(path):
         if jsonl:
             rec = _json(path, i, line)
-            qid = str(_field(rec, ("qid", "_id", "id", "query_id"), path, i, "query id"))
+            qid = _ident(_field(rec, ("qid", "_id", "id", "query_id"), path, i, "query id"), path, i, "query id")
             text = _field(rec, ("query", "text"), path, i, "query text")
+            if not isinstance(text, str):
+                raise DataError(f"{_at(path, i)}: query text is {text!r}, expected a string")
         else:
             parts = line.split("\t", 1)
             if len(parts) != 2:
@@ -195,17 +247,39 @@ def read_corpus(path, title_format: bool = False) -> Sourced:
     for i, line in _lines(path):
         if jsonl:
             rec = _json(path, i, line)
-            docid = str(_field(rec, ("_id", "docid", "id", "doc_id"), path, i, "document id"))
+            docid = _ident(_field(rec, ("_id", "docid", "id", "doc_id"), path, i, "document id"), path, i,
+                           "document id")
             text = doc_text(rec, title_format, path, i)
         else:
             docid, sep, text = line.partition("\t")
-            if not sep:
+            if not sep or not docid.strip():
                 raise DataError(f"{_at(path, i)}: expected 'docid<TAB>text', got {line[:80]!r}")
         if docid in out:
             raise DataError(f"{_at(path, i)}: duplicate document id {docid!r} (first at line {lines[docid]})")
         out[docid] = text
         lines[docid] = i
     return _nonempty(out, path, "documents")
+
+
+def _number(v, path, i, name: str, integer: bool = False):
+    """A finite number (or numeric string) from field `name` of line i; DataError otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        x = None
+    else:
+        try:
+            x = int(v) if integer and not isinstance(v, float) else float(v)
+        except ValueError:
+            x = None
+    if x is None or not math.isfinite(x) or (integer and x != int(x)):
+        kind = "an integer" if integer else "a finite number"
+        raise DataError(f"{_at(path, i)}: field {name} is {v!r}, expected {kind}")
+    return int(x) if integer else x
+
+
+def _ident(v, path, i, name: str) -> str:
+    if isinstance(v, bool) or not isinstance(v, (str, int)) or not str(v).strip():
+        raise DataError(f"{_at(path, i)}: field {name} is {v!r}, expected a non-empty string or integer id")
+    return str(v)
 
 
 def read_requests(path, title_format: bool = False) -> list[Request]:
@@ -215,9 +289,12 @@ def read_requests(path, title_format: bool = False) -> list[Request]:
         rec = _json(path, i, line)
         q = _field(rec, ("query",), path, i, "query")
         if isinstance(q, dict):  # rank_llm: {"query": {"text", "qid"}, candidates with "doc"}
-            qid, query = str(_field(q, ("qid",), path, i, "query.qid")), _field(q, ("text",), path, i, "query.text")
+            qid = _ident(_field(q, ("qid",), path, i, "query.qid"), path, i, "query.qid")
+            query, qname = _field(q, ("text",), path, i, "query.text"), "query.text"
         else:
-            qid, query = str(_field(rec, ("qid",), path, i, "qid")), q
+            qid, query, qname = _ident(_field(rec, ("qid",), path, i, "qid"), path, i, "qid"), q, "query"
+        if not isinstance(query, str) or not query.strip():
+            raise DataError(f"{_at(path, i)}: field {qname} is {query!r}, expected a non-empty string")
         if qid in seen:
             raise DataError(f"{_at(path, i)}: duplicate query id {qid!r} (first at line {seen[qid]})")
         seen[qid] = i
@@ -228,12 +305,15 @@ def read_requests(path, title_format: bool = False) -> list[Request]:
         for j, c in enumerate(cands):
             if not isinstance(c, dict):
                 raise DataError(f"{_at(path, i)}: candidate {j} of query {qid!r} is not an object")
-            docid = str(_field(c, ("docid",), path, i, f"candidates[{j}].docid"))
+            docid = _ident(_field(c, ("docid",), path, i, f"candidates[{j}].docid"), path, i,
+                           f"candidates[{j}].docid")
             if docid in docids:
                 raise DataError(f"{_at(path, i)}: duplicate docid {docid!r} in the candidates of query {qid!r}")
             docids.add(docid)
+            score = -(j + 1) if c.get("score") is None else _number(c["score"], path, i, f"candidates[{j}].score")
+            rank = j + 1 if c.get("rank") is None else _number(c["rank"], path, i, f"candidates[{j}].rank", True)
             text = doc_text(c["doc"] if isinstance(c.get("doc"), dict) else c, title_format, path, i)
-            items.append((c.get("rank", j + 1), j, Candidate(docid, float(c.get("score", -(j + 1))), text)))
+            items.append((rank, j, Candidate(docid, float(score), text)))
         items.sort(key=lambda t: (t[0], t[1]))
         out.append(Request(qid, str(query), [t[2] for t in items]))
     if not out:
