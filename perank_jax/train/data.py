@@ -1,6 +1,7 @@
 """The training data pipeline for both stages.
 
-reference JSONL (read with `datasets`) -> validate every record (before any step runs)
+reference JSONL (one JSON object per line; `read_jsonl`, each record remembering its line)
+-> validate every record (before any step runs; errors name file:line and field)
 -> tokenise with the chat template -> embed the unique passage texts once (frozen
 encoder, embedding cache or a precomputed table) -> fixed-shape numpy batches padded to
 length buckets, in a deterministic order from a seed, each process taking its own rows.
@@ -30,7 +31,7 @@ VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
 
 
 class DataError(ValueError):
-    """A training record that cannot be used; the message names the file and record index."""
+    """A training record that cannot be used; the message names the file and line."""
 
 
 def perank_token_ids(tokenizer) -> tuple[int, int]:
@@ -40,16 +41,39 @@ def perank_token_ids(tokenizer) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_jsonl(path: str | Path):
-    """The records of a JSONL file as a `datasets.Dataset` (order = line order)."""
-    import datasets
+class Record(dict):
+    """One training record (a JSON object) that remembers the file and line it came from."""
+
+    def __init__(self, data=(), source: str = "", line: int | None = None):
+        super().__init__(data)
+        self.source, self.line = source, line
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """The records of a JSONL file (order = line order; blank lines skipped), each a `Record`
+    that knows its line. Bad input raises DataError naming the file and line: bytes that are
+    not UTF-8, a line that is not one JSON object, or a file without records."""
+    import json
+    from perank_jax.data import trec
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: training data file not found")
+    records = []
     try:
-        return datasets.load_dataset("json", data_files=str(path), split="train", keep_in_memory=True)
-    except Exception as e:  # datasets wraps JSON / schema problems in several exception types
-        raise DataError(f"{path}: cannot read as JSONL records ({type(e).__name__}: {e})") from None
+        for i, line in trec.iter_text_lines(path):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
+                                "each line must be one JSON object") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
+            records.append(Record(rec, str(path), i))
+    except trec.DataError as e:
+        raise DataError(str(e)) from None
+    if not records:
+        raise DataError(f"{path}: no records (empty file)")
+    return records
 
 
 # ----------------------------------------------------------------------------- tokenising
@@ -61,8 +85,15 @@ class Tokenised:
     label_mask: np.ndarray    # [L] bool, True on assistant-turn tokens (stage 1)
 
 
+def _render(tokenizer, messages, **kw) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    except Exception as e:  # jinja2 TemplateError (e.g. roles that do not alternate) and the like
+        raise ValueError(f"the chat template cannot render these messages ({type(e).__name__}: {e})") from None
+
+
 def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenised:
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    text = _render(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=want_labels)
     ids = np.asarray(enc["input_ids"], np.int32)
     label_mask = np.zeros(len(ids), bool)
@@ -71,8 +102,8 @@ def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenis
         for k in range(len(messages)):
             if messages[k]["role"] != "assistant":
                 continue
-            prefix = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
-            end = tokenizer.apply_chat_template(messages[:k + 1], tokenize=False)
+            prefix = _render(tokenizer, messages[:k], add_generation_prompt=True)
+            end = _render(tokenizer, messages[:k + 1])
             if not text.startswith(prefix) or not text.startswith(end):
                 raise ValueError("the chat template does not render turns as prefixes of the conversation")
             offs = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)
@@ -116,11 +147,13 @@ class Prepared:
 
 
 def _check_messages(messages, where):
+    if messages is None:
+        raise ValueError(f"missing field {where} (a non-empty list of {{'role', 'content'}} messages)")
     if not isinstance(messages, list) or not messages:
-        raise ValueError(f"{where} must be a non-empty list of messages")
-    for m in messages:
+        raise ValueError(f"field {where} must be a non-empty list of messages")
+    for j, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise ValueError(f"{where} has a message without string 'role' and 'content'")
+            raise ValueError(f"field {where}[{j}] is not a message with string 'role' and 'content'")
 
 
 def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[list[str]], np.ndarray],
@@ -136,10 +169,15 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
     query_token = None
 
     for i, rec in enumerate(records):
+        line = getattr(rec, "line", None) or i + 1
         try:
+            if not isinstance(rec, dict):
+                raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
             extra = rec.get("extra_texts")
+            if extra is None:
+                raise ValueError("missing field 'extra_texts' (a non-empty list of passage strings)")
             if not isinstance(extra, list) or not extra or not all(isinstance(t, str) for t in extra):
-                raise ValueError("'extra_texts' must be a non-empty list of strings")
+                raise ValueError("field 'extra_texts' must be a non-empty list of strings")
             n = len(extra)
             if n > max_passages:
                 raise ValueError(f"{n} extra_texts exceed max_passages={max_passages}")
@@ -157,8 +195,11 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                 toks["main"] = _tokenise(tokenizer, rec["messages"], ph_id, rank_id, want_labels=True)
             else:
                 ranking = rec.get("ranking")
-                if not isinstance(ranking, list) or not all(isinstance(r, int) for r in ranking):
-                    raise ValueError("'ranking' must be a list of ints")
+                if ranking is None:
+                    raise ValueError("missing field 'ranking' (the teacher's order of the extra_texts)")
+                if not isinstance(ranking, list) or not all(isinstance(r, int) and not isinstance(r, bool)
+                                                            for r in ranking):
+                    raise ValueError("field 'ranking' must be a list of ints")
                 r = np.asarray(ranking, np.int64)
                 if len(r) and r.min() == 1 and sorted(r.tolist()) == list(range(1, n + 1)):
                     r = r - 1                                  # the reference's 1-based rankings
@@ -180,7 +221,7 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                 if len(t.ids) > max_len:
                     raise ValueError(f"{name}: over-long record, {len(t.ids)} tokens > max_len={max_len}")
         except ValueError as e:
-            errors.append(f"{source}: record {i} (line {i + 1}): {e}")
+            errors.append((line, i, str(e)))
             if len(errors) >= 10:
                 break
             continue
@@ -191,14 +232,17 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
         for t in extra + ([q_text] if q_text is not None else []):
             if t not in texts:
                 texts[t] = len(texts)
-                owners[texts[t]] = i
+                owners[texts[t]] = (i, line)
             rows.append(texts[t])
         text_idx.append(np.asarray(rows, np.int32))
     if errors:
-        raise DataError(f"{len(errors)}{'+' if len(errors) >= 10 else ''} bad training record(s), "
-                        "nothing was trained:\n  " + "\n  ".join(errors))
+        (line, i, first), rest = errors[0], errors[1:]
+        more = (f"; {len(rest)}{'+' if len(errors) >= 10 else ''} more bad record(s): "
+                + "; ".join(f"line {ln}: {m}" for ln, _, m in rest)) if rest else ""
+        raise DataError(f"{source}:{line}: record {i} (line {line}): {first}{more}; nothing was trained "
+                        "(fix or drop the bad records)")
     if not text_idx:
-        raise DataError(f"{source}: no training records")
+        raise DataError(f"{source}: no records (empty file)")
 
     table = np.asarray(embed(list(texts)), np.float32)
     if table.ndim != 2 or table.shape[0] != len(texts):
@@ -206,9 +250,10 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
     bad = np.flatnonzero(~np.isfinite(table).all(-1))
     if len(bad):
         recs = sorted({owners[int(b)] for b in bad})
-        raise DataError(f"{source}: record {recs[0]} (line {recs[0] + 1}): non-finite passage embedding "
-                        f"({len(bad)} passage(s) in {len(recs)} record(s), e.g. records {recs[:5]}); "
-                        "nothing was trained")
+        (i, line) = recs[0]
+        raise DataError(f"{source}:{line}: record {i} (line {line}): non-finite passage embedding "
+                        f"({len(bad)} passage(s) in {len(recs)} record(s), e.g. lines {[r[1] for r in recs[:5]]}); "
+                        "nothing was trained (check the embedding source)")
     lengths = {v: np.asarray([len(t.ids) for t in ts]) for v, ts in views.items()}
     return Prepared(stage, views, text_idx, rankings, table, source, lengths, n_passages, bool(query_token))
 
