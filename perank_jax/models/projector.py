@@ -132,24 +132,26 @@ def _read_tensors(source: str | os.PathLike, allow_pickle: bool):
     """(name, {key: shape}, get(key)) of the projector tensors found in a dir or a file."""
     src = Path(source)
     if src.is_dir():
+        # a projector-only file next to (or instead of) safetensors: .npz (no pickle) before .bin
+        others = sorted((p for p in src.iterdir() if p.suffix in (".npz", ".bin") and "projector" in p.name),
+                        key=lambda p: (p.suffix != ".npz", p.name))
         try:
             ckpt = SafetensorsCheckpoint(src)
         except WeightError:
-            bins = sorted(p for p in src.iterdir() if p.suffix == ".bin" and "projector" in p.name)
-            if not bins:
+            if not others:
                 raise
-            return _read_tensors(bins[0], allow_pickle)
+            return _read_tensors(others[0], allow_pickle)
         keys = {k: ckpt.shape(k) for k in ckpt.keys() if k.startswith(PREFIXES)}
-        if not keys:
-            bins = sorted(p for p in src.iterdir() if p.suffix == ".bin" and "projector" in p.name)
-            if bins:
-                return _read_tensors(bins[0], allow_pickle)
+        if not keys and others:
+            return _read_tensors(others[0], allow_pickle)
         return str(src), keys, ckpt.get
     if not src.exists():
         raise FileNotFoundError(f"{src}: projector weights not found")
     if src.suffix == ".safetensors":
         f = SafetensorsFile(src)
         return str(src), {k: f.shape(k) for k in f.keys() if k.startswith(PREFIXES)}, f.get
+    if src.suffix in (".npz", ".npy"):
+        return str(src), *_read_npz(src)
     if src.suffix in (".bin", ".pt", ".pth"):
         if not allow_pickle:
             raise WeightError(f"{src}: a pickle (torch) file; pass allow_pickle=True only if you trust it "
@@ -160,14 +162,45 @@ def _read_tensors(source: str | os.PathLike, allow_pickle: bool):
         sd = {(k if k.startswith(PREFIXES) else "projector." + k.split("projector.", 1)[-1]): v
               for k, v in sd.items()}
         return str(src), {k: v.shape for k, v in sd.items()}, sd.__getitem__
-    raise WeightError(f"{src}: unsupported projector weight file (expected a directory, .safetensors or .bin)")
+    raise WeightError(f"{src}: unsupported projector weight file (expected a directory, .safetensors, .npz "
+                      "or .bin)")
+
+
+def _read_npz(src: Path):
+    """({key: shape}, get) of the projector tensors in an .npz (numpy arrays only; never unpickles).
+    A damaged file, an object (pickled) array or a lone .npy array is a WeightError of one line."""
+    bad = (f"{src}: not a valid npz/safetensors projector file" + " ({}); save the projector as "
+           ".safetensors (the default) or with np.savez(path, **projector.export_torch())")
+    if src.suffix == ".npy":
+        raise WeightError(bad.format("a .npy file holds one unnamed array, not the named projector tensors"))
+    try:
+        with open(src, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise WeightError(f"{src}: cannot read projector weights ({e.strerror or e})") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise WeightError(bad.format("not a zip archive, as np.savez writes"))
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            tensors = {k: z[k] for k in z.files if k.startswith(PREFIXES) or "projector" in k}
+    except ValueError as e:
+        why = "holds pickled object arrays, which are never loaded" if "allow_pickle" in str(e) else str(e)
+        raise WeightError(bad.format(why)) from None
+    except Exception as e:  # a damaged archive: BadZipFile, zlib.error, CRC / EOF / struct errors, ...
+        raise WeightError(bad.format(f"{type(e).__name__}: {e}".replace("\n", " "))) from None
+    for k, v in tensors.items():
+        if v.dtype.kind not in "fiu":
+            raise WeightError(bad.format(f"array {k!r} has dtype {v.dtype}, expected numbers"))
+    tensors = {(k if k.startswith(PREFIXES) else "projector." + k.split("projector.", 1)[-1]): v
+               for k, v in tensors.items()}
+    return {k: v.shape for k, v in tensors.items()}, tensors.__getitem__
 
 
 def load_projector(source: str | os.PathLike, kind: str, in_dim: int, out_dim: int, *,
                    dtype=jnp.float32, param_dtype=jnp.float32, allow_pickle: bool = False,
                    mesh=None) -> Projector:
-    """A Projector with weights read from `source` (dir of safetensors, one .safetensors, or a
-    torch .bin with allow_pickle=True). Shapes are checked; every problem is listed at once."""
+    """A Projector with weights read from `source` (dir of safetensors, one .safetensors, an .npz
+    of numpy arrays (never unpickled), or a torch .bin with allow_pickle=True). Shapes are checked; every problem is listed at once."""
     proj = Projector(kind, in_dim, out_dim, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
     if num_linears(kind) == 0:
         return proj
