@@ -1,7 +1,7 @@
 """PE-Rank prompts, tokenizer special tokens and the static-shape placeholder merge.
 
 The user-turn texts are exactly the reference implementation's (see
-../shared/PERANK.md); they are rendered with the tokenizer's own chat template
+docs/method.md); they are rendered with the tokenizer's own chat template
 (`apply_chat_template(..., add_generation_prompt=True, tokenize=False)`), so
 Mistral gets `<s>[INST] ... [/INST]` and SmolLM2 its ChatML. The rendered string
 is exactly what is tokenised (with add_special_tokens=False: the template already
