@@ -8,6 +8,7 @@ each max length. Both sides tokenise, sort by length, batch, run the model, mean
 L2-normalise; both get one untimed warm-up pass over the same passages (JAX compiles its
 length buckets there), then the best of `--repeats` timed passes is reported. The last column
 is the smallest cosine between the two sides' embeddings (a correctness check).
+The default --corpus is ../shared/data/scifact/corpus.jsonl; without ../shared, see docs/data.md.
 """
 from __future__ import annotations
 

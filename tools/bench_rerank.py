@@ -3,7 +3,8 @@
     python tools/bench_rerank.py --queries 3                 # SmolLM2-135M + all-MiniLM-L6-v2, CPU, fp32
     python tools/bench_rerank.py --mistral7b-random --dtype bfloat16 --no-torch   # GPU: 7B-shaped random
 
-Two scenarios per query (DL20 BM25 candidates from ../shared/data): one window of 20
+Two scenarios per query (DL20 BM25 candidates, `--data`, default
+../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see docs/data.md): one window of 20
 passages, and 100 candidates reranked with the paper's sliding window (20, stride 10,
 bottom up: 9 windows). Per-query latency covers encoding + projection + decoding
 (the paper's definition); compilation is measured apart on a warm-up query. The

@@ -6,6 +6,7 @@
 Input: any corpus perank_jax.data.trec.read_corpus reads (BEIR JSONL, {"id","contents"}
 JSONL, `docid<TAB>text` TSV); several --passages files are concatenated. Output: one
 text-reconstruction record per passage (see perank_jax.data.training_records).
+Without ../shared/data (a clone has none), docs/data.md says how to get the example's file.
 """
 from __future__ import annotations
 

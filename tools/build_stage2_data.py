@@ -9,6 +9,7 @@ From a teacher's rankings (e.g. an LLM's reranking written as a TREC run) of can
     python tools/build_stage2_data.py --requests candidates.jsonl --teacher-run teacher.txt -n 20 --out ...
 
 Never build training lists from the queries you evaluate on.
+Without ../shared/data (a clone has none), docs/data.md says how to get the example's files.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
     python tools/build_training_data.py --data ../shared/data --out data/
 
-Where the data comes from (a clone has no ../shared): the folder layout is that of
-../shared/data/README.md; the public sources are TREC DL 2020/2022 passage (topics and
+Where the data comes from (a clone has no ../shared): docs/data.md gives the folder layout,
+every file name and how to get it. The public sources are TREC DL 2020/2022 passage (topics and
 qrels from anserini-tools, BM25 / SPLADE++ runs and passage texts from rank_llm's
 history, or `ir_datasets` msmarco-passage/trec-dl-2020 and msmarco-passage-v2/trec-dl-2022
 when online), BEIR SciFact, and a DPR-style Wikipedia passage sample.
