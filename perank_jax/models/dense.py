@@ -41,9 +41,9 @@ def _load_tokenizer(d: Path):
     if not any((d / f).exists() for f in TOKENIZER_FILES):
         raise EncoderError(f"{d}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
                            "copy the model's tokenizer into the directory")
-    from transformers import AutoTokenizer
+    from perank_jax.weights.io import load_hf_tokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+        return load_hf_tokenizer(d)
     except Exception as e:  # noqa: BLE001 - any tokenizer failure is one clear error
         raise EncoderError(f"{d}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 

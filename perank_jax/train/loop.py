@@ -105,7 +105,11 @@ class Run:
         if self.tokenizer is None:
             raise ConfigError(f"{cfg.model.decoder}: {self.decoder.tokenizer_error or 'the decoder has no tokenizer'}")
         embed = make_embedder(cfg)
-        dim = getattr(embed, "dim", None) or cfg.model.embedding_dim
+        dim = embed.dim
+        if cfg.model.embedding_dim is not None and cfg.model.embedding_dim != dim:
+            raise ConfigError(f"model.embedding_dim is {cfg.model.embedding_dim} but the passage embeddings "
+                              f"({cfg.data.embeddings or cfg.data.embedding_cache or cfg.model.encoder}) have "
+                              f"{dim} dimensions: fix or remove model.embedding_dim")
         hidden = self.decoder.config.hidden_size
         if cfg.model.projector_init:
             self.projector = load_projector(cfg.model.projector_init, cfg.model.projector, dim, hidden,
@@ -309,13 +313,13 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) 
         ev0 = run.evaluate(state["params"])
         log.write({"step": 0, **ev0})
         initial = {"initial_" + k: v for k, v in ev0.items()}
-    t0, tokens = time.time(), 0
+    t0, tokens, done = time.time(), 0, start
     try:
         for step in range(start, run.total_steps):
             batch = run.batch(run.train_data, run.order.indices(step))
             tokens += run.last_tokens
-            state, metrics = run.trainer.step(state, batch)
-            done = step + 1
+            state, metrics, done = *run.trainer.step(state, batch), step + 1   # one statement: a Ctrl-C
+                                                                                # never splits state and step
             if done % cfg.log_every == 0 or done == run.total_steps:
                 rec = {"step": done, **{k: scalar(v) for k, v in metrics.items()}}
                 log.write(rec)
@@ -329,6 +333,13 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) 
                 bar.update(1)
             if on_step is not None:
                 on_step(done, state)
+    except KeyboardInterrupt:                          # Ctrl-C: keep the last finished step, resumable
+        alive = not any(x.is_deleted() for x in jax.tree.leaves(state))   # not donated to a step in flight
+        if alive and done > start and mngr.latest_step() != done:
+            _save(mngr, run, state, done)
+        mngr.wait_until_finished()
+        mngr.close()
+        raise
     except BaseException:
         mngr.wait_until_finished()                     # an interrupted run keeps the checkpoints it started
         mngr.close()

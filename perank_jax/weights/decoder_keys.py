@@ -19,7 +19,7 @@ from flax import nnx
 from perank_jax.config import read_config_json
 from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, KVCache, init_cache, param_specs
 from perank_jax.sharding import named_sharding
-from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, place
+from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place
 
 _LAYER = r"model\.layers\.(\d+)\."
 # (regex, param name, HF shape fn, HF->ours transform, ours->HF transform)
@@ -186,8 +186,7 @@ def load_tokenizer(d: Path):
     """The directory's own HF tokenizer, or None when it has no tokenizer files."""
     if not any((d / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         return None
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
+    return load_hf_tokenizer(d)
 
 
 def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False,

@@ -21,6 +21,20 @@ _ST_DTYPES = {
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "training_args.bin")
 
 
+def load_hf_tokenizer(directory):
+    """`AutoTokenizer.from_pretrained(directory)` (never remote code) with transformers' warnings
+    silenced: e.g. a PE-Rank checkpoint's config.json says model_type `embed_mistral`, which
+    transformers does not know and warns about on every load; errors still raise."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 class WeightError(ValueError):
     """Missing, unexpected, wrong-shape, non-finite or unreadable weights."""
 

@@ -1,0 +1,194 @@
+"""Every command's edges, driven as a user drives them (`perank ...` through cli.main, or a real
+subprocess where signals are involved): nothing lost, nothing silently wrong, no traceback.
+
+One section per class of defect; a new command adds its cases to each section:
+  1. outputs: wrong-kind paths refused before any work, user files never touched
+  2. interrupts: Ctrl-C exits 130 with outputs untouched (training: tests/test_training_stage2_...)
+  3. impossible numbers: usage errors (exit 2, one line); suspicious ones warn
+  4. results that would be silently wrong: refused or warned
+  5. noise: a user sees only what concerns them
+Input-file errors naming file:line live in tests/test_input_errors_name_file_and_line.py, cache
+corruption in tests/test_embedding_cache_detects_corruption.py, file modes in
+tests/test_atomic_writes_keep_file_modes.py.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perank_jax.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def one_line_error(capsys, code, expect):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert expect in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture()
+def eval_files(tmp_path):
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 2\nq1 0 d2 0\nq2 0 d3 1\n")
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 3.0 x\nq1 Q0 d2 2 2.0 x\nq2 Q0 d3 1 1.0 x\n")
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in
+                                                   [("d1", "cats purr"), ("d2", "dogs bark"), ("d3", "rivers flow")]))
+    (tmp_path / "queries.tsv").write_text("q1\tcats\nq2\trivers\n")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("keep me\n")
+    return tmp_path
+
+
+# --- 1. outputs -----------------------------------------------------------------------------
+def output_cases(t):
+    """(argv, expected message) for every command given an output of the wrong kind."""
+    req = t / "req.jsonl"
+    req.write_text(json.dumps({"query": {"text": "q", "qid": "1"},
+                               "candidates": [{"docid": "d1", "doc": {"contents": "x"}, "score": 1.0}]}) + "\n")
+    ev = ["--qrels", str(t / "qrels.txt"), "--run", str(t / "run.trec")]
+    tables = t / "tables.yaml"
+    tables.write_text(f"out_dir: {t / 'afile'}\ndatasets: [{{name: x, requests: {req}, qrels: {t / 'qrels.txt'}}}]\n"
+                      "methods: [{name: bm25, kind: first_stage}]\n")
+    return [
+        (["rerank", "--requests", str(req), "--out", str(t / "adir")], "is a directory"),
+        (["rerank", "--requests", str(req), "--out", str(t / "o.trec"), "--stats", str(t / "adir")], "is a directory"),
+        (["rerank", "--requests", str(req), "--out", str(t / "afile"), "--stats", str(t / "afile")], "two outputs"),
+        (["rerank", "--requests", str(req), "--stats", str(t / "s.jsonl")], "--stats needs --out"),
+        (["evaluate", *ev, "--json", str(t / "adir")], "is a directory"),
+        (["retrieve", "--corpus", str(t / "corpus.jsonl"), "--queries", str(t / "queries.tsv"),
+          "--out", str(t / "adir")], "is a directory"),
+        (["encode", "--encoder", str(t / "adir"), "--corpus", str(t / "corpus.jsonl"), "--out", str(t / "afile")],
+         "is a file"),
+        (["convert", str(t / "model.gguf"), str(t / "afile")], "is a file"),
+        (["train", str(ROOT / "configs" / "tiny.stage2.yaml"), f"output_dir={t / 'afile'}"], "is a file"),
+        (["tables", str(tables)], "is a file"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_an_output_path_of_the_wrong_kind_is_refused_in_one_line_before_any_work(eval_files, capsys, i):
+    argv, expect = output_cases(eval_files)[i]
+    before = {p.name: p.read_bytes() for p in eval_files.iterdir() if p.is_file()}
+    one_line_error(capsys, main(argv), expect)
+    after = {p.name: p.read_bytes() for p in eval_files.iterdir() if p.is_file()}
+    assert after == before and list((eval_files / "adir").iterdir()) == []
+
+
+def test_evaluate_json_never_touches_a_users_file_named_like_a_temp_file(eval_files, capsys):
+    for name in ("res.tmp", ".res.json.tmp"):
+        (eval_files / name).write_text("the user's notes\n")
+    assert main(["evaluate", "--qrels", str(eval_files / "qrels.txt"), "--run", str(eval_files / "run.trec"),
+                 "--json", str(eval_files / "res.json")]) == 0
+    res = json.loads((eval_files / "res.json").read_text())
+    assert res["run"]["aggregate"]["nDCG@10"] == pytest.approx(1.0)
+    for name in ("res.tmp", ".res.json.tmp"):
+        assert (eval_files / name).read_text() == "the user's notes\n"
+    assert sorted(p.name for p in eval_files.iterdir()) == sorted(
+        [".res.json.tmp", "adir", "afile", "corpus.jsonl", "qrels.txt", "queries.tsv", "res.json", "res.tmp",
+         "run.trec"])
+
+
+# --- 2. interrupts ----------------------------------------------------------------------------
+def sigint_default():
+    """In the child: Ctrl-C behaves as in a terminal even when this test runs as a background job
+    (whose SIGINT is ignored, and an ignored signal stays ignored across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank):
+    ckpt = tiny_perank[0]
+    cand = [{"docid": f"d{i}", "doc": {"contents": f"passage number {i} " * 20}, "score": 100.0 - i}
+            for i in range(40)]
+    (tmp_path / "req.jsonl").write_text("".join(json.dumps({"query": {"text": f"query {q}", "qid": str(q)},
+                                                            "candidates": cand}) + "\n" for q in range(400)))
+    out = tmp_path / "out.trec"
+    out.write_text("previous run\n")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", "rerank", "--model", str(ckpt),
+                                 "--requests", str(tmp_path / "req.jsonl"), "--out", str(out)],
+                                stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=sigint_default)
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and "query/s" not in log.read_text():
+            time.sleep(0.05)                              # wait until queries are being reranked
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 130, text[-3000:]
+    assert "interrupted" in text and "Traceback" not in text, text[-3000:]
+    assert out.read_text() == "previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "out.trec", "req.jsonl"]
+
+
+# --- 3. impossible numbers ------------------------------------------------------------------
+NUMBER_CASES = [
+    (["rerank", "--depth", "0"], "--depth: 0 is out of range"),
+    (["rerank", "--depth", "-1", "--requests", "r.jsonl"], "--depth: -1 is out of range"),
+    (["rerank", "--depth", "-1", "--run", "r", "--corpus", "c", "--queries", "q"], "--depth: -1 is out of range"),
+    (["rerank", "--window", "-2"], "--window: -2 is out of range"),
+    (["rerank", "--stride", "0"], "--stride: 0 is out of range"),
+    (["rerank", "--top-k", "0"], "--top-k: 0 is out of range"),
+    (["rerank", "--batch-queries", "0"], "--batch-queries: 0 is out of range"),
+    (["rerank", "--show", "-1"], "--show: -1 is out of range"),
+    (["rerank", "--depth", "ten"], "'ten' is not an integer"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--batch-size", "0"], "--batch-size: 0"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--max-length", "1"], "--max-length: 1"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--chunk-size", "-5"], "--chunk-size: -5"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k", "0"], "--k: 0 is out of range"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--b", "1.5"], "--b: 1.5 is out of range"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k1", "nan"], "--k1: nan is out of range"),
+    (["generate", "--max-new-tokens", "0", "hello"], "--max-new-tokens: 0 is out of range"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", NUMBER_CASES, ids=[" ".join(a[:3]) for a, _ in NUMBER_CASES])
+def test_an_impossible_number_is_a_one_line_usage_error(argv, expect, capsys):
+    one_line_error(capsys, main(argv), expect)
+
+
+def test_a_window_of_one_is_refused_and_non_overlapping_windows_warn(tmp_path, capsys, tiny_perank):
+    req = tmp_path / "req.jsonl"
+    req.write_text(json.dumps({"query": {"text": "cats", "qid": "1"},
+                               "candidates": [{"docid": f"d{i}", "doc": {"contents": f"text {i}"}, "score": 1.0}
+                                              for i in range(6)]}) + "\n")
+    one_line_error(capsys, main(["rerank", "--requests", str(req), "--window", "1"]), "--window must be 0")
+    assert main(["rerank", "--model", str(tiny_perank[0]), "--requests", str(req), "--window", "3",
+                 "--stride", "3", "--out", str(tmp_path / "o.trec")]) == 0
+    assert "windows do not overlap" in capsys.readouterr().err
+
+
+# --- 4. results that would be silently wrong ---------------------------------------------------
+def test_evaluate_refuses_a_run_sharing_no_query_with_the_qrels_and_warns_on_partial_overlap(eval_files, capsys):
+    (eval_files / "other.trec").write_text("x1 Q0 d1 1 3.0 x\n")
+    one_line_error(capsys, main(["evaluate", "--qrels", str(eval_files / "qrels.txt"),
+                                 "--run", str(eval_files / "other.trec")]), "shares no query id")
+    (eval_files / "half.trec").write_text("q1 Q0 d1 1 3.0 x\n")
+    assert main(["evaluate", "--qrels", str(eval_files / "qrels.txt"), "--run", str(eval_files / "half.trec")]) == 0
+    assert "answers 1 of the 2 judged queries" in capsys.readouterr().err
+
+
+def test_retrieve_writes_no_hits_for_a_query_matching_nothing_and_says_so(eval_files, capsys):
+    (eval_files / "queries.tsv").write_text("q1\tcats\nq9\tzebra xylophone\n")
+    out = eval_files / "bm25.trec"
+    assert main(["retrieve", "--corpus", str(eval_files / "corpus.jsonl"), "--queries",
+                 str(eval_files / "queries.tsv"), "--out", str(out), "--stemmer", "none"]) == 0
+    assert "1 of 2 queries match no document" in capsys.readouterr().err
+    lines = out.read_text().split("\n")
+    assert [ln.split()[:3] for ln in lines if ln] == [["q1", "Q0", "d1"]]     # only the matching document
+
+
+# --- 5. noise ----------------------------------------------------------------------------------
+def test_reranking_with_a_paper_layout_checkpoint_prints_no_transformers_warnings(tmp_path, tiny_perank):
+    proc = subprocess.run([sys.executable, "-m", "perank_jax.cli", "rerank", "--model", str(tiny_perank[0]),
+                           "--show", "1"], capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[ex1]" in proc.stdout
+    noise = [ln for ln in proc.stderr.splitlines() if ln.strip() and "query/s" not in ln and "s/query" not in ln]
+    assert noise == [], noise
