@@ -6,12 +6,20 @@ Layout of a finished cache directory:
     docids.txt       one document id per line, row i of embeddings.npy <-> line i
     metadata.json    encoder (path, name, fingerprint, architecture), pooling, normalize,
                      max_length, dtype, dim, count, corpus (path, fingerprint, title_format),
-                     sha256 of the embedding data. Written LAST: without it nothing is complete.
+                     sha256 of the embedding data, and `checksums`: the sha256 of every chunk of
+                     `chunk_rows` rows of embeddings.npy and of docids.txt. Written LAST: without
+                     it nothing is complete.
 
 While running, finished chunks of `chunk_size` documents are written atomically (temp file +
-os.replace) to `<out>/.partial/chunk_NNNNNN.npy` next to the run's plan (`plan.json`). An
-interrupted run resumes with the same arguments and only encodes missing chunks; the final
-arrays are assembled from the chunks, so a resumed run produces the same bytes as one run.
+os.replace) to `<out>/.partial/chunk_NNNNNN.npy`, each followed by its checksum
+(`chunk_NNNNNN.sha256`), next to the run's plan (`plan.json`). An interrupted run resumes with
+the same arguments and only encodes chunks that are missing or do not match their checksum;
+the final arrays are assembled from the chunks, so a resumed run produces the same bytes as one.
+
+Corruption is caught cheaply, chunk by chunk over a memory map: `load_embedding_cache` checks
+every chunk (and docids.txt) against metadata.json and refuses a mismatch naming the rows;
+`perank encode` on a finished cache re-encodes only the chunks that no longer match. Older
+caches without per-chunk checksums are checked against their whole-file sha256.
 
 Corpus documents (see `perank_jax.data.trec.read_corpus`): JSONL with `_id`/`docid`/`id`,
 optional `title`, `text`/`contents`, or TSV `docid<TAB>text`. With `title_format=True`
@@ -24,6 +32,8 @@ import hashlib
 import json
 import os
 import shutil
+import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -39,6 +49,10 @@ class CacheError(ValueError):
     """Missing, incomplete, corrupt or mismatched embedding cache."""
 
 
+class CacheWarning(UserWarning):
+    """An embedding cache whose integrity cannot be checked (no checksums)."""
+
+
 # ------------------------------------------------------------------ helpers
 def _atomic(path: Path, write) -> None:
     atomic_write(path, write, binary=True, fsync=True)
@@ -46,6 +60,22 @@ def _atomic(path: Path, write) -> None:
 
 def _write_json(path: Path, obj) -> None:
     _atomic(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+
+
+def _sha(a: np.ndarray) -> str:
+    """sha256 of an array's data bytes (a memory-mapped slice is read, not copied)."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()
+
+
+def _ranges(n: int, rows: int) -> list[tuple[int, int]]:
+    return [(s, min(s + rows, n)) for s in range(0, n, rows)]
+
+
+def _rows(bad: list[tuple[int, int]], rows: int, n: int) -> str:
+    """'rows 20-22 (chunk 5 of 5) and 1 more chunk(s)' for bad row ranges of chunks of `rows`."""
+    (s, e), more = bad[0], len(bad) - 1
+    return (f"rows {s}-{e - 1} (chunk {s // rows + 1} of {-(-n // rows)})"
+            + (f" and {more} more chunk(s)" if more else ""))
 
 
 def encoder_fingerprint(d, samples: int = 256, block: int = 4096) -> str:
@@ -111,20 +141,12 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     }
     out = Path(out_dir)
     if (out / META).exists():
-        cache = load_embedding_cache(out)
-        diff = _plan_diff(cache.metadata, plan)
-        if diff:
-            raise CacheError(f"{out}: already holds a finished cache of a different run ({diff}); "
-                             "choose another --out or delete it")
-        return out
+        if _reuse_or_repair(out, plan, encoder, docids, texts, batch_size, chunk_size):
+            return out
     part = out / PARTIAL
     part.mkdir(parents=True, exist_ok=True)
     if (part / "plan.json").exists():
-        try:
-            old = json.loads((part / "plan.json").read_text())
-        except json.JSONDecodeError:
-            old = {}
-        diff = _plan_diff(old, plan)
+        diff = _plan_diff(_read_plan(part / "plan.json"), plan)
         if diff:
             raise CacheError(f"{part}: holds chunks of an interrupted run with other settings ({diff}); "
                              f"rerun with the same arguments, or delete {part}")
@@ -136,10 +158,13 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     chunk = lambda c: part / f"chunk_{c:06d}.npy"  # noqa: E731
 
     def done(c, rows) -> bool:
+        """A finished chunk: right shape and dtype, and its data matches the checksum written
+        after it (a chunk changed since, or from before checksums, is encoded again)."""
         try:
             a = np.load(chunk(c), mmap_mode="r")
-            return a.shape == (rows, dim) and a.dtype == np.float32
-        except (OSError, ValueError, EOFError):
+            want = chunk(c).with_suffix(".sha256").read_text().strip()
+            return a.shape == (rows, dim) and a.dtype == np.float32 and _sha(a) == want
+        except (OSError, ValueError, EOFError, UnicodeDecodeError):
             return False
 
     todo = [c for c, s in enumerate(starts) if not done(c, min(chunk_size, n - s))]
@@ -153,30 +178,125 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
             bad = docids[s + int(np.argwhere(~np.isfinite(emb))[0, 0])]
             raise CacheError(f"encoder produced NaN/Inf for document {bad!r} (dtype {plan['dtype']}?)")
         _atomic(chunk(c), lambda f: np.save(f, emb))
+        _atomic(chunk(c).with_suffix(".sha256"), lambda f: f.write(_sha(emb).encode()))
         bar.update(len(emb))
     bar.close()
 
     # assemble: embeddings and docids (temp + rename), then metadata.json last
-    sha = hashlib.sha256()
+    sha, chunk_sha = hashlib.sha256(), []
     tmp = out / f".{EMB}.{os.getpid()}.tmp"
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         for c, s in enumerate(starts):
             a = np.load(chunk(c))
+            h = _sha(a)
+            if h != chunk(c).with_suffix(".sha256").read_text().strip():
+                raise CacheError(f"{chunk(c)}: changed while this run was assembling the cache; rerun "
+                                 "`perank encode` with the same arguments")
             arr[s: s + len(a)] = a
-            sha.update(np.ascontiguousarray(a).tobytes())
+            sha.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+            chunk_sha.append(h)
         arr.flush()
         del arr
         os.replace(tmp, out / EMB)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _atomic(out / IDS, lambda f: f.write("".join(d + "\n" for d in docids).encode()))
-    meta = dict(plan, files={"embeddings": EMB, "docids": IDS}, sha256=sha.hexdigest())
+    ids = "".join(d + "\n" for d in docids).encode()
+    _atomic(out / IDS, lambda f: f.write(ids))
+    meta = dict(plan, files={"embeddings": EMB, "docids": IDS}, sha256=sha.hexdigest(),
+                checksums=_checksums(chunk_size, chunk_sha, ids))
     meta.pop("chunk_size")
     _write_json(out / META, meta)
     shutil.rmtree(part, ignore_errors=True)
     return out
+
+
+def _checksums(rows: int, chunk_sha: list[str], ids: bytes) -> dict:
+    return {"algorithm": "sha256", "chunk_rows": int(rows), "chunks": list(chunk_sha),
+            "docids": hashlib.sha256(ids).hexdigest()}
+
+
+def _read_plan(path: Path) -> dict:
+    """The plan of an interrupted run; a damaged one is reported as such (not as other settings)."""
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(plan, dict):
+            raise ValueError(f"a JSON {type(plan).__name__}, not an object")
+        missing = [k for k in ("version", "encoder", "corpus", "dim", "count", "chunk_size") if k not in plan]
+        if missing or not isinstance(plan["encoder"], dict) or not isinstance(plan["corpus"], dict):
+            raise ValueError(f"missing or malformed fields {missing or ['encoder/corpus']}")
+    except (OSError, ValueError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CacheError(f"{path}: corrupt progress file of an interrupted `perank encode` ({e}); delete "
+                         f"{path.parent} and rerun `perank encode` to start over") from None
+    return plan
+
+
+def _bad_chunks(emb: np.ndarray, meta: dict) -> tuple[list[tuple[int, int]], str]:
+    """Row ranges of `emb` that do not match metadata.json's checksums, and how it was checked:
+    'chunks' (per chunk), 'whole' (an older cache: one sha256 of all data; any change makes
+    every row suspect) or 'none' (no checksum at all)."""
+    ck = meta.get("checksums")
+    n = len(emb)
+    if ck is not None:
+        return [(s, e) for (s, e), h in zip(_ranges(n, int(ck["chunk_rows"])), ck["chunks"])
+                if _sha(emb[s:e]) != h], "chunks"
+    if meta.get("sha256"):
+        sha = hashlib.sha256()
+        for s, e in _ranges(n, 65536):
+            sha.update(memoryview(np.ascontiguousarray(emb[s:e])).cast("B"))
+        return ([] if sha.hexdigest() == meta["sha256"] else [(0, n)]), "whole"
+    return [], "none"
+
+
+def _reuse_or_repair(out: Path, plan: dict, encoder, docids, texts, batch_size: int, chunk_size: int) -> bool:
+    """`perank encode` over a finished cache of the same run: True when the cache is (now) whole;
+    chunks that no longer match their checksum are encoded again in place, docids.txt is
+    rewritten if it changed, and metadata.json is rewritten with fresh checksums. False when
+    embeddings.npy itself is unreadable: metadata.json is then removed and the caller rebuilds."""
+    meta = _read_meta(out)
+    diff = _plan_diff(meta, plan)
+    if diff:
+        raise CacheError(f"{out}: already holds a finished cache of a different run ({diff}); "
+                         "choose another --out or delete it")
+    try:
+        emb = _open_embeddings(out, meta)
+    except _Damaged as e:
+        print(f"{e}; encoding the corpus again", file=sys.stderr)
+        (out / META).unlink()
+        return False
+    bad, how = _bad_chunks(emb, meta)
+    del emb
+    ids = "".join(d + "\n" for d in docids).encode()
+    ids_ok = (out / IDS).is_file() and (out / IDS).read_bytes() == ids
+    if not bad and ids_ok and how == "chunks":
+        return True
+    n = len(docids)
+    rows = int(meta["checksums"]["chunk_rows"]) if how == "chunks" else chunk_size
+    if how == "none":
+        print(f"{out / META}: no checksums; adding them for the embeddings as they are now", file=sys.stderr)
+    if bad:
+        bad = [(s + a, s + b) for s, e in bad for a, b in _ranges(e - s, rows)]   # whole-file: every chunk
+        print(f"{out / EMB}: {_rows(bad, rows, n)} did not match the checksum; encoding "
+              f"{sum(e - s for s, e in bad)} document(s) again", file=sys.stderr)
+        emb = _open_embeddings(out, meta, mode="r+")
+        for s, e in bad:
+            a = encoder.encode(texts[s:e], batch_size=batch_size).astype(np.float32)
+            if a.shape != (e - s, emb.shape[1]) or not np.isfinite(a).all():
+                raise CacheError(f"encoder produced {a.shape} / non-finite embeddings for rows {s}-{e - 1}")
+            emb[s:e] = a
+        emb.flush()
+        del emb
+    if not ids_ok:
+        _atomic(out / IDS, lambda f: f.write(ids))
+    emb, sha, chunk_sha = _open_embeddings(out, meta), hashlib.sha256(), []
+    for s, e in _ranges(n, rows):          # what is on disk now
+        view = memoryview(np.ascontiguousarray(emb[s:e])).cast("B")
+        sha.update(view)
+        chunk_sha.append(hashlib.sha256(view).hexdigest())
+    del emb
+    _write_json(out / META, dict(meta, sha256=sha.hexdigest(), checksums=_checksums(rows, chunk_sha, ids)))
+    return True
 
 
 def _plan_diff(old: dict, new: dict) -> str:
@@ -211,13 +331,53 @@ class EmbeddingCache:
         return np.asarray(self.embeddings[[self.index[d] for d in docids]], np.float32)
 
 
+def _read_meta(d: Path) -> dict:
+    try:
+        meta = json.loads((d / META).read_text(encoding="utf-8"))
+        int(meta["count"]), int(meta["dim"])
+        if not isinstance(meta["encoder"], dict) or not isinstance(meta.get("corpus", {}), dict):
+            raise TypeError("'encoder' / 'corpus' are not objects")
+        ck = meta.get("checksums")
+        if ck is not None:
+            rows, chunks = int(ck["chunk_rows"]), ck["chunks"]
+            if rows < 1 or not isinstance(chunks, list) or len(chunks) != -(-int(meta["count"]) // rows):
+                raise ValueError("per-chunk checksums do not cover the rows")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"{d / META}: corrupt metadata ({type(e).__name__}: {e}); delete {d} and rerun "
+                         "`perank encode`") from None
+    if meta.get("version") != CACHE_VERSION:
+        raise CacheError(f"{d / META}: cache version {meta.get('version')!r}, expected {CACHE_VERSION}")
+    return meta
+
+
+class _Damaged(CacheError):
+    """embeddings.npy is missing, truncated or of the wrong shape (not merely unreadable to us)."""
+
+
+def _open_embeddings(d: Path, meta: dict, mode: str = "r") -> np.ndarray:
+    count, dim = int(meta["count"]), int(meta["dim"])
+    try:
+        emb = np.load(d / EMB, mmap_mode=mode)
+    except (PermissionError, IsADirectoryError) as e:
+        raise CacheError(f"{d / EMB}: cannot open ({e.strerror})") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise _Damaged(f"{d / EMB}: corrupt or truncated embedding file ({e}); rerun `perank encode` "
+                       "with the same arguments") from None
+    if emb.shape != (count, dim) or emb.dtype != np.float32:
+        raise _Damaged(f"{d / EMB}: holds {emb.dtype} {emb.shape}, metadata says float32 {(count, dim)}; "
+                       "rerun `perank encode` with the same arguments")
+    return emb
+
+
 def load_embedding_cache(directory, expect_encoder=None, expect_dim: int | None = None,
-                         verify: bool = False) -> EmbeddingCache:
+                         verify: bool = True) -> EmbeddingCache:
     """Open a finished cache; refuse (CacheError) an incomplete, corrupt or mismatched one.
 
     expect_encoder: an encoder directory (matched by weight fingerprint), a `DenseEncoder`
     (fingerprint and pooling/normalize/max_length), or a name (matched against the stored path,
-    name or config name). verify: also recompute the sha256 of the embedding data."""
+    name or config name). verify (default): check every chunk of the embedding data and
+    docids.txt against the checksums in metadata.json (one sequential read through the memory
+    map); a mismatch names the rows and says to rerun `perank encode`, which re-encodes them."""
     d = Path(directory)
     if not d.is_dir():
         raise CacheError(f"{d}: embedding cache directory not found")
@@ -227,37 +387,39 @@ def load_embedding_cache(directory, expect_encoder=None, expect_dim: int | None 
             raise CacheError(f"{d}: incomplete embedding cache (interrupted run, {n} chunk(s) done); "
                              "rerun `perank encode` with the same arguments to resume")
         raise CacheError(f"{d}: not an embedding cache (no {META})")
+    meta = _read_meta(d)
+    count, dim, enc = int(meta["count"]), int(meta["dim"]), meta["encoder"]
+    emb = _open_embeddings(d, meta)
     try:
-        meta = json.loads((d / META).read_text())
-        count, dim = int(meta["count"]), int(meta["dim"])
-        enc = meta["encoder"]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CacheError(f"{d / META}: corrupt metadata ({type(e).__name__}: {e})") from None
-    if meta.get("version") != CACHE_VERSION:
-        raise CacheError(f"{d / META}: cache version {meta.get('version')!r}, expected {CACHE_VERSION}")
-    try:
-        emb = np.load(d / EMB, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise CacheError(f"{d / EMB}: corrupt or truncated embedding file ({e})") from None
-    if emb.shape != (count, dim) or emb.dtype != np.float32:
-        raise CacheError(f"{d / EMB}: holds {emb.dtype} {emb.shape}, metadata says float32 {(count, dim)}")
-    try:
-        docids = (d / IDS).read_text(encoding="utf-8").split("\n")[:-1]
+        raw = (d / IDS).read_bytes()
+        docids = raw.decode("utf-8").split("\n")[:-1]
     except (OSError, UnicodeDecodeError) as e:
-        raise CacheError(f"{d / IDS}: unreadable ({e})") from None
+        raise CacheError(f"{d / IDS}: unreadable ({e}); rerun `perank encode` with the same arguments") from None
     if len(docids) != count or len(set(docids)) != count:
-        raise CacheError(f"{d / IDS}: {len(docids)} ids ({len(set(docids))} unique), metadata says {count}")
+        raise CacheError(f"{d / IDS}: {len(docids)} ids ({len(set(docids))} unique), metadata says {count}; "
+                         "rerun `perank encode` with the same arguments")
     if expect_dim is not None and dim != int(expect_dim):
         raise CacheError(f"{d}: embeddings have dim {dim}, expected {expect_dim} "
                          f"(encoder {enc.get('name')!r}); re-encode the corpus with the right encoder")
     if expect_encoder is not None:
         _check_encoder(d, meta, expect_encoder)
     if verify:
-        sha = hashlib.sha256()
-        for s in range(0, count, 65536):
-            sha.update(np.ascontiguousarray(emb[s: s + 65536]).tobytes())
-        if sha.hexdigest() != meta.get("sha256"):
-            raise CacheError(f"{d / EMB}: checksum mismatch (file corrupted after it was written)")
+        ck = meta.get("checksums")
+        if ck is not None and ck.get("docids") and hashlib.sha256(raw).hexdigest() != ck["docids"]:
+            raise CacheError(f"{d / IDS}: checksum mismatch (document ids changed after the cache was written); "
+                             "rerun `perank encode` with the same arguments to restore them")
+        bad, how = _bad_chunks(emb, meta)
+        if bad and how == "chunks":
+            raise CacheError(f"{d / EMB}: checksum mismatch in {_rows(bad, int(ck['chunk_rows']), count)} (the file "
+                             "changed after it was written); rerun `perank encode` with the same arguments "
+                             "to re-encode them")
+        if bad:
+            raise CacheError(f"{d / EMB}: checksum mismatch (file corrupted after it was written; this older "
+                             "cache has no per-chunk checksums); rerun `perank encode` with the same arguments "
+                             "to re-encode it")
+        if how == "none":
+            warnings.warn(f"{d}: embedding cache without checksums, corruption cannot be detected; rerun "
+                          "`perank encode` with the same arguments to add them", CacheWarning, stacklevel=2)
     return EmbeddingCache(d, emb, docids, meta)
 
 
