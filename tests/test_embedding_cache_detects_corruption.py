@@ -14,7 +14,7 @@ import pytest
 
 import perank_jax
 from perank_jax.cli import main
-from perank_jax.data.embcache import CacheError, CacheWarning, build_embedding_cache, load_embedding_cache
+from perank_jax.data.embcache import CacheError, build_embedding_cache, load_embedding_cache
 from perank_jax.models.dense import DenseEncoder
 from tiny_encoders import tiny_bert
 
@@ -195,6 +195,7 @@ def test_an_older_cache_without_chunk_checksums_is_checked_whole_then_upgraded(s
         load_embedding_cache(d)
     assert main(["encode", *args, "--out", str(d)]) == 0                 # every chunk encoded again
     same_files(d, clean)                                                  # ... and checksums added
+    from perank_jax.data.embcache import CacheWarning
     legacy = copy(clean, tmp_path / "legacy")
     meta.pop("sha256")
     (legacy / "metadata.json").write_text(json.dumps(meta))
