@@ -8,8 +8,8 @@ Public API (imported lazily so `import perank_jax` stays cheap):
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_decoder": ("perank_jax.models.decoder", "load_decoder"),
-    "load_encoder": ("perank_jax.models.encoder", "load_encoder"),
+    "load_decoder": ("perank_jax.weights.decoder", "load_decoder"),
+    "load_encoder": ("perank_jax.weights.encoder", "load_encoder"),
     "PERanker": ("perank_jax.ranker", "PERanker"),
 }
 

@@ -155,7 +155,8 @@ def _add_rerank(sub):
         import json
         from perank_jax.data import trec
         from perank_jax.atomic import atomic_text
-        from perank_jax.ranker import PERanker, rerank_requests
+        from perank_jax.batch_rerank import rerank_requests
+        from perank_jax.ranker import PERanker
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None

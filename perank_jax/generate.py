@@ -88,7 +88,7 @@ def eos_ids_of(tokenizer, config=None) -> list[int]:
 
 def chat_generate(model_path: str, prompt: str, max_new_tokens: int = 32, dtype: str = "float32") -> str:
     """Load a decoder, apply its chat template to one user turn, and decode greedily."""
-    from perank_jax.models.decoder import load_decoder
+    from perank_jax.weights.decoder import load_decoder
     dec = load_decoder(model_path, dtype=dtype)
     tok = dec.tokenizer
     if tok is None:

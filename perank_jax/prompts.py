@@ -171,3 +171,13 @@ def merge_placeholders(x, placeholder_mask, passages):
     k = jnp.clip(k, 0, max(n - 1, 0))
     picked = jnp.take_along_axis(passages, k[:, :, None], axis=1)             # [B,T,D]
     return jnp.where(placeholder_mask[:, :, None], picked.astype(x.dtype), x)
+
+
+def scale_query_slot(e, valid, scale: float):
+    """Multiply the query's slot (row n_b, right after a list's n_b passages) of projected vectors
+    e [B, n, D] by `scale`. The query opens the answer, so at scale >> 1 the residual stream of the
+    position that picks the first passage starts from the query and h . e_i begins as a similarity."""
+    if scale == 1.0:
+        return e
+    slot = jnp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
+    return jnp.where(slot[..., None], e * jnp.asarray(scale, e.dtype), e)

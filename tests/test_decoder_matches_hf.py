@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_hf_decoder
-from perank_jax.models.decoder import load_decoder
+from perank_jax.weights.decoder import load_decoder
 
 CONFIGS = {
     # KV heads 1, sliding window (5) shorter than the sequence, head_dim != hidden/heads, untied

@@ -15,7 +15,6 @@ import pytest
 import perank_jax
 from perank_jax.cli import main
 from perank_jax.data.embcache import CacheError, build_embedding_cache, load_embedding_cache
-from perank_jax.models.dense import DenseEncoder
 from tiny_encoders import tiny_bert
 
 N_DOCS, CHUNK = 23, 5          # chunks: rows 0-4, 5-9, 10-14, 15-19, 20-22
@@ -35,15 +34,16 @@ def setup(tmp_path_factory, minilm_dir):
 
 
 @pytest.fixture()
-def encodes(monkeypatch):
+def encodes(setup, monkeypatch):
     """Counts the documents the dense encoder encodes (any instance, also inside the CLI)."""
+    cls = type(perank_jax.load_encoder(setup[0] / "enc", max_length=64))
     seen = {"docs": 0}
-    real = DenseEncoder.encode
+    real = cls.encode
 
     def counting(self, texts, *a, **kw):
         seen["docs"] += len(texts)
         return real(self, texts, *a, **kw)
-    monkeypatch.setattr(DenseEncoder, "encode", counting)
+    monkeypatch.setattr(cls, "encode", counting)
     return seen
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from perank_jax.models.encoder import EncoderError
-from perank_jax.models.pooling import l2_normalize, pool, pooling_from_dir
+from perank_jax.models.pooling import l2_normalize, pool
+from perank_jax.weights.encoder import pooling_from_dir
 
 
 def test_pool_modes_use_only_real_tokens():

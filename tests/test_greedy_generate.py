@@ -4,7 +4,7 @@ import torch
 
 from conftest import make_tiny_hf_decoder
 from perank_jax.generate import _compiled, greedy_generate
-from perank_jax.models.decoder import load_decoder
+from perank_jax.weights.decoder import load_decoder
 
 
 def _naive(dec, prompt, n, eos):

@@ -18,8 +18,9 @@ from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
 from perank_jax.train.losses import NEG
-from perank_jax.train.step import listwise_logits, scale_query_slot
-from perank_jax.weights.decoder_keys import load_decoder
+from perank_jax.prompts import scale_query_slot
+from perank_jax.train.step import listwise_logits
+from perank_jax.weights.decoder import load_decoder
 
 from tiny_train import make_decoder_dir, make_tokenizer
 

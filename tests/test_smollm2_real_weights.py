@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from perank_jax.generate import eos_ids_of, greedy_generate
-from perank_jax.models.decoder import load_decoder
+from perank_jax.weights.decoder import load_decoder
 
 pytestmark = pytest.mark.slow
 

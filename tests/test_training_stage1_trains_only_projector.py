@@ -51,7 +51,7 @@ def overrides(files, out, *extra):
 
 
 def disk_decoder(files):
-    from perank_jax.weights.decoder_keys import load_decoder
+    from perank_jax.weights.decoder import load_decoder
     return nnx.to_pure_dict(nnx.state(load_decoder(files / "dec").model))
 
 
@@ -121,7 +121,7 @@ def test_stage2_lora_in_bf16_with_fp32_master_weights_and_remat_exports_merged_d
     base = disk_decoder(files)
     frozen = s["run"].trainer.frozen["decoder"]
     np.testing.assert_array_equal(np.asarray(frozen["q"]), np.asarray(base["q"]))  # base untouched
-    from perank_jax.weights.decoder_keys import load_decoder
+    from perank_jax.weights.decoder import load_decoder
     exported = load_decoder(files / "lora" / "export", ignore=lambda k: "projector" in k).model
     assert float(np.abs(np.asarray(exported.q[...]) - np.asarray(base["q"])).max()) > 0   # merged delta
     np.testing.assert_array_equal(np.asarray(exported.k[...]), np.asarray(base["k"]))  # not a target

@@ -89,7 +89,7 @@ def test_stage2_raises_heldout_top1_far_above_random(uninterrupted, files):
     conf = json.loads((files / "run_a" / "export" / "config.json").read_text())
     assert conf["projector_type"] == "mlp2x_gelu" and conf["embedding_size"] == 16
     from perank_jax.models.projector import load_projector
-    from perank_jax.weights.decoder_keys import load_decoder
+    from perank_jax.weights.decoder import load_decoder
     proj = load_projector(files / "run_a" / "export", "mlp2x_gelu", 16, 32)
     np.testing.assert_array_equal(np.asarray(proj.layers[0].kernel[...]),
                                   s["state"]["params"]["projector"]["layers"][0]["kernel"])

@@ -38,7 +38,7 @@ def make_decoder_dir(path, tokenizer, hidden=32, layers=2, seed=0, init_std=0.1)
     from flax import nnx
 
     from perank_jax.models.decoder import Decoder, DecoderConfig
-    from perank_jax.weights.decoder_keys import to_hf_tensors
+    from perank_jax.weights.decoder import to_hf_tensors
     from perank_jax.weights.io import save_safetensors_atomic
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def pretrain_reader(cfg, out_dir, steps=1000, lr=3e-3):
     from flax import nnx
 
     from perank_jax.train.loop import Run
-    from perank_jax.weights.decoder_keys import to_hf_tensors
+    from perank_jax.weights.decoder import to_hf_tensors
     from perank_jax.weights.io import save_safetensors_atomic
     run = Run(cfg)
     fns = run.trainer.fns

@@ -110,7 +110,8 @@ def main():
     a = ap.parse_args()
 
     from perank_jax.models.decoder import Decoder, DecoderConfig
-    from perank_jax.weights.decoder_keys import LoadedDecoder, load_decoder
+    from perank_jax.models.decoder import LoadedDecoder
+    from perank_jax.weights.decoder import load_decoder
     tmp = tempfile.TemporaryDirectory()
     if a.mistral7b_random:
         cfg = DecoderConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_layers=32,

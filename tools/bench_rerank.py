@@ -30,8 +30,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dl20" / "bm25.
 def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
     from perank_jax.models.projector import Projector
-    from perank_jax.ranker import PERanker, save_checkpoint
-    from perank_jax.weights.decoder_keys import load_decoder
+    from perank_jax.ranker import PERanker
+    from perank_jax.weights.perank import save_checkpoint
+    from perank_jax.weights.decoder import load_decoder
     from perank_jax.weights.gguf import gguf_to_hf_dir
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
@@ -48,10 +49,10 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     import jax.numpy as jnp
     from flax import nnx
     from perank_jax.models.decoder import Decoder, DecoderConfig
-    from perank_jax.models.encoder import load_encoder
+    from perank_jax.weights.encoder import load_encoder
     from perank_jax.models.projector import Projector
     from perank_jax.ranker import PERanker
-    from perank_jax.weights.decoder_keys import LoadedDecoder
+    from perank_jax.models.decoder import LoadedDecoder
     from perank_jax.weights.gguf import GGUFSource
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     tok = GGUFSource(smollm2_gguf()).tokenizer()

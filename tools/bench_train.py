@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     mesh = make_mesh(tuple(int(x) for x in a.mesh.split(",")))
     t = time.time()
     if a.model == "smollm2":
-        from perank_jax.weights.decoder_keys import load_decoder
+        from perank_jax.weights.decoder import load_decoder
         from perank_jax.weights.packaged import smollm2_gguf
         decoder = load_decoder(smollm2_gguf(), dtype=a.dtype, param_dtype=a.param_dtype, mesh=mesh, remat=a.remat).model
     else:

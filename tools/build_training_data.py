@@ -137,7 +137,7 @@ def stage1_records(data: Path, args) -> tuple[list[dict], dict]:
 
 def embed_table(records: list[dict], out: Path, encoder: str, max_len: int) -> int:
     """Encode every passage and query text of `records` with the frozen encoder into an .npz table."""
-    from perank_jax.models.encoder import load_encoder
+    from perank_jax.weights.encoder import load_encoder
     from perank_jax.train.embeddings import save_table
     from perank_jax.weights.packaged import resolve_model_path
     texts = list(dict.fromkeys(t for r in records for t in r["extra_texts"] + ([r["query_text"]] if "query_text" in r else [])))

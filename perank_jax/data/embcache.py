@@ -126,7 +126,7 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         raise CacheError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     docids, texts = _read_corpus(corpus, title_format)       # bad input fails before the model loads
     if isinstance(encoder, (str, os.PathLike)):
-        from perank_jax.models.encoder import load_encoder
+        from perank_jax.weights.encoder import load_encoder
         encoder = load_encoder(encoder, pooling=pooling, normalize=normalize, max_length=max_length,
                                dtype=dtype)
     plan = {

@@ -15,7 +15,6 @@ run once untimed as a warm-up.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -164,12 +163,12 @@ class Methods:
         return self._cache[key]
 
     def encoder(self, path, max_length: int | None = None):
-        from perank_jax.models.encoder import load_encoder
+        from perank_jax.weights.encoder import load_encoder
         kw = {"max_length": max_length} if max_length else {}
         return self._load(("enc", path, max_length), lambda: load_encoder(resolve(path), **kw))
 
     def decoder(self, path, dtype):
-        from perank_jax.models.decoder import load_decoder
+        from perank_jax.weights.decoder import load_decoder
         return self._load(("dec", path, dtype), lambda: load_decoder(resolve(path), dtype=dtype))
 
     def build(self, m: MethodSpec):

@@ -60,7 +60,7 @@ class TextListwiseReranker:
 
     @classmethod
     def from_pretrained(cls, path, dtype: str = "float32", **kwargs) -> "TextListwiseReranker":
-        from perank_jax.models.decoder import load_decoder
+        from perank_jax.weights.decoder import load_decoder
         return cls(load_decoder(path, dtype=dtype), **kwargs)
 
     def prompt_ids(self, query: str, texts: Sequence[str]) -> list[int]:

@@ -9,7 +9,6 @@ never changes an embedding.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -17,13 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.config import read_config_json
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
-from perank_jax.models.pooling import POOLINGS, l2_normalize, pool, pooling_from_dir
+from perank_jax.models.pooling import POOLINGS, l2_normalize, pool
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.model")
 MIN_BUCKET = 16
 
 
@@ -35,17 +30,6 @@ def length_buckets(max_length: int) -> tuple[int, ...]:
         out += [b] + ([b * 3 // 2] if b * 3 // 2 < max_length else [])
         b *= 2
     return tuple(out) + (max_length,)
-
-
-def _load_tokenizer(d: Path):
-    if not any((d / f).exists() for f in TOKENIZER_FILES):
-        raise EncoderError(f"{d}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
-                           "copy the model's tokenizer into the directory")
-    from perank_jax.weights.io import load_hf_tokenizer
-    try:
-        return load_hf_tokenizer(d)
-    except Exception as e:  # noqa: BLE001 - any tokenizer failure is one clear error
-        raise EncoderError(f"{d}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 
 
 class DenseEncoder:
@@ -81,28 +65,6 @@ class DenseEncoder:
 
         self._pooled = jax.jit(pooled)
         self._hidden = jax.jit(hidden)
-
-    @classmethod
-    def from_dir(cls, d: Path, pooling=None, normalize=True, max_length=512, dtype="float32"):
-        from perank_jax.weights.encoder_keys import load_encoder_weights
-        from perank_jax.weights.io import SafetensorsCheckpoint
-        d = Path(d)
-        if not d.is_dir():
-            raise EncoderError(f"{d}: encoder directory not found")
-        cfile = d / "config.json"
-        hf = read_config_json(d, EncoderError, expected="an HF encoder directory")
-        if dtype not in DTYPES:
-            raise EncoderError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        cfg = EncoderConfig.from_hf(hf, str(cfile))
-        tok = _load_tokenizer(d)
-        if len(tok) > cfg.vocab_size:
-            raise EncoderError(f"{d}: tokenizer has {len(tok)} tokens but the model only "
-                               f"{cfg.vocab_size} embeddings (tokenizer of another model?)")
-        dt = DTYPES[dtype]
-        model = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
-        load_encoder_weights(model, SafetensorsCheckpoint(d), cfg, dt, source=str(d))
-        return cls(cfg, model, tok, pooling=pooling or pooling_from_dir(d, hf), normalize=normalize,
-                   max_length=max_length, path=str(d.resolve()), name=d.name)
 
     # ----------------------------------------------------------------- tokens
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:

@@ -11,14 +11,13 @@ covers them, switched by `EncoderConfig` fields read from the HF config.json:
          no position table (extrapolates past the trained length)
 
 Layers are stacked along a leading axis and run with `jax.lax.scan` (one compiled layer body
-per length bucket). Weight loading (HF key names) lives in `perank_jax.weights.encoder_keys`;
+per length bucket). Loading (HF key names, tokenizer, pooling config) lives in `perank_jax.weights.encoder`;
 tokenising, bucketing and pooling in `perank_jax.models.dense`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -275,15 +274,3 @@ class Encoder(nnx.Module):
 
         x, _ = jax.lax.scan(layer, x, self.layers.arrays())
         return x
-
-
-def load_encoder(path, pooling: str | None = None, normalize: bool = True, max_length: int = 512,
-                 dtype: str = "float32"):
-    """Load an HF encoder directory (config.json, *.safetensors, tokenizer files) as a
-    `DenseEncoder` with `.encode(texts, batch_size=...) -> np.ndarray [N, D]` and `.dim`.
-
-    pooling: "mean" | "cls" | "last" | None (None: the sentence-transformers pooling config
-    in the directory when present, else the config's `emb_pooler`, else mean)."""
-    from perank_jax.models.dense import DenseEncoder
-    return DenseEncoder.from_dir(Path(path), pooling=pooling, normalize=normalize,
-                                 max_length=max_length, dtype=dtype)

@@ -95,7 +95,7 @@ def encoder_embedder(encoder_dir: str | os.PathLike, max_length: int = 128, appe
     """Embed with the frozen dense encoder. append_eos reproduces the reference's training-time
     text (`text + eos_token`), which its inference does not do (a known train/inference
     mismatch); off by default."""
-    from perank_jax.models.encoder import load_encoder
+    from perank_jax.weights.encoder import load_encoder
     enc = load_encoder(encoder_dir, max_length=max_length)
     eos = getattr(enc.tokenizer, "eos_token", None) if append_eos else None
 

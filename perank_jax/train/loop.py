@@ -90,7 +90,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig):
         from flax import nnx
-        from perank_jax.models.decoder import load_decoder
+        from perank_jax.weights.decoder import load_decoder
         from perank_jax.models.projector import Projector, load_projector
         from perank_jax.sharding import make_mesh
         init_distributed(cfg.mesh)
@@ -271,7 +271,7 @@ def export(run: Run, params, out_dir: Path) -> Path:
                 "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
         atomic_json(out_dir / "projector_config.json", conf)
         return out_dir
-    from perank_jax.ranker import save_adapter, save_checkpoint
+    from perank_jax.weights.perank import save_adapter, save_checkpoint
     m = cfg.model
     if "lora" in params:      # the small form: projector + LoRA factors over the named base decoder
         save_adapter(out_dir.parent / "adapter", proj, host(params["lora"]), base_decoder=_portable(m.decoder),

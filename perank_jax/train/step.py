@@ -26,9 +26,9 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from perank_jax.prompts import merge_placeholders
+from perank_jax.prompts import merge_placeholders, scale_query_slot
 from perank_jax.sharding import logical_to_spec, named_sharding
-from perank_jax.train import lora as lora_lib
+from perank_jax.models import lora as lora_lib
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
 
 
@@ -114,16 +114,6 @@ def rank_logits(h, e, rank):
     idx = jnp.clip(rank - 1, 0, h.shape[1] - 1)
     rows = jnp.take_along_axis(h, idx[..., None], axis=1)
     return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
-
-
-def scale_query_slot(e, valid, scale: float):
-    """Multiply the query's slot (row n_b, right after a list's n_b passages) of projected vectors
-    e [B, n, D] by `scale`. The query opens the answer, so at scale >> 1 the residual stream of the
-    position that picks the first passage starts from the query and h . e_i begins as a similarity."""
-    if scale == 1.0:
-        return e
-    slot = jnp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
-    return jnp.where(slot[..., None], e * jnp.asarray(scale, e.dtype), e)
 
 
 def listwise_logits(dec, e, batch, view: str = "wo"):

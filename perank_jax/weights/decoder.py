@@ -1,4 +1,5 @@
-"""The ONE HF key map for Mistral/Llama decoders, both directions, with shape checks.
+"""Decoder checkpoints on disk: the ONE HF key map for Mistral/Llama (both directions, shape
+checks), `load_decoder` (HF directory or GGUF) and `to_hf_tensors` (export).
 
 HF stores Linear weights as [out, in]; perank-jax keeps [in, ..., out] with heads
 split out (q: [L, D, H, hd], o: [L, H, hd, D]) and layers stacked. Loading reads
@@ -14,10 +15,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from perank_jax.config import read_config_json
-from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, KVCache, init_cache, param_specs
+from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, LoadedDecoder, build_decoder, param_specs
 from perank_jax.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place
 
@@ -121,65 +121,6 @@ def to_hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
             for i in range(cfg.num_layers):
                 out[hf_key(name, i)] = np.ascontiguousarray(to_hf(value[i], cfg))
     return out
-
-
-def build_decoder(cfg: DecoderConfig, params: dict[str, jax.Array], dtype, mesh=None, remat=False) -> Decoder:
-    """A Decoder whose parameters are `params` (no random init is materialised)."""
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
-                                           param_dtype=params["embedding"].dtype, remat=remat, mesh=mesh))
-    for name, value in params.items():
-        getattr(model, name).set_value(value)
-    return model
-
-
-class LoadedDecoder:
-    """A loaded decoder: `.config`, `.model`, `.tokenizer` and jit-compiled entry points.
-    `.tokenizer_error` says why `.tokenizer` is None when a GGUF vocabulary failed to convert."""
-
-    def __init__(self, model: Decoder, tokenizer=None, path: str | None = None, tokenizer_error: str | None = None):
-        self.model = model
-        self.config = model.cfg
-        self.tokenizer = tokenizer
-        self.tokenizer_error = tokenizer_error
-        self.path = path
-        self.graphdef, self.state = nnx.split(model)
-        gd = self.graphdef
-
-        @jax.jit
-        def _logits(state, ids, mask):
-            return nnx.merge(gd, state)(ids, mask)
-
-        @jax.jit
-        def _embed(state, ids):
-            return nnx.merge(gd, state).embed(ids)
-
-        @jax.jit
-        def _forward(state, x, positions, mask, cache):
-            return nnx.merge(gd, state).forward(x, positions, mask, cache)
-
-        @jax.jit
-        def _head(state, h):
-            return nnx.merge(gd, state).head(h)
-
-        self._logits, self._embed, self._forward, self._head = _logits, _embed, _forward, _head
-
-    def logits(self, input_ids, attention_mask=None):
-        ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones(ids.shape, bool) if attention_mask is None else jnp.asarray(attention_mask, bool)
-        return self._logits(self.state, ids, mask)
-
-    def embed(self, ids):
-        return self._embed(self.state, jnp.asarray(ids, jnp.int32))
-
-    def forward(self, x, positions, mask=None, cache: KVCache | None = None):
-        mask = jnp.ones(x.shape[:2], bool) if mask is None else jnp.asarray(mask, bool)
-        return self._forward(self.state, x, jnp.asarray(positions, jnp.int32), mask, cache)
-
-    def head(self, h):
-        return self._head(self.state, h)
-
-    def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
-        return init_cache(self.config, batch, max_len, dtype or self.model.dtype, mesh=self.model.mesh)
 
 
 def load_tokenizer(d: Path):

