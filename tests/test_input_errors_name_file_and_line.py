@@ -114,6 +114,19 @@ def test_a_bad_request_field_names_file_line_and_field(files, capsys, field, val
     assert not (files / "out.trec").exists()
 
 
+@pytest.mark.parametrize("line,expect", [
+    ('{"query": {"qid": "2", "text": "x"}, "candidates": [{"docid": "a", "score": ' + "9" * 5000 + "}]}",
+     "not usable JSON (a number too long or nesting too deep)"),
+    ("[" * 100000, "not usable JSON (a number too long or nesting too deep)"),
+    ('{"query": {"qid": "2", "text": "x"}, "candidates": [', "not valid JSON (Expecting value at column 53)"),
+])
+def test_json_the_parser_cannot_take_names_file_and_line(files, capsys, line, expect):
+    req = files / "req.jsonl"
+    req.write_text(json.dumps(request("1")) + "\n" + line + "\n")
+    err = error_line(capsys, ["rerank", "--requests", str(req)])
+    assert f"{req}:2: {expect}" in err, err
+
+
 def test_numeric_string_scores_and_integer_ranks_still_read(files):
     req = files / "req.jsonl"
     req.write_text(json.dumps(request("1", score="0.5", rank=2)) + "\n")
@@ -151,7 +164,7 @@ def lines_file(path, lines) -> Path:
     return path
 
 
-@pytest.mark.parametrize("case", ["empty", "blank_lines", "bad_json", "not_object", "latin1",
+@pytest.mark.parametrize("case", ["empty", "blank_lines", "bad_json", "too_deep", "not_object", "latin1",
                                   "missing_field", "two_bad_records", "bad_message"])
 def test_bad_training_jsonl_names_file_line_and_field(train_files, tmp_path, capsys, case):
     root, records = train_files
@@ -163,6 +176,7 @@ def test_bad_training_jsonl_names_file_line_and_field(train_files, tmp_path, cap
         "empty": ([], f"{p}: no records (empty file)"),
         "blank_lines": (["", "  "], f"{p}: no records (empty file)"),
         "bad_json": ([good[0], '{"ranking": [0, 1,'], f"{p}:2: not valid JSON (Expecting value at column 19)"),
+        "too_deep": ([good[0], "[" * 100000], f"{p}:2: not usable JSON (a number too long or nesting too deep)"),
         "not_object": ([good[0], "[1, 2]"], f"{p}:2: expected a JSON object, got list"),
         "latin1": ([good[0], "", b'{"x": "' + LATIN1 + b'"}'], f"{p}:3: not valid UTF-8 (byte 0xe9 at column 11)"),
         "missing_field": ([good[0], "", good[1], no_ranking, *good[3:]],

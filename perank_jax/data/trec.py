@@ -132,7 +132,9 @@ def _json(path, i, line) -> dict:
     try:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
-        raise DataError(f"{_at(path, i)}: not valid JSON ({e.msg})") from None
+        raise DataError(f"{_at(path, i)}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError):        # an integer of > 4300 digits, nesting too deep
+        raise DataError(f"{_at(path, i)}: not usable JSON (a number too long or nesting too deep)") from None
     if not isinstance(rec, dict):
         raise DataError(f"{_at(path, i)}: expected a JSON object, got {type(rec).__name__}")
     return rec

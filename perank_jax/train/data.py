@@ -66,6 +66,8 @@ def read_jsonl(path: str | Path) -> list[Record]:
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
                                 "each line must be one JSON object") from None
+            except (ValueError, RecursionError):        # a > 4300-digit integer, nesting too deep
+                raise DataError(f"{path}:{i}: not usable JSON (a number too long or nesting too deep)") from None
             if not isinstance(rec, dict):
                 raise DataError(f"{path}:{i}: expected a JSON object, got {type(rec).__name__}")
             records.append(Record(rec, str(path), i))
