@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
+
 
 # --- argument checks shared by every subcommand ------------------------------------------
 def _number(kind, lo=None, hi=None, lo_open=False):
@@ -104,7 +106,7 @@ def _add_encode(sub):
     p.add_argument("--title-format", choices=("beir", "plain"), default="beir",
                    help="documents with a title: 'beir' = 'Title: {title} Content: {text}' (the "
                    "paper's BEIR formatting), 'plain' = '{title} {text}'")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(a):
@@ -144,11 +146,11 @@ def _add_rerank(sub):
     p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window size; 0 = one window (default 20)")
     p.add_argument("--stride", type=POSITIVE, default=10)
     p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
-    p.add_argument("--mode", choices=("decode", "single_pass"), default=None,
+    p.add_argument("--mode", choices=DECODE_MODES, default=None,
                    help="default: the checkpoint's `default_mode` (decode for the paper's checkpoints)")
     p.add_argument("--batch-queries", type=POSITIVE, default=1,
                    help="queries reranked together (latency in the sidecar is then amortised)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
     p.add_argument("--tag", default="perank")
 
     def run(a):
@@ -223,9 +225,7 @@ def _add_train(sub):
         cfg = load_train_config(a.config, a.overrides)
         check_outputs(dirs=[cfg.output_dir])
         summary = train(cfg)
-        keys = [k for k in summary if k not in ("state", "run")]
-        print(" ".join(f"{k}={summary[k]:.4g}" if isinstance(summary[k], float) else f"{k}={summary[k]}"
-                       for k in keys))
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
     p.set_defaults(func=run)
 
 
@@ -356,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perank {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\nperank {args.command}: interrupted; finished outputs are complete, unfinished ones "
-              f"were not written", file=sys.stderr)
+        resume = "; rerun the same command to resume from the last checkpoint" if args.command == "train" else ""
+        print(f"\nperank {args.command}: interrupted; no output was left half-written{resume}", file=sys.stderr)
         return 130
     return 0
 

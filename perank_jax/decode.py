@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.buckets import TraceCounter, round_up
+from perank_jax.constants import DECODE_MODES, MASKED
 from perank_jax.models.decoder import init_cache
 from perank_jax.prompts import merge_placeholders
 
-MASKED = -1e9  # float32 value of excluded passages (finite: safe in a softmax)
-MODES = ("decode", "single_pass")
 
 
 def passage_scores(h, passages, available):
@@ -67,7 +67,7 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
         order = jnp.argsort(-first, axis=1, stable=True).astype(jnp.int32)
         return order, first
     if mode != "decode":
-        raise ValueError(f"unknown decode mode {mode!r} (expected one of {MODES})")
+        raise ValueError(f"unknown decode mode {mode!r} (expected one of {DECODE_MODES})")
     n_steps = jnp.minimum(valid.sum(axis=1).max(), steps)  # dynamic: the batch's real work
 
     def pick(h, used):
@@ -94,21 +94,13 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
     return chosen, first
 
 
-class TraceCounter:
-    """Counts traces of a jitted function (a Python side effect runs only while tracing)."""
-    def __init__(self):
-        self.count = 0
-
-
 def make_decode_fn(graphdef, counter: TraceCounter | None = None):
     """jit(decode_rows) for a split decoder: f(state, ids, prompt_mask, ph_mask, passages, valid,
     steps=, mode=) -> (chosen, first_scores). Compiles once per (shapes, steps, mode)."""
     def fn(state, ids, prompt_mask, ph_mask, passages, valid, *, steps, mode):
-        if counter is not None:
-            counter.count += 1
         return decode_rows(nnx.merge(graphdef, state), ids, prompt_mask, ph_mask, passages, valid,
                            steps=steps, mode=mode)
-    return jax.jit(fn, static_argnames=("steps", "mode"))
+    return jax.jit(counter.counted(fn) if counter is not None else fn, static_argnames=("steps", "mode"))
 
 
 def finish_order(chosen_row, n: int, k: int | None, mode: str) -> list[int]:
@@ -123,10 +115,6 @@ def finish_order(chosen_row, n: int, k: int | None, mode: str) -> list[int]:
     if len(seen) != m or any(i >= n or i < 0 for i in head):
         raise RuntimeError(f"decoder produced an invalid ranking {head} for {n} passages")
     return head + [i for i in range(n) if i not in seen]
-
-
-def round_up(x: int, multiple: int) -> int:
-    return max(multiple, -(-x // multiple) * multiple)
 
 
 def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket: int | None = None,

@@ -12,13 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import next_bucket
+from perank_jax.buckets import TraceCounter, next_bucket
 from perank_jax.models.decoder import init_cache
 
 
+TRACES = TraceCounter()   # traces of the generation function, all decoders together
+
+
 @lru_cache(maxsize=None)
-def _compiled(graphdef):
+def compiled_generate(graphdef):
+    """The jitted generation function of one decoder structure (cached: one per graphdef)."""
     @partial(jax.jit, static_argnames=("max_new",))
+    @TRACES.counted
     def run(state, ids, lengths, eos_ids, max_new: int):
         m = nnx.merge(graphdef, state)
         B, T = ids.shape
@@ -71,7 +76,7 @@ def greedy_generate(graphdef, state, prompts: list[list[int]], max_new_tokens: i
     for i, p in enumerate(prompts):
         ids[i, :len(p)] = p
     lengths = np.array([len(p) for p in prompts], np.int32)
-    out, n = _compiled(graphdef)(state, ids, lengths, np.asarray(eos_ids, np.int32), max_new=int(max_new_tokens))
+    out, n = compiled_generate(graphdef)(state, ids, lengths, np.asarray(eos_ids, np.int32), max_new=int(max_new_tokens))
     return np.asarray(out), np.asarray(n)
 
 

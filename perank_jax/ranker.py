@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from perank_jax.decode import TraceCounter, finish_order, make_decode_fn, pad_batch, round_up
+from perank_jax.buckets import TraceCounter, round_up
+from perank_jax.constants import DECODE_MODES
+from perank_jax.decode import finish_order, make_decode_fn, pad_batch
 from perank_jax.models.projector import Projector, project
 from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
 from perank_jax.weights.encoder import load_encoder
@@ -65,6 +67,7 @@ class PERanker:
         self._decode = make_decode_fn(decoder.graphdef, self.traces)
         self._proj_graph, self._proj_state = nnx.split(projector)
         self._compiled: dict = {}
+        self._compile_s = 0.0      # compile seconds of the current rerank_batch call
         self._prompts: dict = {}
         self.last_stats: list[RerankStats] = []
         self.embedding_memo: dict[str, np.ndarray] | None = None   # text -> encoder vector, when a caller
@@ -102,15 +105,17 @@ class PERanker:
         return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
                                encoder_name=self.config.get("encoder_name", ""),
                                encoder_pooling=self.config.get("encoder_pooling", "mean"),
+                               encoder_max_length=int(self.config.get("encoder_max_length") or 512),
                                prompt_template=self.template, query_token=self.query_token,
-                               query_scale=self.query_scale)
+                               query_scale=self.query_scale, default_mode=self.config.get("default_mode") or "decode")
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:
         """The full chat-formatted prompt text for one window (exactly what is tokenised)."""
         return build_prompt(self.tokenizer, query, len(passages), self.template, self.query_token)
 
-    def _tokenized(self, query: str, num: int):
+    def tokenized_prompt(self, query: str, num: int):
+        """The tokenised prompt of one window of `num` passages (cached), as the decoder sees it."""
         key = (query, num)
         if key not in self._prompts:
             text = build_prompt(self.tokenizer, query, num, self.template, self.query_token)
@@ -132,8 +137,8 @@ class PERanker:
     def rerank_batch(self, queries, passage_lists, window: int | None = None, stride: int = 10,
                      top_k: int | None = None, mode: str = "decode") -> list[list[int]]:
         """One permutation of range(len(passages)) per query, best first."""
-        if mode not in ("decode", "single_pass"):
-            raise ValueError(f"mode must be 'decode' or 'single_pass', got {mode!r}")
+        if mode not in DECODE_MODES:
+            raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if len(queries) != len(passage_lists):
@@ -152,7 +157,7 @@ class PERanker:
             rows = [(q, *plans[q][stage]) for q in range(len(queries)) if stage < len(plans[q])]
             for lo in range(0, len(rows), self.batch_size):
                 chunk = rows[lo:lo + self.batch_size]
-                prompts = [self._tokenized(queries[q], e - s) for q, s, e in chunk]
+                prompts = [self.tokenized_prompt(queries[q], e - s) for q, s, e in chunk]
                 pv = [vecs[q][orders[q][s:e] + ([len(orders[q])] if self.query_token else [])] for q, s, e in chunk]
                 perms = self._decode_rows(prompts, pv, [e - s for q, s, e in chunk], top_k, mode,
                                           min_n=min(window or 0, max_n) + self.query_token)

@@ -97,8 +97,10 @@ def test_evaluate_json_never_touches_a_users_file_named_like_a_temp_file(eval_fi
 # --- 2. interrupts ----------------------------------------------------------------------------
 def sigint_default():
     """In the child: Ctrl-C behaves as in a terminal even when this test runs as a background job
-    (whose SIGINT is ignored, and an ignored signal stays ignored across exec)."""
+    (whose SIGINT is ignored, and an ignored signal stays ignored across exec) or from a thread
+    state that blocks it (a blocked signal also stays blocked across exec)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank):
@@ -172,6 +174,13 @@ def test_evaluate_refuses_a_run_sharing_no_query_with_the_qrels_and_warns_on_par
     (eval_files / "half.trec").write_text("q1 Q0 d1 1 3.0 x\n")
     assert main(["evaluate", "--qrels", str(eval_files / "qrels.txt"), "--run", str(eval_files / "half.trec")]) == 0
     assert "answers 1 of the 2 judged queries" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grade", ["99999999999999999999", "3000000000", "-5000"])
+def test_an_absurd_qrels_grade_is_one_error_naming_file_and_line(eval_files, capsys, grade):
+    (eval_files / "qrels.txt").write_text(f"q1 0 d1 2\nq1 0 d2 {grade}\n")
+    one_line_error(capsys, main(["evaluate", "--qrels", str(eval_files / "qrels.txt"), "--run",
+                                 str(eval_files / "run.trec")]), "qrels.txt:2: grade")
 
 
 def test_retrieve_writes_no_hits_for_a_query_matching_nothing_and_says_so(eval_files, capsys):

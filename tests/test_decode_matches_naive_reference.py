@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from helpers_tiny import tiny_decoder
+from perank_jax.buckets import TraceCounter
 from perank_jax.decode import finish_order, make_decode_fn
 
 C, T, N, D, V = 240, 24, 8, 32, 64
@@ -79,14 +80,15 @@ def setup():
 def test_scan_decode_equals_naive_reference_on_240_cases(setup):
     model, (ids, pm, ph, pv, valid), (want, _) = setup
     g, s = nnx.split(model)
-    f = make_decode_fn(g)
+    traces = TraceCounter()
+    f = make_decode_fn(g, traces)
     got = []
     for lo in range(0, C, 60):  # batches of 60 windows, one compilation
         sl = slice(lo, lo + 60)
         chosen, _ = f(s, ids[sl], pm[sl], ph[sl], pv[sl], valid[sl], steps=N, mode="decode")
         chosen = np.asarray(chosen)
         got += [finish_order(chosen[b], int(valid[sl][b].sum()), None, "decode") for b in range(len(chosen))]
-    assert f._cache_size() == 1
+    assert traces.count == 1
     mismatches = [c for c in range(C) if got[c] != want[c]]
     assert not mismatches, f"{len(mismatches)} cases differ, e.g. case {mismatches[0]}: {got[mismatches[0]]} vs {want[mismatches[0]]}"
 
@@ -94,7 +96,8 @@ def test_scan_decode_equals_naive_reference_on_240_cases(setup):
 def test_top_k_and_single_pass_equal_the_naive_reference(setup):
     model, (ids, pm, ph, pv, valid), (want, first) = setup
     g, s = nnx.split(model)
-    f = make_decode_fn(g)
+    traces = TraceCounter()
+    f = make_decode_fn(g, traces)
     k = 3
     top, _ = f(s, ids, pm, ph, pv, valid, steps=k, mode="decode")
     single, scores = f(s, ids, pm, ph, pv, valid, steps=N, mode="single_pass")

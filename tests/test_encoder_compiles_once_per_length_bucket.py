@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import perank_jax
-from perank_jax.models.dense import DenseEncoder, length_buckets
+from perank_jax.buckets import length_buckets
+from perank_jax.models.dense import DenseEncoder
 from tiny_encoders import tiny_bert
 
 
@@ -33,12 +34,12 @@ def test_encode_compiles_once_per_bucket_not_per_batch(enc):
     used = {fresh.bucket(len(x)) for x in fresh.tokenize(texts)}
     e = fresh.encode(texts, batch_size=4)
     assert e.shape == (61, fresh.dim)
-    assert fresh.compile_count == len(used) and len(used) < 16
+    assert fresh.traces.count == len(used) and len(used) < 16
     more = _texts(rng, 29)
     used |= {fresh.bucket(len(x)) for x in fresh.tokenize(more)}
     fresh.encode(more, batch_size=4)                      # new texts: only new buckets trace
     fresh.encode(texts[:3], batch_size=4)
-    assert fresh.compile_count == len(used)
+    assert fresh.traces.count == len(used)
 
 
 def test_padding_never_changes_a_text_embedding(enc):

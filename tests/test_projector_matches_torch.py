@@ -5,7 +5,8 @@ import pytest
 import torch
 from flax import nnx
 
-from perank_jax.models.projector import Projector, load_projector, num_linears, project
+from perank_jax.models.projector import Projector, num_linears, project
+from perank_jax.weights.projector import load_projector
 from perank_jax.weights.io import WeightError, save_safetensors_atomic
 
 

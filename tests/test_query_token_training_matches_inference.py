@@ -17,7 +17,7 @@ from perank_jax.data.training_records import listwise_record
 from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
-from perank_jax.train.losses import NEG
+from perank_jax.constants import MASKED
 from perank_jax.prompts import scale_query_slot
 from perank_jax.train.step import listwise_logits
 from perank_jax.weights.decoder import load_decoder
@@ -75,7 +75,7 @@ def test_teacher_forced_training_logits_reproduce_the_decoded_ranking(setup):
     used = np.zeros(6, bool)
     used[5] = True                                                    # the query is never a candidate
     for j, gold in enumerate(order):
-        pick = int(np.argmax(np.where(used, NEG, L[j])))
+        pick = int(np.argmax(np.where(used, MASKED, L[j])))
         assert pick == gold, f"step {j}: training logits pick {pick}, inference decoded {gold}"
         used[pick] = True
 

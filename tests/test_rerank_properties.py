@@ -71,7 +71,7 @@ def test_accounting_counts_prompt_tokens_over_windows_and_decode_steps(ranker):
     wins = sliding_windows(12, 5, 3)
     assert st_.windows == len(wins)
     assert st_.generated_tokens == sum(e - s for s, e in wins)
-    assert st_.processed_tokens == sum(len(ranker._tokenized("q", e - s)) for s, e in wins)
+    assert st_.processed_tokens == sum(len(ranker.tokenized_prompt("q", e - s)) for s, e in wins)
     ranker.rerank("q", ps, window=5, stride=3, top_k=2)
     assert ranker.last_stats[0].generated_tokens == 2 * len(wins)
     assert ranker.last_stats[0].latency_s > 0 and ranker.last_stats[0].compile_s >= 0
@@ -83,7 +83,7 @@ def test_save_pretrained_round_trips_to_the_same_rankings(ranker, tmp_path):
                                      batch_size=2)
     ps = [f"text {w} {i}" for i, w in enumerate(WORDS)]
     assert again.rerank("round trip", ps) == ranker.rerank("round trip", ps)
-    assert again.config["model_type"] == "embed_mistral" and again.config["projector_type"] == "mlp2x_gelu"
+    assert again.config["model_type"] == "mistral" and again.config["projector_type"] == "mlp2x_gelu"
     for k, v in ranker.projector.export_torch().items():
         assert (again.projector.export_torch()[k] == v).all()
 

@@ -24,9 +24,20 @@ def test_the_shipped_recipe_values_are_accepted():
     assert cfg.optim.lr > 0 and cfg.model.query_scale == 300.0
 
 
-def test_every_training_config_in_configs_parses():
-    files = sorted(STAGE2.parent.glob("*.stage[12].yaml"))
-    assert len(files) >= 6
+def test_every_file_in_configs_is_parsed_by_its_typed_loader():
+    """Training configs (*.stage1/2.yaml) by load_train_config, tables configs (tables-*.yaml) by
+    the tables loader, splits (splits/*.json) as query-id lists; a file no loader claims fails."""
+    from perank_jax.evaluate.tables import load_config, read_split
+    root = STAGE2.parent
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    assert len(files) >= 11
     for f in files:
-        cfg = load_train_config(f)
-        assert cfg.stage == (1 if f.name.endswith("stage1.yaml") else 2), f
+        if f.name.endswith((".stage1.yaml", ".stage2.yaml")):
+            assert load_train_config(f).stage == (1 if f.name.endswith("stage1.yaml") else 2), f
+        elif f.name.startswith("tables-") and f.suffix == ".yaml":
+            cfg = load_config(f)
+            assert cfg.datasets and cfg.methods, f
+        elif f.parent.name == "splits" and f.suffix == ".json":
+            assert len(read_split(f)) >= 2, f
+        else:
+            raise AssertionError(f"{f}: no typed loader parses this file; give it one here")

@@ -322,7 +322,7 @@ def _qrels_grade_not_an_integer(info):
 
 def _split_qid_in_both_halves(info):
     info["split"].write_text(json.dumps({"train": ["101", "102"], "heldout": ["102", "104"]}))
-    return info["split"], None, "both halves"
+    return info["split"], None, "in both 'train' and 'heldout'"
 
 
 def _missing_data_folder(info):

@@ -33,7 +33,7 @@ def test_stage2_records_tokenise_with_placeholders_rank_slots_and_ranking(tok, t
         t = prep.views[v][0]
         assert (t.ids[t.ph_pos] == ph_id).all() and (t.ids[t.rank_pos] == rank_id).all()
         assert len(t.rank_pos) == 5 and t.rank_pos[0] > t.ph_pos[-1]
-        assert (b[f"{v}_ph"][:, 5] == b[f"{v}_ids"].shape[1]).all()          # padded passage: dropped
+        assert (b[f"{v}_ph_pos"][:, 5] == b[f"{v}_ids"].shape[1]).all()          # padded passage: dropped
     np.testing.assert_array_equal(b["ranking"][0, :5], records[0]["ranking"])
     np.testing.assert_allclose(b["emb"][1, 2], table[records[3]["extra_texts"][2]])
 

@@ -14,7 +14,7 @@ from flax import nnx
 from tiny_train import (make_decoder_dir, make_tokenizer, pretrain_reader, stage1_records, stage2_records,
                         table_file, write_jsonl)
 from perank_jax.train.config import load_train_config
-from perank_jax.train.loop import Run, train
+from perank_jax.train.loop import Run, fit
 
 FAST = "xla_options={xla_backend_optimization_level: 0}"
 
@@ -59,8 +59,8 @@ def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder
     files, joint = pretrained
     cfg = load_train_config("configs/tiny.stage1.yaml", overrides(
         files, files / "run", f"data.eval={files / 'eval.jsonl'}", "optim.lr=3e-2", "optim.max_steps=200", "seed=1"))
-    s = train(cfg)
-    run = s["run"]
+    t = fit(cfg)
+    s, run = t.summary, t.run
     # learning: held-out reconstruction cross-entropy falls from the fresh projector's ...
     before, after = s["initial_eval_loss"], s["eval_loss"]
     # ... to near what the decoder's own (jointly pre-trained) projector reaches ...
@@ -68,7 +68,7 @@ def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder
     # ... and depends on WHICH passage was embedded: mismatched embeddings do much worse
     shuffled = run.eval_data
     shuffled.table = shuffled.table[np.random.default_rng(0).permutation(len(shuffled.table))]
-    mismatched = run.evaluate(s["state"]["params"])["eval_loss"]
+    mismatched = run.evaluate(t.state["params"])["eval_loss"]
     print(f"stage-1 held-out reconstruction CE: {before:.3f} -> {after:.3f} (decoder's pre-training projector: "
           f"{joint_loss:.3f}; mismatched embeddings: {mismatched:.3f}; "
           f"uniform over the vocabulary: {np.log(run.decoder.config.vocab_size):.3f})")
@@ -76,8 +76,8 @@ def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder
     assert after < mismatched - 2.0
     assert after < joint_loss + 0.3
     # only the projector is trainable; the decoder is bit-identical to the weights on disk
-    assert set(s["state"]["params"]) == {"projector"}
-    assert {k for p, _ in jax.tree_util.tree_flatten_with_path(s["state"]["opt"])[0] for k in map(str, p)
+    assert set(t.state["params"]) == {"projector"}
+    assert {k for p, _ in jax.tree_util.tree_flatten_with_path(t.state["opt"])[0] for k in map(str, p)
             if "decoder" in k} == set()
     on_disk = disk_decoder(files)
     frozen = jax.tree.map(np.asarray, run.trainer.frozen["decoder"])
@@ -86,11 +86,11 @@ def test_stage1_fresh_projector_learns_heldout_reconstruction_and_leaves_decoder
     # the export is the projector alone, loadable as `model.projector_init`
     export = files / "run" / "export"
     assert sorted(p.name for p in export.iterdir()) == ["projector.safetensors", "projector_config.json"]
-    from perank_jax.models.projector import load_projector
+    from perank_jax.weights.projector import load_projector
     conf = json.loads((export / "projector_config.json").read_text())
     proj = load_projector(export, conf["projector_type"], conf["embedding_size"], conf["hidden_size"])
     np.testing.assert_array_equal(np.asarray(proj.layers[1].kernel[...]),
-                                  np.asarray(s["state"]["params"]["projector"]["layers"][1]["kernel"]))
+                                  np.asarray(t.state["params"]["projector"]["layers"][1]["kernel"]))
 
 
 def test_gradient_accumulation_equals_one_big_batch(files):
@@ -112,14 +112,14 @@ def test_stage2_lora_in_bf16_with_fp32_master_weights_and_remat_exports_merged_d
         f"output_dir={files / 'lora'}", FAST, "lora.rank=2", "lora.targets=[q, v]", "optim.lr=1e-2",
         "optim.max_steps=3", "data.buckets=[32,64]", "data.max_len=64", "data.use_content_view=false",
         "compute_dtype=bfloat16", "param_dtype=float32", "remat=true"])
-    s = train(cfg)
-    p = s["state"]["params"]
+    t = fit(cfg)
+    p = t.state["params"]
     assert {x.dtype for x in jax.tree.leaves(p)} == {np.dtype("float32")}        # master weights
-    assert s["run"].decoder.model.dtype == jax.numpy.bfloat16 and s["run"].decoder.model.remat   # bf16 compute
+    assert t.run.decoder.model.dtype == jax.numpy.bfloat16 and t.run.decoder.model.remat   # bf16 compute
     assert set(p) == {"projector", "lora"} and set(p["lora"]) == {"q", "v"}
     assert float(np.abs(np.asarray(p["lora"]["q"]["b"])).max()) > 0            # adapters moved
     base = disk_decoder(files)
-    frozen = s["run"].trainer.frozen["decoder"]
+    frozen = t.run.trainer.frozen["decoder"]
     np.testing.assert_array_equal(np.asarray(frozen["q"]), np.asarray(base["q"]))  # base untouched
     from perank_jax.weights.decoder import load_decoder
     exported = load_decoder(files / "lora" / "export", ignore=lambda k: "projector" in k).model

@@ -18,7 +18,7 @@ from tiny_train import (
 )
 
 from perank_jax.train.config import load_train_config
-from perank_jax.train.loop import Run, train
+from perank_jax.train.loop import Run, fit, train
 
 STEPS = 64
 FAST = "xla_options={xla_backend_optimization_level: 0}"
@@ -70,9 +70,8 @@ def uninterrupted(files):
     def on_step(step, state):
         if step == 3:
             seen["params3"] = host(state["params"])
-    summary = train(cfg_for(files, files / "run_a"), on_step=on_step)
-    summary["params3"] = seen["params3"]
-    return summary
+    done = fit(cfg_for(files, files / "run_a"), on_step=on_step)
+    return {**done.summary, "params3": seen["params3"], "trainer": done.run.trainer, "params": done.state["params"]}
 
 
 def test_stage2_raises_heldout_top1_far_above_random(uninterrupted, files):
@@ -81,20 +80,20 @@ def test_stage2_raises_heldout_top1_far_above_random(uninterrupted, files):
           f"(random 0.200); eval ListMLE {s['initial_eval_loss1']:.3f} -> {s['eval_loss1']:.3f}")
     assert s["eval_top1"] >= 0.55 and s["eval_top1"] > s["initial_eval_top1"] + 0.25
     assert s["eval_loss1"] < s["initial_eval_loss1"] - 0.2
-    assert s["run"].trainer.trace_count == 1                    # one bucket pair, compiled once
+    assert s["trainer"].traces.count == 1                    # one bucket pair, compiled once
     lines = [json.loads(x) for x in (files / "run_a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == list(range(1, STEPS + 1))
     assert (files / "run_a" / "metrics.png").stat().st_size > 1000
     # the export is a PE-Rank checkpoint: decoder + projector in one safetensors, config fields
     conf = json.loads((files / "run_a" / "export" / "config.json").read_text())
     assert conf["projector_type"] == "mlp2x_gelu" and conf["embedding_size"] == 16
-    from perank_jax.models.projector import load_projector
+    from perank_jax.weights.projector import load_projector
     from perank_jax.weights.decoder import load_decoder
     proj = load_projector(files / "run_a" / "export", "mlp2x_gelu", 16, 32)
     np.testing.assert_array_equal(np.asarray(proj.layers[0].kernel[...]),
-                                  s["state"]["params"]["projector"]["layers"][0]["kernel"])
+                                  s["params"]["projector"]["layers"][0]["kernel"])
     dec = load_decoder(files / "run_a" / "export", ignore=lambda k: "projector" in k)
-    np.testing.assert_array_equal(np.asarray(dec.model.q[...]), s["state"]["params"]["decoder"]["q"])
+    np.testing.assert_array_equal(np.asarray(dec.model.q[...]), s["params"]["decoder"]["q"])
 
 
 def test_step_on_2x4_mesh_equals_single_device_step(uninterrupted, files):
@@ -173,7 +172,7 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
 
 def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
     from perank_jax.config import ConfigError
-    from perank_jax.train.loop import MetricsLog
+    from perank_jax.train.metrics_log import MetricsLog
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     MetricsLog(p, 2, True)
@@ -233,6 +232,7 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
     import time
 
     from perank_jax.cli import main
+    from test_cli_faults import sigint_default
     out = files / "run_int"
     args = ["train", "configs/tiny.stage2.yaml", *overrides(files, out, "checkpoint.every=0", "log_every=1")]
     log_path = files / "interrupted.log"
@@ -240,7 +240,7 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
     steps_logged = lambda: metrics.read_text().count('"loss"') if metrics.exists() else 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                env=dict(os.environ), preexec_fn=sigint_default)
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline and steps_logged() < 5:
             time.sleep(0.01)
@@ -253,3 +253,10 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
     assert main(args) == 0
     assert json.loads((out / "summary.json").read_text())["resumed_from"] == saved[0]
     assert_same_export_and_metrics(files / "run_a", out)
+
+
+def test_model_embedding_dim_that_disagrees_with_the_embeddings_is_refused(files, tmp_path):
+    from perank_jax.config import ConfigError
+    with pytest.raises(ConfigError, match=r"model.embedding_dim is 99 but the passage embeddings .* have 16"):
+        Run(cfg_for(files, tmp_path / "dim", "model.embedding_dim=99"))
+    assert Run(cfg_for(files, tmp_path / "dim16", "model.embedding_dim=16")).projector.in_dim == 16

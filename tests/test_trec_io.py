@@ -8,7 +8,7 @@ import pytest
 
 from perank_jax.atomic import atomic_write
 
-from perank_jax.data import trec
+from perank_jax.data.ir_datasets import load_ir_dataset
 from perank_jax.data.trec import (Candidate, DataError, Hit, Request, build_rerank_requests, read_corpus,
                                   read_qrels, read_queries, read_requests, read_run, write_qrels,
                                   write_requests, write_run)
@@ -166,7 +166,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
 def test_ir_datasets_missing_gives_clear_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "ir_datasets", None)  # import fails like an uninstalled package
     with pytest.raises(DataError, match=r"pip install ir_datasets.*--queries.*--qrels.*--run.*--corpus"):
-        trec.load_ir_dataset("msmarco-passage/trec-dl-2020")
+        load_ir_dataset("msmarco-passage/trec-dl-2020")
 
 
 def test_ir_datasets_offline_gives_clear_message(monkeypatch):
@@ -176,7 +176,7 @@ def test_ir_datasets_offline_gives_clear_message(monkeypatch):
     fake = types.SimpleNamespace(load=lambda name: Offline())
     monkeypatch.setitem(sys.modules, "ir_datasets", fake)
     with pytest.raises(DataError, match=r"could not load 'beir/scifact/test' \(ConnectionError.*offline.*--qrels"):
-        trec.load_ir_dataset("beir/scifact/test")
+        load_ir_dataset("beir/scifact/test")
 
 
 @pytest.mark.skipif(not (DATA / "dl20").is_dir(), reason="shared data not present")

@@ -126,7 +126,7 @@ def pretrain_reader(cfg, out_dir, steps=1000, lr=3e-3):
     from perank_jax.weights.io import save_safetensors_atomic
     run = Run(cfg)
     fns = run.trainer.fns
-    params = {"projector": run.trainer._init_params["projector"], "decoder": run.trainer.frozen["decoder"]}
+    params = {"projector": run.trainer.init_params["projector"], "decoder": run.trainer.frozen["decoder"]}
     tx = optax.adam(optax.warmup_cosine_decay_schedule(0.0, lr, 10, steps))
 
     @jax.jit

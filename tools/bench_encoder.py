@@ -85,7 +85,7 @@ def main(argv=None):
             torch_ps, et = timed(tenc, texts, a.repeats)
             ntok = np.mean([len(x) for x in tok(texts, truncation=True, max_length=L)["input_ids"]])
             cos = float(((ej * et).sum(1) / np.linalg.norm(ej, axis=1) / np.linalg.norm(et, axis=1)).min())
-            rows.append((name, L, ntok, jax_ps, torch_ps, jax_ps / torch_ps, cos, enc.compile_count))
+            rows.append((name, L, ntok, jax_ps, torch_ps, jax_ps / torch_ps, cos, enc.traces.count))
             print(f"  {name} L={L}: jax {jax_ps:.1f}/s torch {torch_ps:.1f}/s", flush=True)
 
     print(f"\n{a.passages} passages from {Path(a.corpus).parent.name}, batch {a.batch_size}, "

@@ -103,7 +103,7 @@ class TorchReference:
     def window(self, query, e):
         torch = self.torch
         r = self.ranker
-        ids = torch.tensor([r._tokenized(query, len(e)).ids.tolist()])
+        ids = torch.tensor([r.tokenized_prompt(query, len(e)).ids.tolist()])
         ph = ids == r.placeholder_id
         x = self.lm.get_input_embeddings()(torch.where(ph, 0, ids))
         x[ph] = e

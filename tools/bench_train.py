@@ -39,8 +39,8 @@ def synthetic_batch(B, n, t_wo, t_w, dim, vocab, seed=0):
         body = T - n - 2
         out[f"{v}_ids"] = rng.integers(0, vocab, (B, T)).astype(np.int32)
         out[f"{v}_mask"] = np.ones((B, T), bool)
-        out[f"{v}_ph"] = np.tile((8 + np.arange(n) * ((body - 16) // n)).astype(np.int32), (B, 1))
-        out[f"{v}_rank"] = np.tile((T - 1 - n + np.arange(n)).astype(np.int32), (B, 1))
+        out[f"{v}_ph_pos"] = np.tile((8 + np.arange(n) * ((body - 16) // n)).astype(np.int32), (B, 1))
+        out[f"{v}_rank_pos"] = np.tile((T - 1 - n + np.arange(n)).astype(np.int32), (B, 1))
     return out
 
 

@@ -24,7 +24,6 @@ The DL20 `heldout` half is never read here: it is the in-domain evaluation set.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -38,15 +37,13 @@ SPLIT = ROOT / "configs" / "splits" / "dl20.json"
 
 
 def read_split(path=SPLIT) -> dict:
-    """{"train": [qid...], "heldout": [qid...]} of DL20, disjoint."""
-    try:
-        split = json.loads(Path(path).read_text())
-        train, held = [str(q) for q in split["train"]], [str(q) for q in split["heldout"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a DL20 split file ({type(e).__name__}: {e})") from None
-    if set(train) & set(held):
-        raise DataError(f"{path}: queries in both halves: {sorted(set(train) & set(held))[:5]}")
-    return {"train": train, "heldout": held}
+    """{"train": [qid...], "heldout": [qid...]} of DL20, disjoint (perank_jax.evaluate.tables.read_split)."""
+    from perank_jax.evaluate.tables import read_split
+    split = read_split(path)
+    missing = {"train", "heldout"} - set(split)
+    if missing:
+        raise DataError(f"{path}: not a DL20 split file (no {sorted(missing)})")
+    return split
 
 
 def _rank_of(hits) -> dict[str, int]:
@@ -180,7 +177,7 @@ def main(argv=None) -> int:
         n1 = write_records(s1, out / "stage1.jsonl")
         n2 = write_records(s2, out / "stage2.jsonl")
         n_emb = embed_table(s2, out / "stage2.emb.npz", a.embed, a.encoder_max_len) if a.embed else 0
-    except (DataError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:   # DataError, ConfigError, unreadable files: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("| file | records | from |")

@@ -25,6 +25,9 @@ from typing import Iterable, Iterator, Mapping, Sequence
 from perank_jax.atomic import atomic_write
 
 
+MAX_GRADE = 1000   # relevance grades beyond this are a wrong file or column, not a judgement
+
+
 class DataError(ValueError):
     """Malformed or inconsistent retrieval data; the message names file and line."""
 
@@ -206,6 +209,9 @@ def read_qrels(path) -> Sourced:
             g = int(grade)
         except ValueError:
             raise DataError(f"{_at(path, i)}: grade {grade!r} is not an integer") from None
+        if not -MAX_GRADE <= g <= MAX_GRADE:
+            raise DataError(f"{_at(path, i)}: grade {grade} is out of range (|grade| <= {MAX_GRADE}; TREC grades "
+                            "are small integers such as 0-3): wrong column or file?")
         judged = out.setdefault(qid, {})
         out.lines.setdefault(qid, i)
         if docid in judged:
@@ -415,48 +421,3 @@ def build_rerank_requests(run: Mapping, queries: Mapping, corpus: Mapping, k: in
             cands.append(Candidate(docid, score, text))
         out.append(Request(qid, queries[qid], cands))
     return out
-
-
-def requests_to_run(requests: Sequence[Request]) -> dict[str, list[Hit]]:
-    """The first-stage run carried by a list of requests (candidate order = rank)."""
-    return {r.qid: [Hit(c.docid, c.score, i + 1) for i, c in enumerate(r.candidates)] for r in requests}
-
-
-# ---------------------------------------------------------------------------- ir_datasets
-_LOCAL_FILES = ("provide local files instead: --queries (qid<TAB>text TSV or JSONL), --qrels (TREC qrels "
-                "'qid 0 docid grade'), --run (TREC run 'qid Q0 docid rank score tag'), --corpus (JSONL "
-                "with _id/title/text, or TSV docid<TAB>text); see /work/shared/data/README.md-style layouts")
-
-
-@dataclass
-class IrDataset:
-    name: str
-    queries: dict
-    qrels: dict
-    docs_store: object
-
-    def docs(self, docids: Iterable[str], title_format: bool = False) -> dict[str, str]:
-        got = self.docs_store.get_many(list(docids))
-        return {d: doc_text(r._asdict(), title_format) for d, r in got.items()}
-
-
-def load_ir_dataset(name: str) -> IrDataset:
-    """Queries, qrels and a docs store through ir_datasets; a DataError that says which local
-    files to provide when ir_datasets is missing or the data cannot be fetched (offline)."""
-    try:
-        import ir_datasets
-    except ImportError:
-        raise DataError(f"ir_datasets is not installed (pip install ir_datasets), or {_LOCAL_FILES}") from None
-    try:
-        ds = ir_datasets.load(name)
-    except KeyError:
-        raise DataError(f"ir_datasets has no dataset {name!r}; {_LOCAL_FILES}") from None
-    try:
-        queries = {q.query_id: getattr(q, "text", None) or q[1] for q in ds.queries_iter()}
-        qrels: dict = {}
-        for r in ds.qrels_iter():
-            qrels.setdefault(r.query_id, {})[r.doc_id] = int(r.relevance)
-        return IrDataset(name, queries, qrels, ds.docs_store() if ds.has_docs() else None)
-    except Exception as e:  # network failures come as many types (ConnectionError, URLError, OSError, ...)
-        raise DataError(f"ir_datasets could not load {name!r} ({type(e).__name__}: {e}); this machine "
-                        f"may be offline: {_LOCAL_FILES}") from None

@@ -26,6 +26,7 @@ from perank_jax.data.trec import (build_rerank_requests, read_corpus, read_qrels
                                   read_requests, read_run, write_run)
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.metrics import evaluate
+from perank_jax.weights.packaged import resolve_model_path
 
 KINDS = ("first_stage", "embedding", "textlist", "perank")
 
@@ -102,15 +103,6 @@ def load_config(path, overrides=None) -> TablesConfig:
     return cfg
 
 
-def resolve(path: str) -> str:
-    """Model names resolved by perank_jax.weights.packaged.resolve_model_path (unknown: ConfigError)."""
-    from perank_jax.weights.packaged import UnknownPackagedModel, resolve_model_path
-    try:
-        return resolve_model_path(path)
-    except UnknownPackagedModel as e:
-        raise ConfigError(str(e)) from None
-
-
 # --- datasets -------------------------------------------------------------------------------
 def load_dataset(d: DatasetSpec):
     """(requests, qrels restricted to those queries)."""
@@ -129,18 +121,34 @@ def load_dataset(d: DatasetSpec):
     return reqs, {r.qid: qrels[r.qid] for r in reqs if r.qid in qrels}
 
 
+def read_split(path) -> dict[str, list[str]]:
+    """A query split file (configs/splits/*.json): {part: [qid, ...]} for every list-valued key
+    (other keys, e.g. "about", are notes); the parts must be non-empty and disjoint."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        parts = {k: [str(q) for q in v] for k, v in raw.items() if isinstance(v, list)}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"{path}: not a query split file ({type(e).__name__}: {e})") from None
+    if not parts or not all(parts.values()):
+        raise ConfigError(f"{path}: a split file needs non-empty lists of qids, got keys {sorted(raw)}")
+    seen: dict[str, str] = {}
+    for k, qids in parts.items():
+        both = [q for q in qids if q in seen]
+        if both:
+            raise ConfigError(f"{path}: queries in both {seen[both[0]]!r} and {k!r}: {both[:5]}")
+        seen.update((q, k) for q in qids)
+    return parts
+
+
 def read_split_qids(spec: str) -> list[str]:
-    """The qids under `key` in a JSON split file named as "path.json:key"."""
+    """The qids of one part of a split file named as "path.json:part"."""
     path, sep, key = spec.rpartition(":")
     if not sep or not path:
-        raise ConfigError(f"split {spec!r}: expected 'file.json:key'")
-    try:
-        qids = json.loads(Path(path).read_text())[key]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{path}: cannot read split {key!r} ({type(e).__name__}: {e})") from None
-    if not isinstance(qids, list) or not qids:
-        raise ConfigError(f"{path}: split {key!r} must be a non-empty list of qids")
-    return [str(q) for q in qids]
+        raise ConfigError(f"split {spec!r}: expected 'file.json:part'")
+    parts = read_split(path)
+    if key not in parts:
+        raise ConfigError(f"{path}: no split {key!r} (has {sorted(parts)})")
+    return parts[key]
 
 
 class _Src(dict):
@@ -165,11 +173,11 @@ class Methods:
     def encoder(self, path, max_length: int | None = None):
         from perank_jax.weights.encoder import load_encoder
         kw = {"max_length": max_length} if max_length else {}
-        return self._load(("enc", path, max_length), lambda: load_encoder(resolve(path), **kw))
+        return self._load(("enc", path, max_length), lambda: load_encoder(resolve_model_path(path), **kw))
 
     def decoder(self, path, dtype):
         from perank_jax.weights.decoder import load_decoder
-        return self._load(("dec", path, dtype), lambda: load_decoder(resolve(path), dtype=dtype))
+        return self._load(("dec", path, dtype), lambda: load_decoder(resolve_model_path(path), dtype=dtype))
 
     def build(self, m: MethodSpec):
         cfg = self.cfg
@@ -207,7 +215,7 @@ class Methods:
     def _perank(self, m: MethodSpec):
         from perank_jax.ranker import PERanker
         if m.checkpoint:
-            return PERanker.from_pretrained(resolve(m.checkpoint), resolve(m.encoder) if m.encoder else None,
+            return PERanker.from_pretrained(resolve_model_path(m.checkpoint), resolve_model_path(m.encoder),
                                             dtype=m.dtype)
         import jax.numpy as jnp
         from flax import nnx

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.constants import MASKED
 from perank_jax.sharding import constrain
 
-NEG_INF = -1e30  # finite "minus infinity" for masked attention scores (float32)
 
 
 class DecoderConfigError(ValueError):
@@ -184,7 +184,7 @@ def attention(q, k, v, q_pos, k_pos, window):
     ok = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])          # [B, T, S]
     if window is not None:
         ok &= q_pos[:, :, None] - k_pos[:, None, :] < window
-    s = jnp.where(ok[:, None, None], s, NEG_INF)
+    s = jnp.where(ok[:, None, None], s, MASKED)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", p, v, preferred_element_type=jnp.float32)
     return out.reshape(B, T, H, hd).astype(v.dtype)

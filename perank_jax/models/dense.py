@@ -16,20 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.buckets import TraceCounter, length_buckets, smallest_fitting
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS, l2_normalize, pool
 
-MIN_BUCKET = 16
-
-
-def length_buckets(max_length: int) -> tuple[int, ...]:
-    """Powers of two from 16 and their 1.5x midpoints (16, 24, 32, 48, ..., 256, 384), then
-    `max_length`: at most ~2 log2(max_length) compilations, at most a third of a batch padding."""
-    b, out = MIN_BUCKET, []
-    while b < max_length:
-        out += [b] + ([b * 3 // 2] if b * 3 // 2 < max_length else [])
-        b *= 2
-    return tuple(out) + (max_length,)
 
 
 class DenseEncoder:
@@ -51,11 +41,10 @@ class DenseEncoder:
         self.buckets = length_buckets(max_length)
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = config.pad_token_id if pad is None else int(pad)
-        self.compile_count = 0          # traces of the pooled forward (one per bucket used)
+        self.traces = TraceCounter()    # traces of the pooled forward (one per bucket used)
         graphdef, self._state = nnx.split(model)
 
         def pooled(state, ids, mask):
-            self.compile_count += 1     # Python side effect: runs only while tracing
             h = nnx.merge(graphdef, state)(ids, mask)
             e = pool(h, mask, self.pooling)
             return l2_normalize(e) if self.normalize else e
@@ -63,7 +52,7 @@ class DenseEncoder:
         def hidden(state, ids, mask):
             return nnx.merge(graphdef, state)(ids, mask).astype(jnp.float32)
 
-        self._pooled = jax.jit(pooled)
+        self._pooled = jax.jit(self.traces.counted(pooled))
         self._hidden = jax.jit(hidden)
 
     # ----------------------------------------------------------------- tokens
@@ -82,7 +71,7 @@ class DenseEncoder:
         return [list(x) for x in enc["input_ids"]]
 
     def bucket(self, n: int) -> int:
-        return next(b for b in self.buckets if b >= n)
+        return smallest_fitting(n, self.buckets)
 
     def _batches(self, ids: list[list[int]], batch_size: int):
         """Yield (row indices, ids [batch_size, T], mask) in ascending-length order."""

@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.constants import MASKED
+
 MPNET_PADDING_IDX = 1   # hard-coded in HF MPNetEmbeddings
-MASK_VALUE = -1e9       # large finite negative for masked attention keys (never -inf)
 
 
 class EncoderError(ValueError):
@@ -248,8 +249,8 @@ class Encoder(nnx.Module):
         e = self.emb.arrays()
         x = self._embed(ids, mask, e)
         bias = self._bias(T, e)
-        # additive key mask [B,1,1,T] (0 real, MASK_VALUE padding), plus the position bias
-        add = jnp.where(mask, 0.0, MASK_VALUE).astype(jnp.float32)[:, None, None, :]
+        # additive key mask [B,1,1,T] (0 real, MASKED padding), plus the position bias
+        add = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)[:, None, None, :]
         dt = self.dtype
 
         def heads(y):                                  # [B,T,D] -> [B,H,T,hd]

@@ -12,21 +12,18 @@ On disk they use torch's layout: nn.Sequential indices 0, 2, 4, ... ([out, in] w
 (a lone nn.Linear for `linear`: `model.projector.weight` / `.bias`).
 
 `project(graphdef, state, emb)` is the one jit-compiled pure function used by both
-training and inference.
+training and inference. Reading projector files lives in perank_jax.weights.projector.
 """
 from __future__ import annotations
 
-import os
 import re
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.weights.io import SafetensorsCheckpoint, SafetensorsFile, WeightError, check_keymap, place
 
 PREFIXES = ("model.projector.", "projector.")
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
@@ -44,7 +41,7 @@ def num_linears(kind: str) -> int:
     raise ValueError(f"unknown projector_type {kind!r} (expected mlp<N>x_gelu, linear or identity)")
 
 
-def _layer_axes(i: int, n: int) -> tuple[str, str]:
+def layer_axes(i: int, n: int) -> tuple[str, str]:
     return ("proj_in" if i == 0 else "proj_hidden", "embed" if i == n - 1 else "proj_hidden")
 
 
@@ -72,7 +69,7 @@ class Projector(nnx.Module):
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.kind, self.in_dim, self.out_dim, self.dtype = kind, in_dim, out_dim, dtype
         self.layers = nnx.List([
-            _Linear(in_dim if i == 0 else out_dim, out_dim, _layer_axes(i, n), rngs=rngs,
+            _Linear(in_dim if i == 0 else out_dim, out_dim, layer_axes(i, n), rngs=rngs,
                     dtype=dtype, param_dtype=param_dtype) for i in range(n)])
 
     def init_isometry(self, scale: float, seed: int = 0) -> "Projector":
@@ -125,100 +122,3 @@ class Projector(nnx.Module):
 def project(graphdef, state, emb):
     """Pure projection: `graphdef, state = nnx.split(projector)`; emb [..., E] -> [..., D]."""
     return nnx.merge(graphdef, state)(emb)
-
-
-# --- loading ----------------------------------------------------------------------------
-def _read_tensors(source: str | os.PathLike, allow_pickle: bool):
-    """(name, {key: shape}, get(key)) of the projector tensors found in a dir or a file."""
-    src = Path(source)
-    if src.is_dir():
-        # a projector-only file next to (or instead of) safetensors: .npz (no pickle) before .bin
-        others = sorted((p for p in src.iterdir() if p.suffix in (".npz", ".bin") and "projector" in p.name),
-                        key=lambda p: (p.suffix != ".npz", p.name))
-        try:
-            ckpt = SafetensorsCheckpoint(src)
-        except WeightError:
-            if not others:
-                raise
-            return _read_tensors(others[0], allow_pickle)
-        keys = {k: ckpt.shape(k) for k in ckpt.keys() if k.startswith(PREFIXES)}
-        if not keys and others:
-            return _read_tensors(others[0], allow_pickle)
-        return str(src), keys, ckpt.get
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: projector weights not found")
-    if src.suffix == ".safetensors":
-        f = SafetensorsFile(src)
-        return str(src), {k: f.shape(k) for k in f.keys() if k.startswith(PREFIXES)}, f.get
-    if src.suffix in (".npz", ".npy"):
-        return str(src), *_read_npz(src)
-    if src.suffix in (".bin", ".pt", ".pth"):
-        if not allow_pickle:
-            raise WeightError(f"{src}: a pickle (torch) file; pass allow_pickle=True only if you trust it "
-                              "(unpickling can run arbitrary code), or convert it to safetensors")
-        import torch
-        sd = torch.load(src, map_location="cpu", weights_only=False)
-        sd = {k: v.float().numpy() for k, v in sd.items() if k.startswith(PREFIXES) or "projector" in k}
-        sd = {(k if k.startswith(PREFIXES) else "projector." + k.split("projector.", 1)[-1]): v
-              for k, v in sd.items()}
-        return str(src), {k: v.shape for k, v in sd.items()}, sd.__getitem__
-    raise WeightError(f"{src}: unsupported projector weight file (expected a directory, .safetensors, .npz "
-                      "or .bin)")
-
-
-def _read_npz(src: Path):
-    """({key: shape}, get) of the projector tensors in an .npz (numpy arrays only; never unpickles).
-    A damaged file, an object (pickled) array or a lone .npy array is a WeightError of one line."""
-    bad = (f"{src}: not a valid npz/safetensors projector file" + " ({}); save the projector as "
-           ".safetensors (the default) or with np.savez(path, **projector.export_torch())")
-    if src.suffix == ".npy":
-        raise WeightError(bad.format("a .npy file holds one unnamed array, not the named projector tensors"))
-    try:
-        with open(src, "rb") as f:
-            magic = f.read(4)
-    except OSError as e:
-        raise WeightError(f"{src}: cannot read projector weights ({e.strerror or e})") from None
-    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise WeightError(bad.format("not a zip archive, as np.savez writes"))
-    try:
-        with np.load(src, allow_pickle=False) as z:
-            tensors = {k: z[k] for k in z.files if k.startswith(PREFIXES) or "projector" in k}
-    except ValueError as e:
-        why = "holds pickled object arrays, which are never loaded" if "allow_pickle" in str(e) else str(e)
-        raise WeightError(bad.format(why)) from None
-    except Exception as e:  # a damaged archive: BadZipFile, zlib.error, CRC / EOF / struct errors, ...
-        raise WeightError(bad.format(f"{type(e).__name__}: {e}".replace("\n", " "))) from None
-    for k, v in tensors.items():
-        if v.dtype.kind not in "fiu":
-            raise WeightError(bad.format(f"array {k!r} has dtype {v.dtype}, expected numbers"))
-    tensors = {(k if k.startswith(PREFIXES) else "projector." + k.split("projector.", 1)[-1]): v
-               for k, v in tensors.items()}
-    return {k: v.shape for k, v in tensors.items()}, tensors.__getitem__
-
-
-def load_projector(source: str | os.PathLike, kind: str, in_dim: int, out_dim: int, *,
-                   dtype=jnp.float32, param_dtype=jnp.float32, allow_pickle: bool = False,
-                   mesh=None) -> Projector:
-    """A Projector with weights read from `source` (dir of safetensors, one .safetensors, an .npz
-    of numpy arrays (never unpickled), or a torch .bin with allow_pickle=True). Shapes are checked; every problem is listed at once."""
-    proj = Projector(kind, in_dim, out_dim, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    if num_linears(kind) == 0:
-        return proj
-    name, present, get = _read_tensors(source, allow_pickle)
-    prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in present)), PREFIXES[0])
-    present = {k: v for k, v in present.items() if k.startswith(prefix)}
-    expected = proj.torch_keys(prefix)
-    check_keymap(f"{name} (projector {kind})", present, expected)
-    from perank_jax.sharding import named_sharding
-    keys = list(expected)
-    for i, layer in enumerate(proj.layers):
-        w, b = get(keys[2 * i]), get(keys[2 * i + 1])
-        for k, arr in ((keys[2 * i], w), (keys[2 * i + 1], b)):
-            if not np.all(np.isfinite(np.asarray(arr, np.float32))):
-                raise WeightError(f"{name}: tensor {k!r} has non-finite values")
-        axes = _layer_axes(i, len(proj.layers))
-        ks = named_sharding(mesh, axes, w.shape[::-1]) if mesh is not None else None
-        bs = named_sharding(mesh, axes[1:], b.shape) if mesh is not None else None
-        layer.kernel[...] = place(lambda idx, w=w: np.asarray(w).T[idx], w.shape[::-1], param_dtype, ks)
-        layer.bias[...] = place(lambda idx, b=b: np.asarray(b)[idx], b.shape, param_dtype, bs)
-    return proj

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, WEIGHTINGS
 from perank_jax.config import ConfigError, from_dict, load_yaml
+from perank_jax.models.lora import DEFAULT_TARGETS
 
 
 @dataclass
@@ -68,7 +70,7 @@ class LossConfig:
 class LoraConfig:
     rank: int = 0                          # 0: full fine-tune of the decoder in stage 2
     alpha: float = 16.0
-    targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
 
 @dataclass
@@ -117,14 +119,14 @@ class TrainConfig:
             raise ConfigError(f"global_batch {self.global_batch} must be a positive multiple of "
                               f"grad_accum {self.grad_accum}")
         for k in ("compute_dtype", "param_dtype"):
-            if getattr(self, k) not in ("float32", "bfloat16"):
+            if getattr(self, k) not in COMPUTE_DTYPES:
                 raise ConfigError(f"{k} must be float32 or bfloat16, got {getattr(self, k)!r}")
-        if self.loss.weighting not in ("mean", "pow2"):
+        if self.loss.weighting not in WEIGHTINGS:
             raise ConfigError(f"loss.weighting must be mean or pow2, got {self.loss.weighting!r}")
         from perank_jax.prompts import TEMPLATES
         if self.model.prompt_template not in TEMPLATES:
             raise ConfigError(f"model.prompt_template must be one of {sorted(TEMPLATES)}, got {self.model.prompt_template!r}")
-        if self.model.default_mode not in ("decode", "single_pass"):
+        if self.model.default_mode not in DECODE_MODES:
             raise ConfigError(f"model.default_mode must be decode or single_pass, got {self.model.default_mode!r}")
         o, m, d = self.optim, self.model, self.data
         checks = [("optim.lr", o.lr > 0), ("optim.epochs", o.epochs > 0),

@@ -26,12 +26,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from perank_jax.buckets import smallest_fitting
+from perank_jax.data.trec import DataError
 from perank_jax.prompts import PLACEHOLDER, RANK
 VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
-
-
-class DataError(ValueError):
-    """A training record that cannot be used; the message names the file and line."""
 
 
 def perank_token_ids(tokenizer) -> tuple[int, int]:
@@ -261,13 +259,6 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
 
 
 # ----------------------------------------------------------------------------- order & batches
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    for b in sorted(buckets):
-        if length <= b:
-            return b
-    raise DataError(f"sequence of {length} tokens exceeds the largest length bucket {max(buckets)}")
-
-
 @dataclass(frozen=True)
 class Order:
     """Deterministic batch order: epoch e is a permutation seeded by (seed, e); the last partial
@@ -316,11 +307,11 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
             ranking[r, :len(prep.rankings[i])] = prep.rankings[i]
         out["ranking"] = ranking
     for v, toks in prep.views.items():
-        T = (seq_len or {}).get(v) or bucket_for(int(prep.lengths[v][idx].max()), buckets)
+        T = (seq_len or {}).get(v) or smallest_fitting(int(prep.lengths[v][idx].max()), buckets)
         ids = np.full((B, T), pad_id, np.int32)
         mask = np.zeros((B, T), bool)
-        ph = np.full((B, n), T, np.int32)
-        rank = np.full((B, n), T, np.int32)
+        ph_pos = np.full((B, n), T, np.int32)     # positions (T = none), unlike inference's [B, T] ph_mask
+        rank_pos = np.full((B, n), T, np.int32)
         labels = np.zeros((B, T), bool)
         for r, i in enumerate(idx):
             t = toks[i]
@@ -329,25 +320,25 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
                 raise DataError(f"{prep.source}: record {int(i)} has {L} tokens > sequence length {T}")
             ids[r, :L] = t.ids
             mask[r, :L] = True
-            ph[r, :len(t.ph_pos)] = t.ph_pos
-            rank[r, :len(t.rank_pos)] = t.rank_pos
+            ph_pos[r, :len(t.ph_pos)] = t.ph_pos
+            rank_pos[r, :len(t.rank_pos)] = t.rank_pos
             labels[r, :L] = t.label_mask
         special = np.zeros_like(mask)
-        for pos in (ph, rank):
+        for pos in (ph_pos, rank_pos):
             rows = np.repeat(np.arange(B), n)
             keep = pos.reshape(-1) < T
             special[rows[keep], pos.reshape(-1)[keep]] = True
         pre = "" if v == "main" else f"{v}_"
         out[pre + "ids"] = np.where(special, pad_id, ids)   # overwritten positions: any valid id
         out[pre + "mask"] = mask
-        out[pre + "ph"] = ph
+        out[pre + "ph_pos"] = ph_pos
         if prep.stage == 1:
             weights = np.concatenate([labels[:, 1:], np.zeros((B, 1), bool)], 1)
             targets = np.concatenate([ids[:, 1:], np.full((B, 1), pad_id, np.int32)], 1)
             out["targets"] = np.where(weights, targets, pad_id)            # only assistant tokens are targets
             out["weights"] = weights.astype(np.float32)
         else:
-            out[pre + "rank"] = rank
+            out[pre + "rank_pos"] = rank_pos
     return out
 
 

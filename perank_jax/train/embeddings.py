@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from perank_jax.atomic import atomic_write
+from perank_jax.weights.io import read_npz
 
 Embedder = Callable[[Sequence[str]], np.ndarray]
 
@@ -41,10 +42,11 @@ def table_embedder(path: str | os.PathLike) -> Embedder:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: embedding table not found")
-    with np.load(path, allow_pickle=False) as z:
-        if "texts" not in z or "vectors" not in z:
-            raise EmbeddingTableError(f"{path}: expected arrays 'texts' and 'vectors', found {sorted(z.files)}")
-        texts, vectors = [str(t) for t in z["texts"]], np.asarray(z["vectors"], np.float32)
+    z = read_npz(path, "embedding table", "write it with perank_jax.train.embeddings.save_table (np.savez of "
+                 "'texts' and 'vectors')", kinds="fiuU", error=EmbeddingTableError)
+    if "texts" not in z or "vectors" not in z:
+        raise EmbeddingTableError(f"{path}: expected arrays 'texts' and 'vectors', found {sorted(z)}")
+    texts, vectors = [str(t) for t in z["texts"]], np.asarray(z["vectors"], np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(texts):
         raise EmbeddingTableError(f"{path}: {len(texts)} texts but vectors of shape {vectors.shape}")
     row = {t: i for i, t in enumerate(texts)}

@@ -20,9 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-NEG = -1e9  # masked logits: a large finite negative, never -inf
+from perank_jax.constants import MASKED, WEIGHTINGS
 
-WEIGHTINGS = ("mean", "pow2")
+
 
 
 def ranking_masks(ranking: jax.Array, valid: jax.Array):
@@ -55,7 +55,7 @@ def _step_weights(step_valid: jax.Array, weighting: str) -> jax.Array:
 
 
 def masked_log_softmax(logits: jax.Array, allowed: jax.Array) -> jax.Array:
-    return jax.nn.log_softmax(jnp.where(allowed, logits.astype(jnp.float32), NEG), axis=-1)
+    return jax.nn.log_softmax(jnp.where(allowed, logits.astype(jnp.float32), MASKED), axis=-1)
 
 
 def listmle(logits: jax.Array, ranking: jax.Array, valid: jax.Array, weighting: str = "mean") -> jax.Array:
@@ -108,7 +108,7 @@ def next_token_xent(logits: jax.Array, targets: jax.Array, weights: jax.Array):
 def top1_accuracy(logits: jax.Array, ranking: jax.Array, valid: jax.Array) -> jax.Array:
     """Fraction of (non-filler) lists whose step-0 argmax over real passages is the gold top passage
     (random guessing scores 1/n_b)."""
-    row = jnp.where(valid, logits[:, 0, :].astype(jnp.float32), NEG)
+    row = jnp.where(valid, logits[:, 0, :].astype(jnp.float32), MASKED)
     real = valid.sum(-1) > 0
     hit = (jnp.argmax(row, axis=-1) == ranking[:, 0]) & real
     return hit.sum() / jnp.maximum(real.sum(), 1)

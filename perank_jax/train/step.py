@@ -26,9 +26,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from perank_jax.buckets import TraceCounter
+from perank_jax.models import lora as lora_lib
 from perank_jax.prompts import merge_placeholders, scale_query_slot
 from perank_jax.sharding import logical_to_spec, named_sharding
-from perank_jax.models import lora as lora_lib
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
 
 
@@ -96,22 +97,22 @@ def _positions_mask(pos, T):
     return jnp.zeros((B, T), bool).at[jnp.arange(B)[:, None], pos].set(True, mode="drop")
 
 
-def _hidden(dec, e, ids, mask, ph, rank=None, ranking=None):
+def _hidden(dec, e, ids, mask, ph_pos, rank_pos=None, ranking=None):
     """Final hidden states of one prompt view, placeholders (and teacher-forced <RANK> slots,
     which take the gold passages in ranking order) overwritten by projected passages."""
     T = ids.shape[1]
-    x = merge_placeholders(dec.embed(ids), _positions_mask(ph, T), e)
-    if rank is not None:
+    x = merge_placeholders(dec.embed(ids), _positions_mask(ph_pos, T), e)
+    if rank_pos is not None:
         ranked = jnp.take_along_axis(e, ranking[..., None], axis=1)
-        x = merge_placeholders(x, _positions_mask(rank, T), ranked)
+        x = merge_placeholders(x, _positions_mask(rank_pos, T), ranked)
     positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
     h, _ = dec.forward(x, positions, mask)
     return h
 
 
-def rank_logits(h, e, rank):
+def rank_logits(h, e, rank_pos):
     """L[b, j, i] = h(state before <RANK> slot j) . e_i, in float32."""
-    idx = jnp.clip(rank - 1, 0, h.shape[1] - 1)
+    idx = jnp.clip(rank_pos - 1, 0, h.shape[1] - 1)
     rows = jnp.take_along_axis(h, idx[..., None], axis=1)
     return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
 
@@ -120,8 +121,9 @@ def listwise_logits(dec, e, batch, view: str = "wo"):
     """L[b, j, i] of one prompt view ("wo": embedding-only, "w": with content) with teacher-forced
     <RANK> slots; e [B, n, D] are the projected passages (plus the query's slot, if any)."""
     p = view + "_"
-    h = _hidden(dec, e, batch[p + "ids"], batch[p + "mask"], batch[p + "ph"], batch[p + "rank"], batch["ranking"])
-    return rank_logits(h, e, batch[p + "rank"])
+    h = _hidden(dec, e, batch[p + "ids"], batch[p + "mask"], batch[p + "ph_pos"], batch[p + "rank_pos"],
+                batch["ranking"])
+    return rank_logits(h, e, batch[p + "rank_pos"])
 
 
 class StepFns:
@@ -142,7 +144,7 @@ class StepFns:
         dec, proj = self.modules(params, frozen)
         e = proj(batch["emb"])
         if self.stage == 1:
-            h = _hidden(dec, e, batch["ids"], batch["mask"], batch["ph"])
+            h = _hidden(dec, e, batch["ids"], batch["mask"], batch["ph_pos"])
             loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
             return loss, {"loss": loss, "tokens": count}
         valid, ranking = batch["valid"], batch["ranking"]
@@ -176,10 +178,10 @@ _COMPILED: dict = {}
 
 
 def _build_jits(fns: StepFns, tx, schedule, accum, state_sh, frozen_sh, param_sh, batch_sh, rep, xla) -> dict:
-    traces = [0]
+    traces = TraceCounter()
 
+    @traces.counted
     def step(state, frozen, batch):
-        traces[0] += 1                                  # Python side effect: runs only while tracing
         metrics, grads = _accumulate(fns, state["params"], frozen, batch, accum)
         updates, opt = tx.update(grads, state["opt"], state["params"])
         new = {"params": optax.apply_updates(state["params"], updates), "opt": opt, "step": state["step"] + 1}
@@ -224,7 +226,7 @@ class TrainStep:
             transform_non_params=lambda _: rep, is_leaf=lambda x: isinstance(x, NamedSharding))
         self.state_shardings = {"params": self.param_shardings, "opt": self.opt_shardings, "step": rep}
         self.batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",), (cfg.global_batch,), mesh))
-        self._init_params = params
+        self.init_params = params
         key = (cfg.stage, dec_gd, proj_gd, repr(cfg.model), repr(cfg.loss), repr(cfg.lora), repr(cfg.optim), cfg.grad_accum,
                cfg.global_batch, cfg.data.use_content_view, total_steps, mesh, repr(sorted(cfg.xla_options.items())))
         if key not in _COMPILED:     # identical runs (e.g. a resumed one in the same process) share executables
@@ -234,12 +236,12 @@ class TrainStep:
         self._jits = _COMPILED[key]
 
     @property
-    def trace_count(self) -> int:
-        """How many times the step function was traced (= compiled): once per length bucket."""
-        return self._jits["traces"][0]
+    def traces(self) -> TraceCounter:
+        """Traces (= compilations) of the step function: one per length bucket."""
+        return self._jits["traces"]
 
     def init_state(self) -> dict:
-        params = place(self._init_params, self.param_shardings)
+        params = place(self.init_params, self.param_shardings)
         opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(params)
         step = place(jnp.zeros((), jnp.int32), self.state_shardings["step"])
         return {"params": params, "opt": opt, "step": step}

@@ -14,17 +14,16 @@ import json
 import re
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.constants import DTYPES
 from perank_jax.config import read_config_json
 from perank_jax.models.dense import DenseEncoder
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS
 from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tokenizer.model")
 

@@ -18,7 +18,6 @@ _ST_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
     "BOOL": np.bool_,
 }
-PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.bin", "training_args.bin")
 
 
 def load_hf_tokenizer(directory):
@@ -177,3 +176,34 @@ def save_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | os.PathL
     from perank_jax.atomic import atomic_path
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def read_npz(src, what: str, fix: str, keep: Callable[[str], bool] = lambda k: True, kinds: str = "fiu",
+             error: type[Exception] = WeightError) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive (those whose name `keep` accepts), read safely: numbers
+    (dtype kinds `kinds`) only, never unpickled. A damaged archive, an object (pickled) array, a
+    lone .npy or a non-zip file is one `error` naming the file, saying it is not a valid `what`,
+    and ending with `fix` (what to do instead)."""
+    src = Path(src)
+    bad = f"{src}: not a valid {what} ({{}}); {fix}"
+    if src.suffix == ".npy":
+        raise error(bad.format("a .npy file holds one unnamed array, not named arrays"))
+    try:
+        with open(src, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise error(f"{src}: cannot read {what} ({e.strerror or e})") from None
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise error(bad.format("not a zip archive, as np.savez writes"))
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if keep(k)}
+    except ValueError as e:
+        why = "holds pickled object arrays, which are never loaded" if "allow_pickle" in str(e) else str(e)
+        raise error(bad.format(why)) from None
+    except Exception as e:  # a damaged archive: BadZipFile, zlib.error, CRC / EOF / struct errors, ...
+        raise error(bad.format(f"{type(e).__name__}: {e}".replace("\n", " "))) from None
+    for k, v in arrays.items():
+        if v.dtype.kind not in kinds:
+            raise error(bad.format(f"array {k!r} has dtype {v.dtype}"))
+    return arrays

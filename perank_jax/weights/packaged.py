@@ -17,6 +17,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from perank_jax.config import ConfigError
+
 
 class PackagedWeightsMissing(FileNotFoundError):
     pass
@@ -93,8 +95,8 @@ def mpnet_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return out
 
 
-class UnknownPackagedModel(ValueError):
-    pass
+class UnknownPackagedModel(ConfigError):
+    """An unknown `packaged:` name (a configuration mistake: one line at the CLI)."""
 
 
 def shipped_dir() -> Path:

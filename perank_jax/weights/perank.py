@@ -1,7 +1,7 @@
 """PE-Rank checkpoints on disk: full checkpoint directories and small adapters, read and written.
 
 Full checkpoint (as released by the paper's authors, and as `save_checkpoint` writes it):
-config.json with model_type `embed_mistral` (or `mistral` / `llama`) plus `projector_type`,
+config.json with model_type `mistral` / `llama` (the released ones say `embed_mistral`) plus `projector_type`,
 `embedding_size`, `encoder_name`, `encoder_pooling` and this project's prompt fields; HF decoder
 weights and the projector under `model.projector.*` in the safetensors files; the tokenizer
 (with `<PLACEHOLDER>` / `<RANK>`). transformers loads the decoder part as a causal LM.
@@ -22,7 +22,8 @@ from perank_jax.atomic import atomic_json
 from perank_jax.config import read_config_json
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.decoder import LoadedDecoder
-from perank_jax.models.projector import PREFIXES, Projector, load_projector
+from perank_jax.models.projector import PREFIXES, Projector
+from perank_jax.weights.projector import load_projector
 from perank_jax.prompts import add_special_tokens
 from perank_jax.weights.decoder import load_decoder, to_hf_tensors
 from perank_jax.weights.io import save_safetensors_atomic
@@ -62,15 +63,16 @@ def read_perank_config(path) -> dict:
 
 
 def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
-                    encoder_pooling: str = "mean", model_type: str | None = None,
-                    prompt_template: str = "paper", query_token: bool = False, query_scale: float = 1.0) -> Path:
+                    encoder_pooling: str = "mean", encoder_max_length: int = 512, model_type: str | None = None,
+                    prompt_template: str = "paper", query_token: bool = False, query_scale: float = 1.0,
+                    default_mode: str = "decode") -> Path:
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
-    tokenizer files. Each file is written atomically. model_type defaults to `embed_mistral`
-    (the released checkpoints' label) for a Mistral decoder and to the decoder's own type
-    (e.g. `llama`) otherwise."""
-    if model_type is None:
-        model_type = "embed_mistral" if decoder_model.cfg.model_type == "mistral" else decoder_model.cfg.model_type
+    tokenizer files. Each file is written atomically. model_type defaults to the decoder's own
+    HF type (`mistral` / `llama`), so `AutoModelForCausalLM.from_pretrained` loads the decoder
+    part; pass `embed_mistral` only to imitate the released checkpoints' label (which
+    transformers does not know; it is read here either way)."""
+    model_type = model_type or decoder_model.cfg.model_type
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     add_special_tokens(tokenizer)
@@ -79,8 +81,10 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
     save_safetensors_atomic(tensors, out / "model.safetensors", metadata={"format": "pt"})
     conf = decoder_model.cfg.to_hf()
     conf.update(model_type=model_type, projector_type=projector.kind, embedding_size=projector.in_dim,
-                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling, torch_dtype="float32",
-                prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale))
+                encoder_name=str(encoder_name), encoder_pooling=encoder_pooling,
+                encoder_max_length=int(encoder_max_length), torch_dtype="float32",
+                prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale),
+                default_mode=default_mode)
     atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out
@@ -92,7 +96,8 @@ ADAPTER_FILE = "adapter.safetensors"
 def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decoder: str, encoder_name: str,
                  lora_rank: int = 0, lora_alpha: float = 16.0, encoder_pooling: str = "mean",
                  encoder_max_length: int = 512, prompt_template: str = "paper", query_token: bool = False,
-                 hidden_size: int, dtype: str = "float32", extra: dict | None = None) -> Path:
+                 hidden_size: int, model_type: str = "llama", dtype: str = "float32",
+                 extra: dict | None = None) -> Path:
     """Write a small PE-Rank adapter directory: adapter.safetensors (projector in torch layout
     under `model.projector.`, LoRA factors `lora.<target>.a` [L, in, r] / `.b` [L, r, out]) and
     config.json naming the base decoder and encoder (paths or `packaged:` names)."""
@@ -104,7 +109,7 @@ def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decod
         for part in ("a", "b"):
             tensors[f"lora.{name}.{part}"] = np.asarray(ab[part], np.float32).astype(np_dtype)
     save_safetensors_atomic(tensors, out / ADAPTER_FILE, metadata={"format": "pt"})
-    conf = {"perank_format": "adapter", "model_type": "llama", "base_decoder": str(base_decoder),
+    conf = {"perank_format": "adapter", "model_type": model_type, "base_decoder": str(base_decoder),
             "hidden_size": int(hidden_size), "projector_type": projector.kind, "embedding_size": projector.in_dim,
             "encoder_name": str(encoder_name), "encoder_pooling": encoder_pooling,
             "encoder_max_length": int(encoder_max_length), "prompt_template": prompt_template,

@@ -1,0 +1,53 @@
+"""What a training run exports: stage 1 the projector alone; stage 2 a full PE-Rank checkpoint
+(LoRA merged into the decoder) and, for LoRA runs, the small adapter that ships."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from perank_jax.atomic import atomic_json
+from perank_jax.weights.io import save_safetensors_atomic
+from perank_jax.weights.packaged import resolve_model_path
+from perank_jax.weights.perank import save_adapter, save_checkpoint
+
+
+def export(run, params, out_dir: Path) -> Path:
+    """Stage 1: the projector alone (projector.safetensors, torch layout, + projector_config.json);
+    stage 2: a PE-Rank checkpoint directory (decoder with LoRA merged + projector) that
+    PERanker.from_pretrained loads."""
+    cfg, tr = run.cfg, run.trainer
+    host = lambda t: multihost_utils.process_allgather(t, tiled=True) if jax.process_count() > 1 else jax.device_get(t)
+    proj = nnx.merge(tr.fns.proj_gd, host(params["projector"]))
+    if not run.main:
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.stage == 1:
+        save_safetensors_atomic(proj.export_torch("model.projector."), out_dir / "projector.safetensors",
+                                metadata={"format": "pt"})
+        conf = {"projector_type": proj.kind, "embedding_size": proj.in_dim, "hidden_size": proj.out_dim,
+                "decoder": resolve_model_path(cfg.model.decoder),
+                "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
+        atomic_json(out_dir / "projector_config.json", conf)
+        return out_dir
+    m = cfg.model
+    if "lora" in params:      # the small form: projector + LoRA factors over the named base decoder
+        save_adapter(out_dir.parent / "adapter", proj, host(params["lora"]), base_decoder=portable_name(m.decoder),
+                     encoder_name=portable_name(m.encoder), lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
+                     encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
+                     query_token=m.query_token, hidden_size=proj.out_dim, model_type=run.decoder.config.model_type,
+                     dtype="float16",
+                     extra={"default_mode": m.default_mode, "query_scale": m.query_scale})
+    dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
+    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
+                           encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
+                           query_token=m.query_token, query_scale=m.query_scale, default_mode=m.default_mode)
+
+
+def portable_name(name: str | None) -> str:
+    """`packaged:` names stay names (they resolve on any machine); paths become absolute."""
+    if not name:
+        return ""
+    return name if name.startswith("packaged:") else str(Path(resolve_model_path(name)).resolve())
