@@ -11,12 +11,17 @@ from perank_jax.train.config import load_train_config
 STAGE2 = Path(__file__).resolve().parent.parent / "configs" / "smollm2-minilm.stage2.yaml"
 
 
-@pytest.mark.parametrize("override", ["optim.lr=-1e-4", "optim.lr=0", "optim.epochs=0", "optim.max_steps=0",
+@pytest.mark.parametrize("override", ["optim.lr=-1e-4", "optim.lr=0", "optim.lr=.nan", "optim.epochs=0", "optim.max_steps=0",
                                       "optim.warmup_ratio=1.5", "model.query_scale=0", "data.max_passages=0",
                                       "lora.rank=-2", "checkpoint.keep=0", "model.projector_isometry=-1"])
 def test_impossible_value_is_a_config_error_naming_the_field(override):
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_train_config(STAGE2, [override])
+
+
+def test_a_suspicious_learning_rate_is_a_warning_not_an_error():
+    with pytest.warns(UserWarning, match="optim.lr = 0.5 is unusually large"):
+        assert load_train_config(STAGE2, ["optim.lr=0.5"]).optim.lr == 0.5
 
 
 def test_the_shipped_recipe_values_are_accepted():

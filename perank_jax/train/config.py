@@ -129,22 +129,26 @@ class TrainConfig:
         if self.model.default_mode not in DECODE_MODES:
             raise ConfigError(f"model.default_mode must be decode or single_pass, got {self.model.default_mode!r}")
         o, m, d = self.optim, self.model, self.data
-        checks = [("optim.lr", o.lr > 0), ("optim.epochs", o.epochs > 0),
-                  ("optim.max_steps", o.max_steps is None or o.max_steps >= 1),
-                  ("optim.warmup_ratio", 0 <= o.warmup_ratio < 1), ("optim.clip_norm", o.clip_norm >= 0),
-                  ("optim.weight_decay", o.weight_decay >= 0), ("model.query_scale", m.query_scale > 0),
-                  ("model.projector_isometry", m.projector_isometry is None or m.projector_isometry > 0),
-                  ("data.max_len", d.max_len >= 1), ("data.max_passages", d.max_passages >= 1),
-                  ("data.encoder_max_len", d.encoder_max_len >= 1), ("lora.rank", self.lora.rank >= 0),
-                  ("lora.alpha", self.lora.alpha > 0), ("checkpoint.every", self.checkpoint.every >= 0),
-                  ("checkpoint.keep", self.checkpoint.keep >= 1), ("log_every", self.log_every >= 1)]
-        bad = [k for k, ok in checks if not ok]
-        if bad:
-            k = bad[0]
-            node = self
-            for part in k.split("."):
-                node = getattr(node, part)
-            raise ConfigError(f"{k} = {node!r} is out of range")
+        checks = [("optim.lr", o.lr > 0, "> 0"), ("optim.epochs", o.epochs > 0, "> 0"),
+                  ("optim.max_steps", o.max_steps is None or o.max_steps >= 1, ">= 1 or null"),
+                  ("optim.warmup_ratio", 0 <= o.warmup_ratio < 1, "in [0, 1)"),
+                  ("optim.clip_norm", o.clip_norm >= 0, ">= 0 (0 = off)"),
+                  ("optim.weight_decay", o.weight_decay >= 0, ">= 0"), ("model.query_scale", m.query_scale > 0, "> 0"),
+                  ("model.projector_isometry", m.projector_isometry is None or m.projector_isometry > 0, "> 0 or null"),
+                  ("data.max_len", d.max_len >= 1, ">= 1"), ("data.max_passages", d.max_passages >= 1, ">= 1"),
+                  ("data.encoder_max_len", d.encoder_max_len >= 1, ">= 1"), ("lora.rank", self.lora.rank >= 0, ">= 0"),
+                  ("lora.alpha", self.lora.alpha > 0, "> 0"),
+                  ("checkpoint.every", self.checkpoint.every >= 0, ">= 0 (0 = only at the end)"),
+                  ("checkpoint.keep", self.checkpoint.keep >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1")]
+        for k, ok, rule in checks:
+            if not ok:
+                node = self
+                for part in k.split("."):
+                    node = getattr(node, part)
+                raise ConfigError(f"{k} = {node!r} is out of range (must be {rule})")
+        if o.lr > 0.1:
+            import warnings
+            warnings.warn(f"optim.lr = {o.lr} is unusually large for Adam (typical: 1e-5 .. 1e-2)", stacklevel=2)
         if self.stage == 1 and self.lora.rank:
             raise ConfigError("lora applies to stage 2 only (stage 1 trains the projector alone)")
         if self.data.max_len > max(self.data.buckets):
