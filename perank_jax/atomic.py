@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, IO
 
 
-def target_mode(path) -> int:
-    """The mode a replaced file keeps, or what a plain open(path, "w") would give (0o666 & ~umask)."""
+def target_mode(path, directory: bool = False) -> int:
+    """The mode a replaced file keeps, or what a plain open(path, "w") (os.mkdir for a directory)
+    would give: 0o666 (0o777) & ~umask."""
     try:
         return os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mask = os.umask(0)
         os.umask(mask)
-        return 0o666 & ~mask
+        return (0o777 if directory else 0o666) & ~mask
 
 
 @contextmanager
@@ -26,17 +28,49 @@ def atomic_path(path):
     """Yield a fresh temp file path next to `path` for the caller to write; on success it is given
     the mode the replaced file had (or the umask's default for a new file) and renamed to `path`;
     on any error it is removed and `path` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = fresh_temp(path)
     try:
-        yield tmp
+        yield str(tmp)
         os.chmod(tmp, target_mode(path))
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def fresh_temp(path, directory: bool = False) -> Path:
+    """A new, empty temp file (or directory) next to `path`, created by this call with a unique
+    name (`.NAME.<random>.tmp`), so no user file can be mistaken for it and removing it on error
+    can never delete anything this process did not make."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def replace_dir(tmp_dir, out_dir, ours) -> None:
+    """Move the finished directory `tmp_dir` to `out_dir`. An existing `out_dir` is replaced only
+    when it holds nothing but names in `ours` (an earlier output of the same kind) and is refused
+    (ValueError, nothing touched) when it holds anything else, so a user's files are never lost."""
+    out = Path(out_dir)
+    os.chmod(tmp_dir, target_mode(out, directory=True))   # not mkdtemp's private 0o700
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"{out}: is a file, expected an output directory path")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in set(ours))
+        if foreign:
+            raise ValueError(f"{out}: exists and holds files this command did not write ({', '.join(foreign[:5])}"
+                             f"{' ...' if len(foreign) > 5 else ''}); choose a new output directory")
+        old = fresh_temp(out, directory=True)
+        os.replace(out, old / "old")           # a rename, then the new one in place: never half of each
+        os.replace(tmp_dir, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp_dir, out)
 
 
 def atomic_write(path, write: Callable[[IO], None], binary: bool = False, fsync: bool = False) -> Path:

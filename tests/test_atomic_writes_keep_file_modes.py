@@ -35,3 +35,45 @@ def test_replaced_files_keep_their_mode(tmp_path):
         os.chmod(p, 0o640)
         write(p)
         assert _mode(p) == 0o640 and p.read_bytes() != b"old"
+
+
+def test_a_replaced_output_directory_never_loses_a_users_file_and_is_not_private(tmp_path):
+    from perank_jax.atomic import fresh_temp, replace_dir
+    out = tmp_path / "hf"
+    (tmp_path / "hf.tmp-convert").mkdir()                 # a user's folder named like an old temp name
+    (tmp_path / "hf.tmp-convert" / "mine.txt").write_text("keep")
+    old = os.umask(0o022)
+    try:
+        new = fresh_temp(out, directory=True)
+        (new / "config.json").write_text("{}")
+        replace_dir(new, out, ours=["config.json"])          # a new directory: the umask's mode, not 0700
+        assert _mode(out) == 0o755 and (out / "config.json").read_text() == "{}"
+        again = fresh_temp(out, directory=True)
+        (again / "config.json").write_text('{"v": 2}')
+        replace_dir(again, out, ours=["config.json"])        # an earlier output of the same kind: replaced
+        assert (out / "config.json").read_text() == '{"v": 2}'
+        (out / "notes.txt").write_text("the user's")
+        third = fresh_temp(out, directory=True)
+        (third / "config.json").write_text('{"v": 3}')
+        import pytest
+        with pytest.raises(ValueError, match="holds files this command did not write \\(notes.txt\\)"):
+            replace_dir(third, out, ours=["config.json"])
+    finally:
+        os.umask(old)
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "config.json").read_text() == '{"v": 2}'
+    assert (tmp_path / "hf.tmp-convert" / "mine.txt").read_text() == "keep"
+
+
+def test_the_embedding_cache_files_follow_the_umask(tmp_path, minilm_dir):
+    from perank_jax.data.embcache import build_embedding_cache
+    from tiny_encoders import tiny_bert
+    tiny_bert(tmp_path / "enc", minilm_dir)
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("d1\tcats purr\nd2\tdogs bark\n")
+    old = os.umask(0o022)
+    try:
+        out = build_embedding_cache(tmp_path / "enc", corpus, tmp_path / "cache", max_length=64, progress=False)
+    finally:
+        os.umask(old)
+    assert {p.name: _mode(p) for p in out.iterdir()} == {n: 0o644 for n in
+                                                          ("embeddings.npy", "docids.txt", "metadata.json")}

@@ -155,6 +155,20 @@ def test_an_impossible_number_is_a_one_line_usage_error(argv, expect, capsys):
     one_line_error(capsys, main(argv), expect)
 
 
+@pytest.mark.parametrize("override,expect", [
+    ("depth=-5", "depth = -5 is out of range"), ("window=1", "window must be 0"),
+    ("efficiency_depths=[20, 0]", "efficiency_depths[1] = 0"), ("stride=0", "stride = 0"),
+    ("methods=[{name: p, kind: perank, checkpoint: x, top_k: 0}]", "methods[0].top_k = 0"),
+    ("methods=[{name: p, kind: perank, checkpoint: x, mode: fast}]", "methods[0].mode must be one of")])
+def test_an_impossible_number_in_a_tables_config_is_one_error_naming_the_key(eval_files, capsys, override, expect):
+    cfg = eval_files / "t.yaml"
+    cfg.write_text(f"out_dir: {eval_files / 'tables'}\ndatasets: [{{name: x, queries: {eval_files / 'queries.tsv'}, "
+                   f"run: {eval_files / 'run.trec'}, corpus: {eval_files / 'corpus.jsonl'}, "
+                   f"qrels: {eval_files / 'qrels.txt'}}}]\nmethods: [{{name: b, kind: first_stage}}]\n")
+    one_line_error(capsys, main(["tables", str(cfg), "--set", override]), expect)
+    assert not (eval_files / "tables").exists()
+
+
 def test_a_window_of_one_is_refused_and_non_overlapping_windows_warn(tmp_path, capsys, tiny_perank):
     req = tmp_path / "req.jsonl"
     req.write_text(json.dumps({"query": {"text": "cats", "qid": "1"},

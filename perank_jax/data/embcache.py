@@ -39,7 +39,7 @@ from typing import Sequence
 
 import numpy as np
 
-from perank_jax.atomic import atomic_write
+from perank_jax.atomic import atomic_write, fresh_temp, target_mode
 
 CACHE_VERSION = 1
 META, EMB, IDS, PARTIAL = "metadata.json", "embeddings.npy", "docids.txt", ".partial"
@@ -184,7 +184,7 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
 
     # assemble: embeddings and docids (temp + rename), then metadata.json last
     sha, chunk_sha = hashlib.sha256(), []
-    tmp = out / f".{EMB}.{os.getpid()}.tmp"
+    tmp = fresh_temp(out / EMB)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
         for c, s in enumerate(starts):
@@ -198,6 +198,7 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
             chunk_sha.append(h)
         arr.flush()
         del arr
+        os.chmod(tmp, target_mode(out / EMB))
         os.replace(tmp, out / EMB)
     finally:
         if tmp.exists():

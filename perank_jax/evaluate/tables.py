@@ -22,6 +22,7 @@ import numpy as np
 
 from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.config import ConfigError, load_yaml
+from perank_jax.constants import DECODE_MODES
 from perank_jax.data.trec import (build_rerank_requests, read_corpus, read_qrels, read_queries,
                                   read_requests, read_run, write_run)
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
@@ -98,6 +99,20 @@ def load_config(path, overrides=None) -> TablesConfig:
     for i, d in enumerate(cfg.datasets):
         if not d.requests and not (d.queries and d.run and d.corpus):
             raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
+    checks = [("depth", cfg.depth, 1), ("window", cfg.window, 0), ("stride", cfg.stride, 1),
+              ("batch_queries", cfg.batch_queries, 1), ("efficiency_queries", cfg.efficiency_queries, 1)]
+    checks += [(f"efficiency_depths[{i}]", v, 1) for i, v in enumerate(cfg.efficiency_depths)]
+    checks += [(f"datasets[{i}].max_queries", d.max_queries, 1) for i, d in enumerate(cfg.datasets)]
+    for i, m in enumerate(cfg.methods):
+        checks += [(f"methods[{i}].top_k", m.top_k, 1), (f"methods[{i}].max_new_tokens", m.max_new_tokens, 1),
+                   (f"methods[{i}].max_words", m.max_words, 1), (f"methods[{i}].max_length", m.max_length, 2)]
+        if m.mode not in DECODE_MODES:
+            raise ConfigError(f"{path}: methods[{i}].mode must be one of {DECODE_MODES}, got {m.mode!r}")
+    for key, value, lo in checks:
+        if value is not None and value < lo:
+            raise ConfigError(f"{path}: {key} = {value} is out of range (must be >= {lo})")
+    if cfg.window == 1:
+        raise ConfigError(f"{path}: window must be 0 (one window over all candidates) or >= 2")
     if cfg.efficiency_dataset and cfg.efficiency_dataset not in [d.name for d in cfg.datasets]:
         raise ConfigError(f"{path}: efficiency_dataset {cfg.efficiency_dataset!r} is not a configured dataset")
     return cfg

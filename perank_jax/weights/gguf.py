@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perank_jax.atomic import fresh_temp, replace_dir
 from perank_jax.weights.io import WeightError
 
 _NAMES = {
@@ -145,22 +146,18 @@ class GGUFSource:
 def gguf_to_hf_dir(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write an HF directory (config.json, float32 model.safetensors, tokenizer) from a GGUF file.
 
-    Written into a temporary sibling and renamed, so `out_dir` is complete or absent."""
+    Written into a temporary sibling and renamed, so `out_dir` is complete or absent; an existing
+    `out_dir` is replaced only if it holds nothing but an earlier conversion's files."""
     from perank_jax.weights.io import save_safetensors_atomic
     src = GGUFSource(gguf_path)
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp-convert")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = fresh_temp(out, directory=True)
     try:
         (tmp / "config.json").write_text(json.dumps(src.hf_config(), indent=2))
         save_safetensors_atomic({k: src.get(k) for k in src.keys()}, tmp / "model.safetensors",
                                 metadata={"format": "pt", "source": Path(gguf_path).name})
         src.tokenizer().save_pretrained(str(tmp))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out, ours=[p.name for p in tmp.iterdir()])
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

