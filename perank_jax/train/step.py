@@ -134,11 +134,15 @@ class StepFns:
         self.stage, self.dec_gd, self.proj_gd, self.query_scale = stage, dec_gd, proj_gd, float(query_scale)
         self.loss_cfg, self.lora_cfg, self.use_content_view = loss_cfg, lora_cfg, use_content_view
 
-    def modules(self, params, frozen):
+    def decoder_params(self, params, frozen) -> dict:
+        """The decoder's plain parameters: trained, or frozen with the LoRA adapters folded in."""
         dec_params = params["decoder"] if "decoder" in params else frozen["decoder"]
         if "lora" in params:
             dec_params = lora_lib.merge(dec_params, params["lora"], self.lora_cfg.alpha, self.lora_cfg.rank)
-        return nnx.merge(self.dec_gd, dec_params), nnx.merge(self.proj_gd, params["projector"])
+        return dec_params
+
+    def modules(self, params, frozen):
+        return nnx.merge(self.dec_gd, self.decoder_params(params, frozen)), nnx.merge(self.proj_gd, params["projector"])
 
     def loss(self, params, frozen, batch):
         dec, proj = self.modules(params, frozen)
@@ -262,7 +266,4 @@ class TrainStep:
 
     def decoder_params(self, params) -> dict:
         """Plain decoder parameters (LoRA merged) for export."""
-        dec = params["decoder"] if "decoder" in params else self.frozen["decoder"]
-        if "lora" in params:
-            dec = lora_lib.merge(dec, params["lora"], self.cfg.lora.alpha, self.cfg.lora.rank)
-        return dec
+        return self.fns.decoder_params(params, self.frozen)
