@@ -21,6 +21,27 @@ def next_bucket(n: int, min_size: int = 16, linear_after: int = 1024) -> int:
     return -(-n // linear_after) * linear_after
 
 
+def fine_bucket(n: int, min_size: int = 16, fine_after: int = 1024, steps_per_octave: int = 8) -> int:
+    """Smallest bucket >= n: powers of two from `min_size` up to `fine_after`, then
+    `steps_per_octave` equal steps per doubling (1/8: 1024, 1152, ..., 2048, 2304, ...).
+    At most 1/steps_per_octave of a long prompt is padding, and lengths up to 2**k *
+    fine_after compile at most k * steps_per_octave long buckets."""
+    if n < 0:
+        raise ValueError(f"length must be >= 0, got {n}")
+    if steps_per_octave < 1:
+        raise ValueError(f"steps_per_octave must be >= 1, got {steps_per_octave}")
+    size = min_size
+    while size < n and size < fine_after:
+        size *= 2
+    if size >= n:
+        return size
+    octave = fine_after
+    while octave * 2 < n:
+        octave *= 2
+    step = max(1, octave // steps_per_octave)
+    return -(-n // step) * step
+
+
 def length_buckets(max_length: int) -> tuple[int, ...]:
     """Powers of two from 16 and their 1.5x midpoints (16, 24, 32, 48, ..., 256, 384), then
     `max_length`: at most ~2 log2(max_length) compilations, at most a third of a batch padding."""

@@ -2,6 +2,15 @@
 (batch, prompt bucket, max_new_tokens): prefill into a preallocated KV cache, then a
 `lax.while_loop` that stops as soon as every row has emitted an end-of-sequence id.
 
+What a long prompt costs (the text-listwise baseline's ~2,100-token windows):
+- prompts are padded to `buckets.fine_bucket` (powers of two up to 1,024 tokens, then 1/8
+  steps: 2,090 -> 2,304, not 3,072), so padding is at most an eighth of the prompt and a run
+  compiles a handful of buckets;
+- the cache holds exactly the bucket plus the generated tokens (nothing else to attend to);
+- the prefill attends only over the prompt itself, in causal query blocks that skip the
+  future (`Decoder.forward(..., prefill=True)`), never over the empty cache tail;
+- each decoding step updates the cache in place (the layer scan carries it).
+
 Used by the text-listwise baseline and by `perank generate`."""
 from __future__ import annotations
 
@@ -12,11 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, next_bucket
+from perank_jax.buckets import TraceCounter, fine_bucket
 from perank_jax.models.decoder import init_cache
 
 
 TRACES = TraceCounter()   # traces of the generation function, all decoders together
+
+
+def prompt_bucket(n: int, min_bucket: int = 16) -> int:
+    """The padded prompt length a prompt of n tokens compiles for."""
+    return fine_bucket(n, min_bucket)
 
 
 @lru_cache(maxsize=None)
@@ -27,9 +41,10 @@ def compiled_generate(graphdef):
     def run(state, ids, lengths, eos_ids, max_new: int):
         m = nnx.merge(graphdef, state)
         B, T = ids.shape
-        cache = init_cache(m.cfg, B, T + max_new, m.dtype, mesh=m.mesh)
+        # the prompt's T slots, then one per fed-back token (the last generated one never is)
+        cache = init_cache(m.cfg, B, T + max_new - 1, m.dtype, mesh=m.mesh)
         pos = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        h, cache = m.forward(m.embed(ids), pos, pos < lengths[:, None], cache)
+        h, cache = m.forward(m.embed(ids), pos, pos < lengths[:, None], cache, prefill=True)
         last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)
         tok = jnp.argmax(m.head(last)[:, 0], axis=-1).astype(jnp.int32)
         out = jnp.zeros((B, max_new), jnp.int32).at[:, 0].set(tok)
@@ -57,13 +72,23 @@ def compiled_generate(graphdef):
     return run
 
 
+def pad_prompts(prompts: list[list[int]], pad_id: int = 0, min_bucket: int = 16):
+    """(ids [B, bucket] right-padded, lengths [B]) for `greedy_generate`."""
+    T = prompt_bucket(max(len(p) for p in prompts), min_bucket)
+    ids = np.full((len(prompts), T), pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = p
+    return ids, np.array([len(p) for p in prompts], np.int32)
+
+
 def greedy_generate(graphdef, state, prompts: list[list[int]], max_new_tokens: int,
                     eos_ids: list[int], pad_id: int = 0, min_bucket: int = 16):
     """Greedy continuation of each prompt (token id lists).
 
     Returns (tokens [B, max_new_tokens] np.int32, n_generated [B]); row b's generated
     tokens are tokens[b, :n_generated[b]] (the end-of-sequence id included when reached).
-    Prompts are right-padded to a length bucket, so nothing recompiles per prompt length.
+    Prompts are right-padded to a length bucket (`prompt_bucket`), so nothing recompiles
+    per prompt length.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("greedy_generate: every prompt needs at least one token")
@@ -71,11 +96,7 @@ def greedy_generate(graphdef, state, prompts: list[list[int]], max_new_tokens: i
         raise ValueError("greedy_generate: max_new_tokens must be >= 1")
     if not eos_ids:
         raise ValueError("greedy_generate: eos_ids must name at least one token")
-    T = next_bucket(max(len(p) for p in prompts), min_bucket)
-    ids = np.full((len(prompts), T), pad_id, np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, :len(p)] = p
-    lengths = np.array([len(p) for p in prompts], np.int32)
+    ids, lengths = pad_prompts(prompts, pad_id, min_bucket)
     out, n = compiled_generate(graphdef)(state, ids, lengths, np.asarray(eos_ids, np.int32), max_new=int(max_new_tokens))
     return np.asarray(out), np.asarray(n)
 
