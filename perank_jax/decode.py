@@ -14,7 +14,9 @@ Modes: "decode" (a full permutation: n steps), top_k (k steps; the rest keep the
 first-stage order), "single_pass" (everything ranked by the first step's scores).
 All shapes are static per bucket (B, T, N, steps, mode); rows in a bucket may have
 different prompt lengths and passage counts. Steps past a batch's largest n skip
-the forward pass (lax.cond), so padding passages cost no decoder work.
+the forward pass (lax.cond), so padding passages cost no decoder work. The steps after
+the prefill are `decode_steps`, shared with perank_jax.prefix (a query's prompt prefix
+prefilled once, each window's remainder on top of it).
 """
 from __future__ import annotations
 
@@ -57,10 +59,16 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
     Returns (chosen [B,steps] int32, first_scores [B,N] float32). In "single_pass" mode
     `chosen` is the full argsort of the first scores (steps = N).
     """
-    B, T = ids.shape
-    N = passages.shape[1]
-    cache_len = T + max(steps - 1, 1)
-    h, cache, lengths = prefill(model, ids, prompt_mask, ph_mask, passages, cache_len)
+    T = ids.shape[1]
+    h, cache, lengths = prefill(model, ids, prompt_mask, ph_mask, passages, T + max(steps - 1, 1))
+    return decode_steps(model, h, cache, lengths, passages, valid, steps=steps, mode=mode)
+
+
+def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode: str = "decode"):
+    """The constrained decode after a prefill: h [B,D] is the last prompt token's state, `cache`
+    holds the prompt and has room for steps - 1 more tokens, lengths [B] is the position of the
+    next token. Returns (chosen [B,steps] int32, first_scores [B,N] float32)."""
+    B, N = passages.shape[:2]
     first = passage_scores(h, passages, valid)
     if mode == "single_pass":
         # stable descending sort: ties keep first-stage order; invalid passages go last
