@@ -1,5 +1,6 @@
 """Rerank many requests (TREC run or rank_llm JSONL, as perank_jax.data.trec.Request) in batches
-of queries, with per-query stats: the engine behind `perank rerank`."""
+of queries, with per-query stats: the engine behind `perank rerank`. Candidates carry their
+docids, so a ranker with an embedding cache (`ranker.use_embeddings`) looks them up there."""
 from __future__ import annotations
 
 from perank_jax.data.trec import Candidate, DataError, Request
@@ -25,7 +26,8 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
     for lo in range(0, len(requests), batch_queries):
         chunk = requests[lo:lo + batch_queries]
         orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
-                                     window=window, stride=stride, top_k=top_k, mode=mode)
+                                     window=window, stride=stride, top_k=top_k, mode=mode,
+                                     docids=[[c.docid for c in r.candidates] for r in chunk])
         for r, order, st in zip(chunk, orders, ranker.last_stats):
             n = len(order)
             cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)

@@ -9,10 +9,14 @@ Checkpoints (full PE-Rank directories and small adapters) are read and written b
 perank_jax.weights.perank; many TREC/rank_llm requests are reranked by
 perank_jax.batch_rerank.
 
-A query's passages are encoded and projected once; sliding windows (from the
-bottom up, perank_jax.windows) are decoded stage by stage, the windows of all
-queries at the same stage in one batch. Every decode bucket is compiled ahead
-of time once; compile time is accounted apart from latency.
+A query's passages are encoded (or looked up by docid in a `perank encode` cache,
+`ranker.use_embeddings(dir)`) and projected once; sliding windows (from the bottom up,
+perank_jax.windows) are decoded stage by stage, the windows of all queries at the same
+stage in one batch. The prompt prefix every window of a query shares (chat header,
+instruction, query) is prefilled once per query and its KV cache reused by each window
+(perank_jax.prefix; `share_prefix=False` prefills whole prompts). On a mesh
+(`from_pretrained(mesh=...)`) the rows of a batch are split over the "data" axis. Every
+decode bucket is compiled ahead of time once; compile time is accounted apart from latency.
 """
 from __future__ import annotations
 
@@ -27,7 +31,10 @@ from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
 from perank_jax.decode import finish_order, make_decode_fn, pad_batch
 from perank_jax.models.projector import Projector, project
+from perank_jax.passage_vectors import open_cache, passage_vectors
+from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
 from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
+from perank_jax.sharding import shard_rows
 from perank_jax.weights.encoder import load_encoder
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import load_checkpoint, save_checkpoint
@@ -38,12 +45,17 @@ class RerankStats:
     """Accounting for one query (the paper's Table 3 columns)."""
     n_passages: int
     windows: int
-    processed_tokens: int     # LLM prompt tokens summed over windows (a passage = 1 token)
+    processed_tokens: int     # LLM prompt tokens prefilled (a passage = 1 token): whole prompts, or with a
+                              # shared prefix each distinct prefix once plus every window's remainder
     generated_tokens: int     # decode steps summed over windows
     latency_s: float          # wall time of the whole rerank, encoding included, compile excluded
-    encode_s: float
+    encode_s: float           # getting encoder vectors: encoding on the fly + cache look-ups
     compile_s: float          # ahead-of-time compilation triggered by this call (not in latency_s)
     batch_size: int = 1       # queries reranked together (latency_s is then the batch time / batch_size)
+    latency_no_encode_s: float = 0.0   # latency_s - encode_s (projection, prompts, decoding)
+    encoded_on_the_fly: int = 0        # passages the encoder ran for (not in the cache / memo)
+    from_cache: int = 0                # passages whose vectors came from the embedding cache
+    prefix_tokens: int = 0             # of processed_tokens: shared prefixes, prefilled once
 
     def to_dict(self):
         return asdict(self)
@@ -51,7 +63,9 @@ class RerankStats:
 
 class PERanker:
     def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
-                 length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16, config: dict | None = None):
+                 length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16, config: dict | None = None,
+                 share_prefix: bool = True, embeddings=None):
+        """batch_size: windows decoded per call and per device of the mesh's "data" axis."""
         self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
@@ -63,8 +77,14 @@ class PERanker:
         self.query_scale = float(self.config.get("query_scale", 1.0)) if self.query_token else 1.0
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
-        self.traces = TraceCounter()
+        self.share_prefix = share_prefix
+        self.mesh = getattr(decoder.model, "mesh", None)
+        self.data_size = int(self.mesh.shape.get("data", 1)) if self.mesh is not None else 1
+        self.traces = TraceCounter()           # traces of the decode functions (one per decode bucket)
+        self.prefix_traces = TraceCounter()    # traces of the shared-prefix prefill (one per prefix bucket)
         self._decode = make_decode_fn(decoder.graphdef, self.traces)
+        self._prefill_prefix, self._decode_prefixed = make_prefix_fns(decoder.graphdef, self.traces,
+                                                                      self.prefix_traces)
         self._proj_graph, self._proj_state = nnx.split(projector)
         self._compiled: dict = {}
         self._compile_s = 0.0      # compile seconds of the current rerank_batch call
@@ -72,6 +92,9 @@ class PERanker:
         self.last_stats: list[RerankStats] = []
         self.embedding_memo: dict[str, np.ndarray] | None = None   # text -> encoder vector, when a caller
                                                                     # shares one (e.g. several modes, same data)
+        self.embeddings = None      # an EmbeddingCache: passage vectors by docid (use_embeddings)
+        if embeddings is not None:
+            self.use_embeddings(embeddings)
 
     # --- loading ------------------------------------------------------------------------
     @classmethod
@@ -81,7 +104,9 @@ class PERanker:
         a base decoder named in its config.json). No path: the reranker shipped in this package
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
         The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
-        directory or a `packaged:` name), or is passed ready-made as `encoder=`."""
+        directory or a `packaged:` name), or is passed ready-made as `encoder=`.
+        mesh: weights placed by perank_jax.sharding's rules, batch rows split over "data".
+        embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from."""
         path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
         conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle)
         if decoder.tokenizer is None:
@@ -127,99 +152,150 @@ class PERanker:
 
     @property
     def compile_count(self) -> int:
-        return len(self._compiled)
+        """Decode executables compiled (one per decode bucket; shared-prefix prefills apart)."""
+        return sum(1 for k in self._compiled if k[0] != "prefix")
+
+    def use_embeddings(self, cache):
+        """Take passage vectors from an embedding cache (`perank encode` directory or EmbeddingCache)
+        by docid; refused (EmbeddingMismatch) unless the ranker's encoder made it. None: stop."""
+        self.embeddings = None if cache is None else open_cache(cache, self.encoder, self.config,
+                                                                  int(self.projector.in_dim))
+        return self.embeddings
 
     # --- reranking ----------------------------------------------------------------------
     def rerank(self, query: str, passages, window: int | None = None, stride: int = 10,
-               top_k: int | None = None, mode: str = "decode") -> list[int]:
-        return self.rerank_batch([query], [passages], window=window, stride=stride, top_k=top_k, mode=mode)[0]
+               top_k: int | None = None, mode: str = "decode", docids=None) -> list[int]:
+        return self.rerank_batch([query], [passages], window=window, stride=stride, top_k=top_k, mode=mode,
+                                 docids=None if docids is None else [docids])[0]
 
     def rerank_batch(self, queries, passage_lists, window: int | None = None, stride: int = 10,
-                     top_k: int | None = None, mode: str = "decode") -> list[list[int]]:
-        """One permutation of range(len(passages)) per query, best first."""
+                     top_k: int | None = None, mode: str = "decode", docids=None) -> list[list[int]]:
+        """One permutation of range(len(passages)) per query, best first. Passages are texts, or
+        objects / dicts with `text` (and `docid`); `docids` (one list per query) names them for the
+        embedding cache (`use_embeddings`); a passage not in it is encoded on the fly."""
         if mode not in DECODE_MODES:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if len(queries) != len(passage_lists):
             raise ValueError(f"{len(queries)} queries but {len(passage_lists)} passage lists")
+        if docids is None:
+            docids = [[_docid(p) for p in ps] for ps in passage_lists]
+        elif [len(d) for d in docids] != [len(ps) for ps in passage_lists]:
+            raise ValueError("docids must give one id per passage of each query")
         passage_lists = [[_text(p) for p in ps] for ps in passage_lists]
         t0 = time.perf_counter()
-        compile0 = self._compile_s = 0.0
-        vecs, encode_s = self._embed_all(passage_lists, queries if self.query_token else None)
+        self._compile_s = 0.0
+        vecs, got = self._embed_all(passage_lists, queries if self.query_token else None, docids)
         orders = [list(range(len(ps))) for ps in passage_lists]
         plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
                  for ps in passage_lists]
         max_n = max((len(ps) for ps in passage_lists), default=0)
-        processed = [0] * len(queries)
+        prompts = {(q, e - s): self.tokenized_prompt(queries[q], e - s) for q, p in enumerate(plans) for s, e in p}
+        shared = plan_prefixes(prompts) if self.share_prefix and prompts else None
+        kv = self._prefill_prefixes(shared.rows) if shared else None
+        prefix_tokens = shared.prefix_tokens(len(queries)) if shared else [0] * len(queries)
+        processed = list(prefix_tokens)
         generated = [0] * len(queries)
+        rows_per_call = self.batch_size * self.data_size
         for stage in range(max((len(p) for p in plans), default=0)):
             rows = [(q, *plans[q][stage]) for q in range(len(queries)) if stage < len(plans[q])]
-            for lo in range(0, len(rows), self.batch_size):
-                chunk = rows[lo:lo + self.batch_size]
-                prompts = [self.tokenized_prompt(queries[q], e - s) for q, s, e in chunk]
+            for lo in range(0, len(rows), rows_per_call):
+                chunk = rows[lo:lo + rows_per_call]
+                keys = [(q, e - s) for q, s, e in chunk]
+                fed = [shared.remainder[k] if shared else prompts[k] for k in keys]
                 pv = [vecs[q][orders[q][s:e] + ([len(orders[q])] if self.query_token else [])] for q, s, e in chunk]
-                perms = self._decode_rows(prompts, pv, [e - s for q, s, e in chunk], top_k, mode,
-                                          min_n=min(window or 0, max_n) + self.query_token)
-                for (q, s, e), perm, p in zip(chunk, perms, prompts):
+                perms = self._decode_rows(fed, pv, [e - s for q, s, e in chunk], top_k, mode,
+                                          min_n=min(window or 0, max_n) + self.query_token,
+                                          prefix=None if kv is None else (kv, [shared.row_of[k] for k in keys]))
+                for (q, s, e), perm, p in zip(chunk, perms, fed):
                     window_ids = orders[q][s:e]
                     orders[q][s:e] = [window_ids[i] for i in perm]
                     processed[q] += len(p)
                     generated[q] += 1 if mode == "single_pass" else min(top_k or (e - s), e - s)
-        wall = time.perf_counter() - t0 - (self._compile_s - compile0)
+        wall = time.perf_counter() - t0 - self._compile_s
         nq = max(len(queries), 1)
-        self.last_stats = [RerankStats(len(ps), len(plans[q]), processed[q], generated[q], wall / nq,
-                                       encode_s / nq, self._compile_s / nq, len(queries))
+        enc = got["seconds"] / nq
+        self.last_stats = [RerankStats(len(ps), len(plans[q]), processed[q], generated[q], wall / nq, enc,
+                                       self._compile_s / nq, len(queries), wall / nq - enc,
+                                       got["on_the_fly"][q], got["from_cache"][q], prefix_tokens[q])
                            for q, ps in enumerate(passage_lists)]
         return orders
 
-    def _embed_all(self, passage_lists, queries=None):
-        """Encode + project every passage once; returns per-query [n, D] numpy arrays and encode time.
-        With `queries`, each query's own projected embedding is appended as row n (the query slot)."""
-        t = time.perf_counter()
-        if queries is not None:
-            passage_lists = [list(ps) + [strip_special(q)] for q, ps in zip(queries, passage_lists)]
-        flat = [p for ps in passage_lists for p in ps]
-        if not flat:
-            return [np.zeros((0, 1), np.float32) for _ in passage_lists], 0.0
-        memo = self.embedding_memo
-        todo = list(dict.fromkeys(t for t in flat if memo is None or t not in memo))
-        new = dict(zip(todo, np.asarray(self.encoder.encode(todo), np.float32))) if todo else {}
-        if memo is not None:
-            memo.update(new)
-        emb = np.stack([new[t] if t in new else memo[t] for t in flat])
-        n = len(flat)
-        padded = np.zeros((round_up(n, 128), emb.shape[1]), np.float32)
-        padded[:n] = emb
+    def _embed_all(self, passage_lists, queries=None, docids=None):
+        """Encoder vectors (cache by docid, memo by text, else encoded) projected once; returns
+        per-query [n, D] numpy arrays and {"seconds", "on_the_fly", "from_cache"} (the encoding
+        part). With `queries`, each query's own projected embedding is appended as row n (its slot)."""
+        extra = [strip_special(q) for q in queries] if queries is not None else None
+        emb, on_the_fly, from_cache, seconds = passage_vectors(
+            self.encoder, passage_lists, docids, self.embeddings, self.embedding_memo, extra)
+        got = {"seconds": seconds, "on_the_fly": on_the_fly, "from_cache": from_cache}
+        sizes = [len(e) for e in emb]
+        n = sum(sizes)
+        if not n:
+            return [np.zeros((0, 1), np.float32) for _ in passage_lists], got
+        flat = np.concatenate(emb)
+        padded = np.zeros((round_up(n, 128), flat.shape[1]), np.float32)
+        padded[:n] = flat
         proj = np.asarray(project(self._proj_graph, self._proj_state, padded))[:n]
         out, i = [], 0
-        for ps in passage_lists:
-            rows = proj[i:i + len(ps)]
+        for size in sizes:
+            rows = proj[i:i + size]
             if queries is not None:                                 # the query's slot (last row)
-                valid = np.arange(len(ps))[None] < len(ps) - 1
+                valid = np.arange(size)[None] < size - 1
                 rows = np.asarray(scale_query_slot(rows[None], valid, self.query_scale))[0]
             out.append(rows)
-            i += len(ps)
-        return out, time.perf_counter() - t
+            i += size
+        return out, got
 
-    def _decode_rows(self, prompts, passage_vecs, n_valid, top_k, mode, min_n: int = 0):
+    def _batch_bucket(self, n: int) -> int:
+        """Rows per call rounded up: a power of two, and a multiple of the mesh's data axis."""
+        return round_up(1 << (n - 1).bit_length(), self.data_size)
+
+    def _compile(self, key, fn, *args, **static):
+        if key not in self._compiled:
+            t = time.perf_counter()
+            self._compiled[key] = fn.lower(*args, **static).compile()
+            self._compile_s += time.perf_counter() - t
+        return self._compiled[key]
+
+    def _prefill_prefixes(self, rows):
+        """Prefill every distinct shared prefix once: the KV table (PrefixKV) windows continue from."""
+        ids, mask = shard_rows(pad_prefixes(rows, length_bucket=self.length_bucket,
+                                            batch_bucket=self._batch_bucket(len(rows))), self.mesh)
+        run = self._compile(("prefix", ids.shape), self._prefill_prefix, self.decoder.state, ids, mask)
+        return run(self.decoder.state, ids, mask)
+
+    def _decode_rows(self, prompts, passage_vecs, n_valid, top_k, mode, min_n: int = 0, prefix=None):
         """Decode one batch of windows (row b ranks its first n_valid[b] vectors; a query slot
         after them is never a candidate); N is padded to at least `min_n` (the window size, so
-        the shorter last window of a sliding rerank reuses the same compilation)."""
-        B = 1 << (len(prompts) - 1).bit_length()
+        the shorter last window of a sliding rerank reuses the same compilation). With
+        prefix=(PrefixKV, table row per prompt), `prompts` are the remainders after the prefix."""
+        B = self._batch_bucket(len(prompts))
         arrays = pad_batch(prompts, passage_vecs, length_bucket=self.length_bucket,
                            passage_bucket=self.passage_bucket, batch_bucket=B, min_passages=min_n,
                            dtype=np.dtype(self.decoder.model.dtype), n_valid=n_valid)
         N = arrays[3].shape[1]
         steps = N if (mode == "single_pass" or top_k is None) else min(top_k, N)
-        key = (arrays[0].shape, N, steps, mode)
-        if key not in self._compiled:
-            t = time.perf_counter()
-            self._compiled[key] = self._decode.lower(self.decoder.state, *arrays, steps=steps, mode=mode).compile()
-            self._compile_s += time.perf_counter() - t
-        chosen, _ = self._compiled[key](self.decoder.state, *arrays)
+        if prefix is None:
+            args = shard_rows(arrays, self.mesh)
+            key, fn = ("whole", arrays[0].shape, N, steps, mode), self._decode
+        else:
+            kv, table_rows = prefix
+            pidx = np.zeros(len(arrays[0]), np.int32)
+            pidx[:len(table_rows)] = table_rows
+            args = (kv, *shard_rows((pidx, *arrays), self.mesh))
+            key, fn = ("shared", kv.pos.shape, arrays[0].shape, N, steps, mode), self._decode_prefixed
+        run = self._compile(key, fn, self.decoder.state, *args, steps=steps, mode=mode)
+        chosen, _ = run(self.decoder.state, *args)
         chosen = np.asarray(chosen)
         return [finish_order(chosen[b], n, top_k, mode) for b, n in enumerate(n_valid)]
+
+
+def _docid(p):
+    """A passage's document id when it carries one (`docid` field / attribute), else None."""
+    v = p.get("docid") if isinstance(p, dict) else getattr(p, "docid", None)
+    return None if v is None else str(v)
 
 
 def _text(p) -> str:

@@ -109,3 +109,12 @@ def constrain(x, axes, mesh: Mesh | None):
         return x
     return jax.lax.with_sharding_constraint(x, named_sharding(mesh, axes, x.shape))
 
+
+
+def shard_rows(arrays, mesh: Mesh | None):
+    """Host arrays placed on `mesh` with their first dimension (the rows of a batch) split by the
+    "batch" rule and the rest replicated; returned unchanged without a mesh."""
+    if mesh is None:
+        return tuple(arrays)
+    return tuple(jax.device_put(a, named_sharding(mesh, ("batch",) + (None,) * (np.ndim(a) - 1), np.shape(a)))
+                 for a in arrays)

@@ -6,7 +6,7 @@ functions (a lazy import still ties the two files together). Layers, bottom up:
   0 foundations  atomic, buckets, config, constants, sharding
   1 models       models/* (modules and their runtime wrappers), prompts, windows
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records)
-  3 inference    decode, generate, ranker, batch_rerank
+  3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
   4 workflows    train/*, evaluate/*
   5 entry        cli, the package's __init__ (the public API)
 
@@ -21,7 +21,7 @@ LAYERS = [
     {"atomic", "buckets", "config", "constants", "sharding"},
     {"models", "prompts", "windows"},
     {"weights", "data"},
-    {"decode", "generate", "ranker", "batch_rerank"},
+    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors"},
     {"train", "evaluate"},
     {"cli", "__init__"},
 ]

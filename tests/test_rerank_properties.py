@@ -71,7 +71,17 @@ def test_accounting_counts_prompt_tokens_over_windows_and_decode_steps(ranker):
     wins = sliding_windows(12, 5, 3)
     assert st_.windows == len(wins)
     assert st_.generated_tokens == sum(e - s for s, e in wins)
-    assert st_.processed_tokens == sum(len(ranker.tokenized_prompt("q", e - s)) for s, e in wins)
+    prompts = [ranker.tokenized_prompt("q", e - s) for s, e in wins]
+    prefix = {e - s: int(p.placeholder.argmax()) for (s, e), p in zip(wins, prompts)}   # per window size
+    assert st_.processed_tokens == sum(len(p) for p in prompts) - sum(prefix[e - s] for s, e in wins) \
+        + sum(prefix.values())                        # the shared prefix is prefilled once per query
+    assert st_.prefix_tokens == sum(prefix.values())
+    ranker.share_prefix = False
+    try:
+        ranker.rerank("q", ps, window=5, stride=3)    # whole prompts: every window counts its prefix
+        assert ranker.last_stats[0].processed_tokens == sum(len(p) for p in prompts)
+    finally:
+        ranker.share_prefix = True
     ranker.rerank("q", ps, window=5, stride=3, top_k=2)
     assert ranker.last_stats[0].generated_tokens == 2 * len(wins)
     assert ranker.last_stats[0].latency_s > 0 and ranker.last_stats[0].compile_s >= 0

@@ -1,0 +1,131 @@
+"""Passage vectors for reranking: looked up by docid in a `perank encode` embedding cache,
+taken from a shared text memo, or encoded on the fly (and counted).
+
+A cache is only used when it was made by the encoder the ranker would run itself: the same
+weights (fingerprint), pooling, normalisation, max_length, weight dtype and dimension.
+Anything else is refused with one `EmbeddingMismatch` (a ValueError) saying how to re-encode,
+because its vectors would silently differ from the ones reranking computes.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from perank_jax.data.embcache import CacheError, EmbeddingCache, encoder_fingerprint, load_embedding_cache
+from perank_jax.weights.packaged import resolve_model_path
+
+
+class EmbeddingMismatch(CacheError):
+    """An embedding cache that the ranker's encoder did not make (other weights, pooling,
+    normalisation, max_length, dtype or dimension)."""
+
+
+def _encoder_dir(encoder, config: dict) -> Path | None:
+    """The directory of the weights the ranker encodes with: the encoder's own, else (an encoder
+    object without one) the checkpoint's `encoder_name`."""
+    for src in (getattr(encoder, "path", None), config.get("encoder_name")):
+        if src:
+            try:
+                p = Path(resolve_model_path(src))
+            except ValueError:
+                continue
+            if (p / "config.json").is_file():
+                return p
+    return None
+
+
+def _weight_dtype(encoder) -> str | None:
+    try:
+        return str(np.dtype(encoder.model.layers.q_w[...].dtype))
+    except (AttributeError, TypeError):
+        return None
+
+
+def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) -> None:
+    """Raise EmbeddingMismatch listing every difference between the cache and the ranker's encoder.
+    For an encoder object that is not a DenseEncoder, the checkpoint's encoder_name /
+    encoder_pooling / encoder_max_length stand in for what it cannot tell."""
+    meta, enc = cache.metadata, cache.metadata.get("encoder") or {}
+    made_by = f"{enc.get('name')!r} ({enc.get('path')})"
+    diffs = []
+    if cache.dim != dim:
+        diffs.append(f"dimension {cache.dim}, the projector expects {dim}")
+    src = _encoder_dir(encoder, config)
+    if src is not None and encoder_fingerprint(src) != enc.get("fingerprint"):
+        diffs.append(f"made by encoder {made_by}, the ranker encodes with {src}")
+    want = {"pooling": getattr(encoder, "pooling", None) or config.get("encoder_pooling"),
+            "normalize": getattr(encoder, "normalize", True),
+            "max_length": getattr(encoder, "max_length", None) or config.get("encoder_max_length") or 512,
+            "dtype": _weight_dtype(encoder)}
+    diffs += [f"{k} {meta.get(k)!r}, the ranker uses {v!r}" for k, v in want.items()
+              if v is not None and meta.get(k) != v]
+    if diffs:
+        how = (f"perank encode --encoder {src or '<the checkpoint encoder>'} --max-length {want['max_length']}"
+               + (f" --pooling {want['pooling']}" if want["pooling"] else "")
+               + ("" if want["normalize"] else " --no-normalize"))
+        raise EmbeddingMismatch(f"{cache.directory}: embedding cache does not match the checkpoint's encoder: "
+                                f"{'; '.join(diffs)}; re-encode the corpus with `{how} ...`")
+
+
+def open_cache(cache, encoder, config: dict, dim: int) -> EmbeddingCache:
+    """An EmbeddingCache (or the directory of one) checked against the ranker's encoder."""
+    if not isinstance(cache, EmbeddingCache):
+        cache = load_embedding_cache(cache)
+    check_cache_matches(cache, encoder, config, dim)
+    return cache
+
+
+def cache_and_title_format(directory, title_format: bool):
+    """(cache, title format to read documents with) for `perank rerank --embeddings`: passages
+    encoded on the fly must be formatted as the cache's were (BEIR, `perank encode`'s default,
+    unless it was run with --title-format plain); --title-format against a plain cache is refused."""
+    cache = load_embedding_cache(directory)
+    beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
+    if title_format and not beir:
+        raise CacheError(f"{directory}: encoded with `--title-format plain`, but --title-format (BEIR) was given; "
+                         "drop it, or re-encode the corpus with `perank encode --title-format beir`")
+    return cache, beir
+
+
+def passage_vectors(encoder, text_lists, docid_lists=None, cache: EmbeddingCache | None = None,
+                    memo: dict | None = None, extra_texts=None):
+    """Encoder vectors for every passage, and for `extra_texts` (e.g. queries; never from the cache).
+
+    Returns (per-list float32 arrays [n_i (+1 with extra_texts), E], per-list count of passages
+    encoded on the fly, per-list count taken from the cache, seconds spent). A passage is taken
+    from the cache by docid, else from `memo` by text, else encoded (each distinct text once;
+    `memo` then remembers it)."""
+    t0 = time.perf_counter()
+    index = cache.index if cache is not None else {}
+    lists = [list(ts) + ([extra_texts[i]] if extra_texts is not None else []) for i, ts in enumerate(text_lists)]
+    src, cached_rows, todo = [], [], {}
+    on_the_fly, from_cache = [0] * len(lists), [0] * len(lists)
+    for i, ts in enumerate(lists):
+        ids = docid_lists[i] if docid_lists is not None else [None] * len(text_lists[i])
+        for j, text in enumerate(ts):
+            row = index.get(ids[j]) if j < len(ids) and ids[j] is not None else None
+            if row is not None:
+                src.append(("cache", len(cached_rows)))
+                cached_rows.append(row)
+                from_cache[i] += 1
+            elif memo is not None and text in memo:
+                src.append(("memo", text))
+            else:
+                src.append(("new", todo.setdefault(text, len(todo))))
+                on_the_fly[i] += j < len(text_lists[i])
+    new = np.asarray(encoder.encode(list(todo)), np.float32) if todo else None
+    if memo is not None and todo:
+        memo.update(zip(todo, new))
+    if cached_rows:
+        order = np.argsort(cached_rows, kind="stable")            # one sorted read of the memory map
+        got = np.empty((len(cached_rows), cache.dim), np.float32)
+        got[order] = np.asarray(cache.embeddings[np.asarray(cached_rows)[order]], np.float32)
+    rows = [got[k] if kind == "cache" else new[k] if kind == "new" else memo[k] for kind, k in src]
+    dim = rows[0].shape[-1] if rows else 1
+    out, at = [], 0
+    for ts in lists:
+        out.append(np.stack(rows[at:at + len(ts)]).astype(np.float32) if ts else np.zeros((0, dim), np.float32))
+        at += len(ts)
+    return out, on_the_fly, from_cache, time.perf_counter() - t0

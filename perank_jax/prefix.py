@@ -1,0 +1,136 @@
+"""Shared prompt prefix: prefill once per query, reuse the KV cache for every window.
+
+Every window prompt of one query begins with the same tokens up to the first passage
+placeholder (chat header, instruction, query; with the paper's and the compact template the
+window size is part of it, so windows of another size get their own prefix). The distinct
+prefixes of a rerank call are prefilled once, together, into a KV table; each window then
+prefills only its remainder (placeholders, suffix, query slot) on top of its query's prefix
+and decodes as usual (perank_jax.decode.decode_steps).
+
+    plan = plan_prefixes({key: TokenizedPrompt})      host side: rows, which row each key uses
+    kv = prefill_prefixes(model, ids, mask)           [P, Tp] -> PrefixKV (k, v, pos)
+    decode_after_prefix(model, kv, pidx, ids, prompt_mask, ph_mask, passages, valid, steps=, mode=)
+
+Positions are the real ones (a remainder starts at its prefix's length) and attention is causal
+by position with empty slots at -1, so the padding after a short prefix is never attended to:
+each window sees the same keys and values as one prefill of its whole prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from perank_jax.buckets import TraceCounter
+from perank_jax.decode import decode_steps
+from perank_jax.models.decoder import KVCache, init_cache
+from perank_jax.prompts import TokenizedPrompt, merge_placeholders
+
+
+class PrefixKV(NamedTuple):
+    k: jax.Array      # [L, P, Tp, KVH, hd]
+    v: jax.Array      # [L, P, Tp, KVH, hd]
+    pos: jax.Array    # [P, Tp] int32 position of each slot, -1 = padding
+
+
+def split_prompt(prompt: TokenizedPrompt) -> tuple[np.ndarray, TokenizedPrompt]:
+    """(the ids before the first placeholder, the rest as a TokenizedPrompt)."""
+    if not prompt.placeholder.any():
+        raise ValueError("a window prompt without a passage placeholder has no shared prefix")
+    cut = int(np.argmax(prompt.placeholder))
+    return prompt.ids[:cut], TokenizedPrompt(prompt.ids[cut:], prompt.placeholder[cut:])
+
+
+@dataclass
+class PrefixPlan:
+    """The distinct prefixes of one rerank call. Keys are (query index, anything): prompts of one
+    query with the same prefix tokens share a row; different queries never do."""
+    rows: list[np.ndarray] = field(default_factory=list)      # prefix ids, one per table row
+    row_of: dict = field(default_factory=dict)                # key -> table row
+    remainder: dict = field(default_factory=dict)             # key -> TokenizedPrompt after the prefix
+    owner: list[int] = field(default_factory=list)            # table row -> query index
+
+    def prefix_tokens(self, n_queries: int) -> list[int]:
+        """Prefix tokens prefilled per query (each distinct prefix once)."""
+        out = [0] * n_queries
+        for q, ids in zip(self.owner, self.rows):
+            out[q] += len(ids)
+        return out
+
+
+def plan_prefixes(prompts: dict) -> PrefixPlan:
+    """`prompts`: {(query index, ...): TokenizedPrompt} -> PrefixPlan."""
+    plan, seen = PrefixPlan(), {}
+    for key, prompt in prompts.items():
+        ids, rest = split_prompt(prompt)
+        group = (key[0], ids.tobytes())
+        if group not in seen:
+            seen[group] = len(plan.rows)
+            plan.rows.append(ids)
+            plan.owner.append(key[0])
+        plan.row_of[key] = seen[group]
+        plan.remainder[key] = rest
+    return plan
+
+
+def pad_prefixes(rows: list[np.ndarray], *, length_bucket: int, batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) [P, Tp]: P = len(rows) rounded up to `batch_bucket`, Tp to `length_bucket`.
+    Padding rows are empty (never referenced)."""
+    P = -(-len(rows) // batch_bucket) * batch_bucket
+    T = max(length_bucket, -(-max(len(r) for r in rows) // length_bucket) * length_bucket)
+    ids = np.zeros((P, T), np.int32)
+    mask = np.zeros((P, T), bool)
+    for p, r in enumerate(rows):
+        ids[p, :len(r)], mask[p, :len(r)] = r, True
+    return ids, mask
+
+
+def prefill_prefixes(model, ids, mask) -> PrefixKV:
+    """Run the prefixes (no placeholders) once; their keys and values at positions 0..len-1."""
+    P, T = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (P, T))
+    x = model.embed(ids)
+    cache = init_cache(model.cfg, P, T, x.dtype, mesh=model.mesh)
+    _, cache = model.forward(x, positions, mask, cache)
+    return PrefixKV(cache.k, cache.v, cache.pos)
+
+
+def decode_after_prefix(model, kv: PrefixKV, pidx, ids, prompt_mask, ph_mask, passages, valid, *,
+                        steps: int, mode: str = "decode"):
+    """decode_rows for prompts split at their first placeholder: row b continues prefix table
+    row pidx[b] with its remainder ids/prompt_mask/ph_mask [B, T]. Same outputs as decode_rows."""
+    B, T = ids.shape
+    Tp = kv.pos.shape[1]
+    k, v = jnp.take(kv.k, pidx, axis=1), jnp.take(kv.v, pidx, axis=1)
+    pos = jnp.take(kv.pos, pidx, axis=0)
+    plen = (pos.max(axis=1) + 1).astype(jnp.int32)                       # prefix lengths
+    empty = init_cache(model.cfg, B, Tp + T + max(steps - 1, 1), k.dtype, mesh=model.mesh)
+    cache = KVCache(k=jax.lax.dynamic_update_slice(empty.k, k, (0, 0, 0, 0, 0)),
+                    v=jax.lax.dynamic_update_slice(empty.v, v, (0, 0, 0, 0, 0)),
+                    pos=empty.pos.at[:, :Tp].set(pos), index=jnp.asarray(Tp, jnp.int32))
+    x = model.embed(jnp.where(ph_mask, 0, ids))
+    x = merge_placeholders(x, ph_mask, passages.astype(x.dtype))
+    positions = plen[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+    h, cache = model.forward(x, positions, prompt_mask, cache)
+    rem = prompt_mask.sum(axis=1).astype(jnp.int32)
+    h_last = jnp.take_along_axis(h, (rem - 1)[:, None, None], axis=1)[:, 0]
+    return decode_steps(model, h_last, cache, plen + rem, passages, valid, steps=steps, mode=mode)
+
+
+def make_prefix_fns(graphdef, decode_counter: TraceCounter | None = None,
+                    prefill_counter: TraceCounter | None = None):
+    """(jit prefill f(state, ids, mask) -> PrefixKV, jit decode f(state, kv, pidx, ids, prompt_mask,
+    ph_mask, passages, valid, steps=, mode=) -> (chosen, first_scores)) for a split decoder."""
+    def prefill(state, ids, mask):
+        return prefill_prefixes(nnx.merge(graphdef, state), ids, mask)
+
+    def decode(state, kv, pidx, ids, prompt_mask, ph_mask, passages, valid, *, steps, mode):
+        return decode_after_prefix(nnx.merge(graphdef, state), kv, pidx, ids, prompt_mask, ph_mask, passages,
+                                   valid, steps=steps, mode=mode)
+    count = lambda c, f: c.counted(f) if c is not None else f  # noqa: E731
+    return (jax.jit(count(prefill_counter, prefill)),
+            jax.jit(count(decode_counter, decode), static_argnames=("steps", "mode")))
