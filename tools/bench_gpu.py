@@ -1,0 +1,212 @@
+"""GPU preset: PE-Rank at Mistral-7B shape (random weights, bf16) on one accelerator, one table.
+
+    python tools/bench_gpu.py             # Mistral-7B-Instruct-v0.2 shapes, bfloat16 (run by tools/bench_gpu.sh)
+    python tools/bench_gpu.py --smoke     # a 2-layer, 256-wide model on CPU: checks the script end to end
+
+Self-contained, so it runs on a bare accelerator machine (jax, flax, transformers; nothing
+downloaded, no packaged weights, no ../shared data): a synthetic word-level tokenizer with
+Mistral's chat template and the PE-Rank special tokens, random decoder and projector weights made
+on the device, and deterministic random 768-d passage vectors standing in for a precomputed
+embedding cache (so encoding costs nothing, as with `perank encode` done offline). Speed does not
+depend on the values. Rows:
+  - decode step (one token, batch 1 and 8, KV cache of 512) next to its bandwidth roofline: weight
+    bytes / the device's HBM bandwidth (a table of published figures, by device kind);
+  - prefill of 2,048 tokens (tokens/s);
+  - PE-Rank reranking: top-20 in one window and top-100 with sliding windows 20/10, one query at a
+    time and 8 queries batched (s/query, queries/s, processed and generated tokens per query).
+Compilation is excluded (each shape is run once before timing) and reported in its own column.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# published peak HBM bandwidth (bytes/s) by device kind substring; the roofline uses the first match
+HBM_BANDWIDTH = [("H200", 4.8e12), ("H100", 3.35e12), ("H800", 3.35e12), ("A100", 2.0e12), ("L40", 0.864e12),
+                 ("L4", 0.3e12), ("A10", 0.6e12), ("V100", 0.9e12), ("TPU v5p", 2.765e12), ("TPU v5", 0.819e12),
+                 ("TPU v4", 1.2e12), ("TPU v6", 1.64e12)]
+WORDS = ("I will provide you with {num} passages , each with a special token representing the passage "
+         "enclosed in [ ] . Rank the passages based on their relevance to the search query : "
+         "Search Query Passage Query Rank Answer only with the ranking results , do not say any word or "
+         "explain . the a of to in is what how why when does do where who which").split()
+CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def synthetic_tokenizer():
+    """A word-level HF tokenizer (unknown words -> <unk>) with Mistral's chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from perank_jax.prompts import add_special_tokens
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS) | {str(i) for i in range(200)}))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                pad_token="<unk>")
+    t.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
+    t.chat_template = CHAT
+    add_special_tokens(t)
+    return t
+
+
+class RandomVectors:
+    """Deterministic random unit vectors per text: a stand-in for a precomputed embedding cache."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def encode(self, texts, batch_size: int = 32):
+        out = np.empty((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            v = np.random.default_rng(abs(hash(t)) % (1 << 32)).normal(size=self.dim)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+def build(smoke: bool, dtype: str):
+    from flax import nnx
+
+    from perank_jax.models.decoder import Decoder, DecoderConfig, LoadedDecoder
+    from perank_jax.models.projector import Projector
+    if smoke:
+        cfg = DecoderConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                            num_kv_heads=2, head_dim=64, rope_theta=1e6, model_type="mistral")
+    else:
+        cfg = DecoderConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32,
+                            num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
+                            max_position_embeddings=32768, model_type="mistral")
+    dt = jnp.dtype(dtype)
+    abstract_model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
+    graphdef, abstract = nnx.split(abstract_model)
+
+    @jax.jit
+    def init(key):       # made on the device, never on the host
+        leaves, treedef = jax.tree.flatten(abstract)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
+                                            for k, x in zip(keys, leaves)])
+    model = nnx.merge(graphdef, init(jax.random.key(0)))
+    proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    return LoadedDecoder(model), proj, cfg
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(compile-and-first-run seconds, median seconds of `repeats` further runs)."""
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        runs.append(time.perf_counter() - t)
+    return first, statistics.median(runs)
+
+
+def decoder_rows(dec, cfg, repeats: int, prompt: int) -> list[dict]:
+    from flax import nnx
+
+    from perank_jax.models.decoder import init_cache
+    gd, state = dec.graphdef, dec.state
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    kind = jax.devices()[0].device_kind
+    bw = next((b for k, b in HBM_BANDWIDTH if k.lower() in kind.lower()), None)
+    rows = []
+
+    @jax.jit
+    def step(state, cache, tok, pos):
+        m = nnx.merge(gd, state)
+        h, cache = m.forward(m.embed(tok), pos, jnp.ones(tok.shape, bool), cache)
+        return jnp.argmax(m.head(h), -1).astype(jnp.int32), cache
+
+    for batch in (1, 8):
+        cache = init_cache(cfg, batch, 512, dec.model.dtype)
+        tok = jnp.zeros((batch, 1), jnp.int32)
+        pos = jnp.full((batch, 1), 256, jnp.int32)
+        first, t = timed(lambda: step(state, cache, tok, pos), repeats)
+        roof = weight_bytes / bw if bw else float("nan")
+        rows.append({"what": f"decode step, batch {batch}, cache 512", "ms": t * 1e3,
+                     "roofline_ms": roof * 1e3, "of_roofline": roof / t if bw else float("nan"),
+                     "tokens_s": batch / t, "compile_s": first - t})
+
+    @jax.jit
+    def prefill(state, ids):
+        m = nnx.merge(gd, state)
+        pos = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+        h, _ = m.forward(m.embed(ids), pos, jnp.ones(ids.shape, bool), init_cache(cfg, 1, ids.shape[1], m.dtype))
+        return m.head(h[:, -1:])
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, prompt)), jnp.int32)
+    first, t = timed(lambda: prefill(state, ids), repeats)
+    rows.append({"what": f"prefill {prompt} tokens, batch 1", "ms": t * 1e3, "roofline_ms": float("nan"),
+                 "of_roofline": float("nan"), "tokens_s": prompt / t, "compile_s": first - t})
+    return rows, weight_bytes, kind, bw
+
+
+def rerank_rows(dec, proj, queries: int) -> list[dict]:
+    from perank_jax.ranker import PERanker
+    tok = synthetic_tokenizer()
+    rows = []
+    for depth, window in ((20, None), (100, 20)):
+        for batch in (1, 8):
+            ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
+            timed_q = -(-max(queries, batch) // batch) * batch                 # whole batches only
+            qs = [f"what is the query number {q} about" for q in range(timed_q + batch)]
+            lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(timed_q + batch)]
+            ranker.rerank_batch(qs[:batch], lists[:batch], window=window, stride=10)     # compile this shape
+            t = time.perf_counter()
+            stats = []
+            for lo in range(batch, batch + timed_q, batch):
+                ranker.rerank_batch(qs[lo:lo + batch], lists[lo:lo + batch], window=window, stride=10)
+                stats += ranker.last_stats
+            wall = time.perf_counter() - t
+            n = len(stats)
+            rows.append({"what": f"PE-Rank top-{depth} {'window 20/10' if window else 'one window'}, "
+                                 f"{batch} quer{'y' if batch == 1 else 'ies'} at once",
+                         "s_query": wall / n, "queries_s": n / wall,
+                         "processed": statistics.mean(s.processed_tokens for s in stats),
+                         "generated": statistics.mean(s.generated_tokens for s in stats)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny model on any device (checks the script)")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--queries", type=int, default=16, help="timed queries per PE-Rank row")
+    ap.add_argument("--repeats", type=int, default=10)
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    dec, proj, cfg = build(a.smoke, a.dtype)
+    jax.block_until_ready(dec.state)
+    built = time.perf_counter() - t0
+    dev_rows, weight_bytes, kind, bw = decoder_rows(dec, cfg, a.repeats, 256 if a.smoke else 2048)
+    rr = rerank_rows(dec, proj, 4 if a.smoke else a.queries)
+    print(f"\n{'smoke model' if a.smoke else 'Mistral-7B shape (random)'}, {a.dtype}, {cfg.num_layers} layers, "
+          f"{weight_bytes / 2**30:.2f} GiB of weights; device {jax.devices()[0].platform}:{kind} "
+          f"x{jax.device_count()}; HBM {'%.2f TB/s' % (bw / 1e12) if bw else 'unknown (no roofline)'}; "
+          f"jax {jax.__version__}; built in {built:.1f} s")
+    print("\n| decoder | ms | roofline ms (weights / HBM) | fraction of roofline | tokens/s | compile s |")
+    print("|---|---|---|---|---|---|")
+    for r in dev_rows:
+        print(f"| {r['what']} | {r['ms']:.2f} | {r['roofline_ms']:.2f} | {r['of_roofline']:.2f} | "
+              f"{r['tokens_s']:.0f} | {r['compile_s']:.1f} |")
+    print("\n| PE-Rank (precomputed embeddings) | s/query | queries/s | processed tokens/query | generated/query |")
+    print("|---|---|---|---|---|")
+    for r in rr:
+        print(f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
+              f"{r['generated']:.0f} |")
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
