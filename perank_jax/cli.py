@@ -34,6 +34,19 @@ POSITIVE = _number(int, 1)
 NONNEGATIVE = _number(int, 0)
 
 
+def mesh_shape(text: str) -> tuple[int, int, int]:
+    """An argparse type: 'data=8' or 'data=2,fsdp=4' (axes of perank_jax.sharding, default 1 each)."""
+    from perank_jax.sharding import MESH_AXES
+    sizes = dict.fromkeys(MESH_AXES, 1)
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in sizes or not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected AXIS=SIZE[,AXIS=SIZE] with AXIS in "
+                                             f"{'/'.join(MESH_AXES)} and SIZE >= 1, e.g. data=8")
+        sizes[name.strip()] = int(value)
+    return tuple(sizes[a] for a in MESH_AXES)
+
+
 def check_outputs(files=(), dirs=()) -> None:
     """Refuse, before any work, an output file path that is a directory, an output directory that is
     a file, or one path given for two outputs; create missing parent directories."""
@@ -150,6 +163,14 @@ def _add_rerank(sub):
                    help="default: the checkpoint's `default_mode` (decode for the paper's checkpoints)")
     p.add_argument("--batch-queries", type=POSITIVE, default=1,
                    help="queries reranked together (latency in the sidecar is then amortised)")
+    p.add_argument("--embeddings", metavar="CACHE",
+                   help="a `perank encode` cache made by the checkpoint's encoder: passages are looked up by "
+                        "docid instead of encoded (missing ones are encoded and counted in the sidecar); "
+                        "documents are read in the cache's title format")
+    p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N",
+                   help="devices to decode on, e.g. data=8: the windows of a batch are split over N devices")
+    p.add_argument("--no-share-prefix", action="store_true",
+                   help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
     p.add_argument("--tag", default="perank")
 
@@ -171,6 +192,10 @@ def _add_rerank(sub):
         if not (a.requests or a.run or a.corpus or a.queries):
             a.requests = str(EXAMPLE_SET)
             print(f"no input given: reranking the example set {EXAMPLE_SET}")
+        cache = None
+        if a.embeddings:       # documents are read in the title format the cache was encoded with
+            from perank_jax.passage_vectors import cache_and_title_format
+            cache, a.title_format = cache_and_title_format(a.embeddings, a.title_format)
         if a.requests:
             if a.run or a.corpus or a.queries:
                 raise ValueError("give either --requests or --run/--corpus/--queries, not both")
@@ -182,7 +207,12 @@ def _add_rerank(sub):
             requests = trec.build_rerank_requests(trec.read_run(a.run), trec.read_queries(a.queries),
                                                   trec.read_corpus(a.corpus, title_format=a.title_format),
                                                   k=a.depth)
-        ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype)
+        mesh = None
+        if a.mesh:
+            from perank_jax.sharding import make_mesh
+            mesh = make_mesh(a.mesh)
+        ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
+                                          embeddings=cache, share_prefix=not a.no_share_prefix)
         mode = a.mode or ranker.config.get("default_mode") or "decode"
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
                                           top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
@@ -196,8 +226,10 @@ def _add_rerank(sub):
             trec.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
         atomic_text(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
         lat = sum(s["latency_s"] for s in stats) / len(stats)
+        cached = (f"; {sum(s['from_cache'] for s in stats)} passages from {a.embeddings}, "
+                  f"{sum(s['encoded_on_the_fly'] for s in stats)} encoded on the fly") if cache else ""
         print(f"wrote {a.out} ({len(reranked)} queries; mean latency {lat:.3f} s/query, "
-              f"compile {sum(s['compile_s'] for s in stats):.1f} s apart) and {stats_path}")
+              f"compile {sum(s['compile_s'] for s in stats):.1f} s apart{cached}) and {stats_path}")
     p.set_defaults(func=run)
 
 

@@ -140,6 +140,8 @@ NUMBER_CASES = [
     (["rerank", "--batch-queries", "0"], "--batch-queries: 0 is out of range"),
     (["rerank", "--show", "-1"], "--show: -1 is out of range"),
     (["rerank", "--depth", "ten"], "'ten' is not an integer"),
+    (["rerank", "--mesh", "data=0"], "--mesh: 'data=0': expected AXIS=SIZE"),
+    (["rerank", "--mesh", "gpus=2"], "--mesh: 'gpus=2': expected AXIS=SIZE"),
     (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--batch-size", "0"], "--batch-size: 0"),
     (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--max-length", "1"], "--max-length: 1"),
     (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--chunk-size", "-5"], "--chunk-size: -5"),
