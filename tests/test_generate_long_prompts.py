@@ -122,3 +122,22 @@ def test_smollm2_short_and_listwise_prompts_equal_old_path(smollm2_gguf):
     assert 300 < len(listwise) < 1024 and len(short) < 64
     for ids in (short, listwise):
         assert _new_path(dec, [ids], 24, r.eos_ids)[0] == _old_path(dec, ids, 24, r.eos_ids)
+
+
+@pytest.mark.parametrize("window", [None, 7])
+def test_flash_call_has_the_same_masking_as_attention(window):
+    """The jax.nn.dot_product_attention call used on GPU (cuDNN, bf16) masks like `attention`:
+    checked here with the same call on XLA in float32."""
+    import jax.numpy as jnp
+    from perank_jax.models.attention import flash_self_attention, use_flash
+    rng = np.random.RandomState(1)
+    B, T, H, K, hd = 3, 50, 6, 2, 8
+    q, k, v = (jnp.asarray(rng.randn(B, T, n, hd).astype(np.float32)) for n in (H, K, K))
+    lengths = np.array([50, 20, 5])
+    pos = np.broadcast_to(np.arange(T), (B, T)).astype(np.int32)
+    k_pos = np.where(pos < lengths[:, None], pos, -1).astype(np.int32)
+    valid = pos < lengths[:, None]
+    want = np.asarray(attention(q, k, v, pos, k_pos, window))[valid]
+    got = np.asarray(flash_self_attention(q, k, v, k_pos, window, implementation="xla"))[valid]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert not use_flash(jnp.float32) and (not use_flash(jnp.bfloat16) or __import__("jax").default_backend() == "gpu")

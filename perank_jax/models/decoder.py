@@ -4,14 +4,16 @@ One readable file: the config, the parameters (stacked over layers, each with it
 logical sharding axes), and three pure entry points that PE-Rank needs:
 
     embed(ids)                                   -> input embeddings [B, T, D]
-    forward(x, positions, mask, cache=None)      -> final-RMSNormed hidden [B, T, D], cache
+    forward(x, positions, mask, cache=None, *, prefill=False)
+                                                 -> final-RMSNormed hidden [B, T, D], cache
     head(h)                                      -> logits [B, T, V] (float32)
 
 Layers run under `lax.scan` (optionally rematerialised). Attention is causal *by
 position*: a token attends to every valid key whose position is <= its own (and,
 with a sliding window W, > its own - W). That single rule covers right-padded
 batches, prefill and token-by-token decoding with a preallocated KV cache whose
-empty slots carry position -1.
+empty slots carry position -1. The attention itself is in perank_jax.models.attention
+(`prefill=True`: a prompt over itself in causal blocks, never the empty cache tail).
 """
 from __future__ import annotations
 
@@ -20,10 +22,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from perank_jax.constants import MASKED
+from perank_jax.models.attention import attention, self_attention, use_flash
 from perank_jax.sharding import constrain
 
 
@@ -175,54 +176,6 @@ def rope(x, positions, theta):
     return (x.astype(jnp.float32) * cos + rot.astype(jnp.float32) * sin).astype(x.dtype)
 
 
-def _allowed(q_pos, k_pos, window):
-    """[B, T, S] bool: key slot s is visible to query t (valid, not in the future, inside the window)."""
-    ok = (k_pos[:, None, :] >= 0) & (k_pos[:, None, :] <= q_pos[:, :, None])
-    if window is not None:
-        ok &= q_pos[:, :, None] - k_pos[:, None, :] < window
-    return ok
-
-
-def attention(q, k, v, q_pos, k_pos, window):
-    """GQA attention, causal by position. q [B,T,H,hd]; k, v [B,S,K,hd]; q_pos [B,T]; k_pos [B,S] (-1 = empty).
-
-    The G = H/K query heads sharing a KV head are stacked with the queries ([B, K, T*G, hd]), so
-    each KV head is one plain matrix product (XLA's CPU dot is several times faster on that
-    layout than on the grouped 5-d einsum)."""
-    B, T, H, hd = q.shape
-    K = k.shape[2]
-    G = H // K
-    qm = q.reshape(B, T, K, G, hd).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, hd)
-    s = jnp.einsum("bkmd,bskd->bkms", qm, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
-    s = s.reshape(B, K, T, G, -1)
-    s = jnp.where(_allowed(q_pos, k_pos, window)[:, None, :, None], s, MASKED)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype).reshape(B, K, T * G, -1)
-    out = jnp.einsum("bkms,bskd->bkmd", p, v, preferred_element_type=jnp.float32)
-    return out.reshape(B, K, T, G, hd).transpose(0, 2, 1, 3, 4).reshape(B, T, H, hd).astype(v.dtype)
-
-
-def causal_block(T: int) -> int:
-    """Query block of `self_attention` for a T-token prompt: at most ~16 blocks, at least 128 rows."""
-    return max(128, -(-T // 1024) * 64)
-
-
-def self_attention(q, k, v, q_pos, k_pos, window, block: int | None = None):
-    """`attention` of T new tokens over themselves when slot t holds position t (a right-padded
-    prompt from position 0, padding at -1): queries run in blocks, and each block reads only
-    the keys that can be visible to it (none in its future, none before its sliding window),
-    which skips about half of the causal score matrix. Same values as `attention`."""
-    B, T = q_pos.shape
-    block = block or causal_block(T)
-    if T <= block:
-        return attention(q, k, v, q_pos, k_pos, window)
-    outs = []
-    for a in range(0, T, block):
-        e = min(T, a + block)
-        s = 0 if window is None else max(0, a - window + 1)
-        outs.append(attention(q[:, a:e], k[:, s:e], v[:, s:e], q_pos[:, a:e], k_pos[:, s:e], window))
-    return jnp.concatenate(outs, axis=1)
-
-
 class Decoder(nnx.Module):
     """Mistral/Llama decoder. Parameters are nnx.Param with an `axes` metadata tuple."""
 
@@ -286,7 +239,8 @@ class Decoder(nnx.Module):
 
         if cache is None or prefill:
             # attention over the new tokens only; their keys / values are the scan's outputs
-            att = self_attention if prefill else attention
+            flash = use_flash(self.dtype, self.mesh)
+            att = (lambda *a: self_attention(*a, flash=flash)) if prefill else attention
             keep = cache is not None
 
             def layer(h, p):
