@@ -141,3 +141,21 @@ def test_flash_call_has_the_same_masking_as_attention(window):
     got = np.asarray(flash_self_attention(q, k, v, k_pos, window, implementation="xla"))[valid]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert not use_flash(jnp.float32) and (not use_flash(jnp.bfloat16) or __import__("jax").default_backend() == "gpu")
+
+
+@pytest.mark.parametrize("heads,kv_heads,window", [(9, 3, None), (6, 2, 5), (8, 4, 40)])
+def test_one_query_decoding_attention_equals_general_attention(heads, kv_heads, window):
+    """The decoding step's form (one query per row: block-diagonal query matrix on CPU) gives
+    what the general per-head form gives for the same query inside a two-query call."""
+    import jax.numpy as jnp
+    from perank_jax.models.attention import _one_query_attention
+    rng = np.random.RandomState(4)
+    B, S, hd = 2, 300, 16
+    q = jnp.asarray(rng.randn(B, 1, heads, hd).astype(np.float32))
+    k, v = (jnp.asarray(rng.randn(B, S, kv_heads, hd).astype(np.float32)) for _ in range(2))
+    q_pos = np.array([[250], [100]], np.int32)
+    k_pos = np.broadcast_to(np.where(np.arange(S) < 260, np.arange(S), -1), (B, S)).astype(np.int32)
+    got = np.asarray(_one_query_attention(q, k, v, q_pos, k_pos, window))
+    want = np.asarray(attention(jnp.concatenate([q, q], 1), k, v, np.concatenate([q_pos, q_pos], 1), k_pos,
+                                window))[:, :1]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -37,6 +37,8 @@ def attention(q, k, v, q_pos, k_pos, window):
     B, T, H, hd = q.shape
     K = k.shape[2]
     G = H // K
+    if T == 1 and K > 1 and jax.default_backend() == "cpu":
+        return _one_query_attention(q, k, v, q_pos, k_pos, window)
     qm = q.reshape(B, T, K, G, hd).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, hd)
     s = jnp.einsum("bkmd,bskd->bkms", qm, k, preferred_element_type=jnp.float32) / np.sqrt(hd)
     s = s.reshape(B, K, T, G, -1)
@@ -44,6 +46,27 @@ def attention(q, k, v, q_pos, k_pos, window):
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype).reshape(B, K, T * G, -1)
     out = jnp.einsum("bkms,bskd->bkmd", p, v, preferred_element_type=jnp.float32)
     return out.reshape(B, K, T, G, hd).transpose(0, 2, 1, 3, 4).reshape(B, T, H, hd).astype(v.dtype)
+
+
+def _one_query_attention(q, k, v, q_pos, k_pos, window):
+    """`attention` for one query per row (a decoding step) on CPU. The per-head form makes XLA
+    copy each layer's cache slice transposed before its dot; here the cache slice is used in
+    its own layout, as one [S, K*hd] matrix against a block-diagonal query matrix [K*hd, K*G]
+    (zeros off the diagonal blocks, then the diagonal blocks of the output kept): K times the
+    (tiny) FLOPs, one fewer pass over the cache. SmolLM2 step at 2,432 slots: 52 -> 43 ms."""
+    B, T, H, hd = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    eye = jnp.eye(K, dtype=q.dtype)
+    qbd = q.reshape(B, K, G, 1, hd) * eye[:, None, :, None]                  # [B, K, G, K', hd]
+    qbd = qbd.transpose(0, 3, 4, 1, 2).reshape(B, K * hd, K * G)
+    s = jnp.einsum("bsc,bcm->bsm", k.reshape(B, S, K * hd), qbd, preferred_element_type=jnp.float32)
+    s = (s / np.sqrt(hd)).reshape(B, S, K * G)
+    s = jnp.where(_allowed(q_pos, k_pos, window)[:, 0, :, None], s, MASKED)
+    p = jax.nn.softmax(s, axis=1).astype(v.dtype)
+    o = jnp.einsum("bsm,bsc->bmc", p, v.reshape(B, S, K * hd), preferred_element_type=jnp.float32)
+    o = jnp.einsum("bkgjd,kj->bkgd", o.reshape(B, K, G, K, hd), eye.astype(o.dtype))
+    return o.reshape(B, 1, H, hd).astype(v.dtype)
 
 
 def causal_block(T: int) -> int:
