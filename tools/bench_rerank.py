@@ -1,26 +1,38 @@
-"""PE-Rank rerank latency: JAX (PERanker) vs the HF-torch reference algorithm, same weights.
+"""PE-Rank rerank speed: the JAX fast paths vs the HF-torch reference algorithm, same weights.
 
-    python tools/bench_rerank.py --queries 3                 # SmolLM2-135M + all-MiniLM-L6-v2, CPU, fp32
+    python tools/bench_rerank.py --queries 4                 # SmolLM2-135M + all-MiniLM-L6-v2, CPU, fp32
+    python tools/bench_rerank.py --queries 8 --sweep 1,2,4,8 # + queries/s against --batch-queries
     python tools/bench_rerank.py --mistral7b-random --dtype bfloat16 --no-torch   # GPU: 7B-shaped random
 
-Two scenarios per query (DL20 BM25 candidates, `--data`, default
-../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see docs/data.md): one window of 20
-passages, and 100 candidates reranked with the paper's sliding window (20, stride 10,
-bottom up: 9 windows). Per-query latency covers encoding + projection + decoding
-(the paper's definition); compilation is measured apart on a warm-up query. The
-projector is untrained (random): this measures speed, not quality. The torch path is
-the reference algorithm: HF encoder + mean pooling, nn.Sequential projector, HF causal
-LM with the vectors at the placeholders (inputs_embeds), KV cache, each step scored as
-h . e_i over the unused passages (what installing e_i as extra vocabulary rows computes).
+One run prints one table. Rows:
+  (a) JAX, passages encoded on the fly, one query at a time
+  (b) JAX, passage vectors from a `perank encode` cache (built here for the candidates), one query at a time
+  (c) JAX, `--batch-queries` queries at a time (default 8), vectors from the cache
+  (d) the HF-torch reference algorithm, one query at a time, its own encoding
+  (e) text-listwise generation: not measured here; see EXTRA_ROWS below (the hook for it)
+Every JAX row prefills a query's shared prompt prefix once (perank_jax.prefix), so it processes
+fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
+../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see docs/data.md): top-20 in
+one window, and top-100 with the paper's sliding window (20, stride 10, bottom up: 9 windows).
+Latency covers encoding + projection + decoding (the paper's definition); compilation is
+measured apart (a warm-up query per row, and any compile later is subtracted). (c) reranks
+whole batches: at least --queries queries, rounded up to a multiple of --batch-queries. The
+projector is untrained (random): this measures speed, not quality. The torch path is the
+reference algorithm: HF encoder + mean pooling, nn.Sequential projector, HF causal LM with the
+vectors at the placeholders (inputs_embeds), KV cache, each step scored as h . e_i over the
+unused passages (what installing e_i as extra vocabulary rows computes).
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -134,9 +146,122 @@ class TorchReference:
         return order, processed, generated
 
 
+@dataclass
+class Row:
+    """One table row: per-query token counts and seconds, and the rankings (to compare rows)."""
+    name: str
+    processed: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)   # per query (a batch's time split evenly)
+    wall: float = 0.0                                     # seconds for all its queries together
+    encode: list[float] = field(default_factory=list)
+    orders: dict = field(default_factory=dict)            # qid -> ranking
+    compile_s: float = 0.0
+
+    def queries_per_s(self) -> float:
+        return len(self.seconds) / self.wall if self.wall else float("nan")
+
+    def s_per_query(self) -> float:
+        return sum(self.seconds) / len(self.seconds) if self.seconds else float("nan")
+
+
+@dataclass
+class Context:
+    ranker: object               # PERanker
+    hf: Path | None              # the decoder as an HF directory (None for the random 7B)
+    dtype: str
+    warm: object                 # warm-up request
+    requests: list               # the timed requests of the one-query rows
+    batch_requests: list         # the timed requests of the batched row
+    batch_queries: int
+
+
+# The hook for more rows, e.g. (e) text-listwise generation over the passage texts (someone else's:
+# tools/bench_textlist.py `textlist_latency`). Each entry: label -> fn(ctx, depth, window, stride)
+# returning a Row (per-query processed / generated tokens and seconds, `wall`) or None to skip the
+# scenario; it is printed after (d), with its ratio to (d).
+EXTRA_ROWS: dict[str, Callable[[Context, int, int | None, int], Row | None]] = {}
+
+
+def build_cache(ranker, requests, out: Path):
+    """A `perank encode` cache of every candidate of `requests` (docid -> the request's text)."""
+    from perank_jax.data.embcache import build_embedding_cache
+    docs = {c.docid: c.text for r in requests for c in r.candidates}
+    corpus = out.parent / "candidates.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
+    t = time.perf_counter()
+    build_embedding_cache(ranker.encoder, corpus, out, progress=False)
+    return time.perf_counter() - t, len(docs)
+
+
+def jax_row(name, ctx: Context, reqs, depth, window, stride, *, cache, batch: int) -> Row:
+    """Rerank `reqs` with PERanker, `batch` queries per call, after an untimed warm-up call."""
+    r = ctx.ranker
+    r.use_embeddings(cache)
+    row = Row(name)
+
+    def call(chunk):
+        orders = r.rerank_batch([q.query for q in chunk], [[c.text for c in q.candidates[:depth]] for q in chunk],
+                                window=window, stride=stride,
+                                docids=[[c.docid for c in q.candidates[:depth]] for q in chunk])
+        return orders, r.last_stats
+    _, stats = call([ctx.warm] * batch)
+    row.compile_s = sum(s.compile_s for s in stats)
+    for lo in range(0, len(reqs), batch):
+        chunk = reqs[lo:lo + batch]
+        orders, stats = call(chunk)
+        for q, o, s in zip(chunk, orders, stats):
+            row.orders[q.qid] = o
+            row.processed.append(s.processed_tokens)
+            row.generated.append(s.generated_tokens)
+            row.seconds.append(s.latency_s)
+            row.encode.append(s.encode_s)
+        row.wall += sum(s.latency_s for s in stats)
+        row.compile_s += sum(s.compile_s for s in stats)
+    r.use_embeddings(None)
+    return row
+
+
+def torch_row(name, ctx: Context, ref, depth, window, stride) -> Row:
+    row = Row(name)
+    ref.rerank(ctx.warm.query, [c.text for c in ctx.warm.candidates[:depth]], window=window, stride=stride)
+    for q in ctx.requests:
+        t = time.perf_counter()
+        order, p, g = ref.rerank(q.query, [c.text for c in q.candidates[:depth]], window=window, stride=stride)
+        dt = time.perf_counter() - t
+        row.orders[q.qid], row.seconds, row.wall = order, row.seconds + [dt], row.wall + dt
+        row.processed.append(p)
+        row.generated.append(g)
+    return row
+
+
+def print_table(scenarios, ref_name="(d)"):
+    print("| scenario | row | processed tok/query | generated tok/query | s/query | queries/s | "
+          "speed-up vs (d) | encode s/query | same ranking as (a) / (d) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    for scen, rows in scenarios:
+        ref = next((r for r in rows if r.name.startswith(ref_name)), None)
+        a = rows[0]
+        for r in rows:
+            same = []
+            for other in (a, ref):
+                shared = [q for q in r.orders if other is not None and q in other.orders]
+                same.append(f"{sum(r.orders[q] == other.orders[q] for q in shared)}/{len(shared)}" if shared else "-")
+            speed = ref.s_per_query() / r.s_per_query() if ref is not None else float("nan")
+            enc = f"{mean(r.encode):.3f}" if r.encode else "-"
+            print(f"| {scen} | {r.name} | {mean(r.processed):.0f} | {mean(r.generated):.0f} | {r.s_per_query():.3f} | "
+                  f"{r.queries_per_s():.3f} | {speed:.2f}x | {enc} | {' / '.join(same)} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queries", type=int, default=3)
+    ap.add_argument("--queries", type=int, default=4, help="timed queries per one-query row")
+    ap.add_argument("--batch-queries", type=int, default=8, help="queries per call in row (c)")
+    ap.add_argument("--sweep", default="", help="also print queries/s against batch sizes, e.g. 1,2,4,8 (the same "
+                                                "max(sweep) queries, precomputed embeddings)")
+    ap.add_argument("--sweep-depth", type=int, default=100, choices=(20, 100), help="the sweep's scenario")
+    ap.add_argument("--no-table", action="store_true", help="only the sweep")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--mistral7b-random", action="store_true")
@@ -146,7 +271,9 @@ def main(argv=None):
 
     import jax
     from perank_jax.data.trec import read_requests
-    requests = read_requests(a.data)[: a.queries + 1]      # the first one is the warm-up
+    sweep = [int(x) for x in a.sweep.split(",") if x.strip()]
+    n_batch = -(-a.queries // a.batch_queries) * a.batch_queries
+    requests = read_requests(a.data)[: 1 + max(a.queries, n_batch, *sweep, 0)]   # [0]: the warm-up query
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         if a.mistral7b_random:
@@ -163,39 +290,41 @@ def main(argv=None):
             if ref is not None:
                 ref.embed([" ".join(["word"] * max(b - 2, 1))])
         enc_compile = time.perf_counter() - t
-        rows = []
-        for name, depth, window in (("1 window x 20", 20, None), ("100 cands, window 20/10", 100, 20)):
-            warm = requests[0]
-            t = time.perf_counter()
-            ranker.rerank(warm.query, [c.text for c in warm.candidates[:depth]], window=window)
-            first_call, compile_s = time.perf_counter() - t, ranker.last_stats[0].compile_s
+        cache_s, n_docs = build_cache(ranker, requests, Path(tmp) / "cache")
+        from perank_jax.data.embcache import load_embedding_cache
+        cache = load_embedding_cache(Path(tmp) / "cache")
+        ctx = Context(ranker, hf, a.dtype, requests[0], requests[1:1 + a.queries], requests[1:1 + n_batch],
+                      a.batch_queries)
+        scenarios, compiles = [], []
+        for scen, depth, window in (() if a.no_table else (("top-20, 1 window", 20, None),
+                                                           ("top-100, window 20/10", 100, 20))):
+            rows = [jax_row("(a) JAX, encode on the fly", ctx, ctx.requests, depth, window, 10, cache=None, batch=1),
+                    jax_row("(b) JAX, precomputed embeddings", ctx, ctx.requests, depth, window, 10, cache=cache,
+                            batch=1),
+                    jax_row(f"(c) JAX, --batch-queries {a.batch_queries}, precomputed", ctx, ctx.batch_requests,
+                            depth, window, 10, cache=cache, batch=a.batch_queries)]
             if ref is not None:
-                ref.rerank(warm.query, [c.text for c in warm.candidates[:depth]], window=window)
-            jl, tl, same, stats = [], [], 0, None
-            for r in requests[1:]:
-                texts = [c.text for c in r.candidates[:depth]]
-                order = ranker.rerank(r.query, texts, window=window)
-                stats = ranker.last_stats[0]
-                jl.append(stats.latency_s)
-                if ref is not None:
-                    t = time.perf_counter()
-                    torder, tp, tg = ref.rerank(r.query, texts, window=window)
-                    tl.append(time.perf_counter() - t)
-                    same += torder == order
-                    assert (tp, tg) == (stats.processed_tokens, stats.generated_tokens), (tp, tg, stats)
-            jm = statistics.median(jl)
-            tm = statistics.median(tl) if tl else float("nan")
-            rows.append((name, stats.processed_tokens, stats.generated_tokens, jm, stats.encode_s, compile_s,
-                         first_call, tm, tm / jm if tl else float("nan"), f"{same}/{len(tl)}" if tl else "-"))
-        import os
-        print(f"# {a.queries} DL20 queries (median per query), warm-up query excluded; encoder bucket "
-              f"warm-up {enc_compile:.1f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print("| scenario | processed tok | generated tok | JAX s/query | JAX encode s | JAX compile s | "
-              "JAX 1st call s | torch s/query | torch/JAX | same ranking |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[5]:.1f} | {r[6]:.1f} | {r[7]:.3f} | "
-                  f"{r[8]:.2f} | {r[9]} |")
+                rows.append(torch_row("(d) HF-torch reference", ctx, ref, depth, window, 10))
+            for label, fn in EXTRA_ROWS.items():
+                row = fn(ctx, depth, window, 10)
+                if row is not None:
+                    row.name = row.name or label
+                    rows.append(row)
+            compiles.append(f"{scen}: " + (", ".join(f"{r.name[:3]} {r.compile_s:.1f} s" for r in rows if r.compile_s)
+                                           or "none (buckets already compiled)"))
+            scenarios.append((scen, rows))
+        print(f"# {a.queries} DL20 queries per one-query row, {n_batch} in (c); warm-up query excluded; mean per "
+              f"query; encoder bucket warm-up {enc_compile:.1f} s; cache of {n_docs} passages built in {cache_s:.1f} s "
+              f"(not counted); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        if scenarios:
+            print(f"# JAX compile (excluded from latency): {'; '.join(compiles)}")
+            print_table(scenarios)
+        if sweep:
+            print(f"\n| --batch-queries | top-{a.sweep_depth} queries/s (precomputed embeddings) | s/query |\n|---|---|---|")
+            for b in sweep:            # the same max(sweep) queries, b per call
+                row = jax_row(f"batch {b}", ctx, requests[1:1 + max(sweep)], a.sweep_depth,
+                              20 if a.sweep_depth > 20 else None, 10, cache=cache, batch=b)
+                print(f"| {b} | {row.queries_per_s():.2f} | {row.s_per_query():.3f} |", flush=True)
     return 0
 
 
