@@ -56,12 +56,13 @@ def first_difference(a, b) -> int | None:
 
 def load_models(hf_dir: str | os.PathLike | None = None, torch: bool = True, dtype: str = "float32"):
     """(LoadedDecoder, HF torch model or None) from an HF directory (default: the packaged
-    SmolLM2 GGUF converted into a temporary directory)."""
+    SmolLM2 GGUF converted into a temporary directory, removed once both are loaded)."""
     from perank_jax.weights.decoder import load_decoder
     if hf_dir is None:
         from perank_jax.weights.gguf import gguf_to_hf_dir
         from perank_jax.weights.packaged import smollm2_gguf
-        hf_dir = gguf_to_hf_dir(smollm2_gguf(), Path(tempfile.mkdtemp(prefix="bench_textlist_")) / "smollm2")
+        with tempfile.TemporaryDirectory(prefix="bench_textlist_") as tmp:
+            return load_models(gguf_to_hf_dir(smollm2_gguf(), Path(tmp) / "smollm2"), torch, dtype)
     dec = load_decoder(hf_dir, dtype=dtype)
     ref = None
     if torch:
