@@ -115,8 +115,9 @@ def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", "rerank", "--model", str(ckpt),
                                  "--requests", str(tmp_path / "req.jsonl"), "--out", str(out)],
-                                stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=sigint_default)
-        deadline = time.time() + 300
+                                stdout=f, stderr=subprocess.STDOUT, preexec_fn=sigint_default,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))   # the progress bar reaches the
+        deadline = time.time() + 300                                           # log at once, not at exit
         while proc.poll() is None and time.time() < deadline and "query/s" not in log.read_text():
             time.sleep(0.05)                              # wait until queries are being reranked
         time.sleep(0.5)
