@@ -46,7 +46,7 @@ def prefill(model, ids, prompt_mask, ph_mask, passages, cache_len: int):
     x = merge_placeholders(x, ph_mask, passages.astype(x.dtype))
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cache = init_cache(model.cfg, B, cache_len, x.dtype, mesh=model.mesh)
-    h, cache = model.forward(x, positions, prompt_mask, cache)
+    h, cache = model.forward(x, positions, prompt_mask, cache, prefill=True)   # a prompt from 0, empty cache
     lengths = prompt_mask.sum(axis=1).astype(jnp.int32)
     h_last = jnp.take_along_axis(h, (lengths - 1)[:, None, None], axis=1)[:, 0]
     return h_last, cache, lengths

@@ -95,7 +95,7 @@ def prefill_prefixes(model, ids, mask) -> PrefixKV:
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (P, T))
     x = model.embed(ids)
     cache = init_cache(model.cfg, P, T, x.dtype, mesh=model.mesh)
-    _, cache = model.forward(x, positions, mask, cache)
+    _, cache = model.forward(x, positions, mask, cache, prefill=True)          # a prompt from 0, empty cache
     return PrefixKV(cache.k, cache.v, cache.pos)
 
 
