@@ -9,18 +9,6 @@ from typing import Sequence
 MIN_BUCKET = 16
 
 
-def next_bucket(n: int, min_size: int = 16, linear_after: int = 1024) -> int:
-    """Smallest bucket >= n: powers of two from `min_size`, then multiples of `linear_after`."""
-    if n < 0:
-        raise ValueError(f"length must be >= 0, got {n}")
-    size = min_size
-    while size < n and size < linear_after:
-        size *= 2
-    if size >= n:
-        return size
-    return -(-n // linear_after) * linear_after
-
-
 def fine_bucket(n: int, min_size: int = 16, fine_after: int = 1024, steps_per_octave: int = 8) -> int:
     """Smallest bucket >= n: powers of two from `min_size` up to `fine_after`, then
     `steps_per_octave` equal steps per doubling (1/8: 1024, 1152, ..., 2048, 2304, ...).

@@ -5,10 +5,22 @@ import pytest
 
 from conftest import make_tiny_hf_decoder
 from perank_jax import generate
-from perank_jax.buckets import fine_bucket, next_bucket
+from perank_jax.buckets import fine_bucket
 from perank_jax.generate import TRACES, greedy_generate
 from perank_jax.models.decoder import attention, init_cache, self_attention
 from perank_jax.weights.decoder import load_decoder
+
+
+def next_bucket(n: int, min_size: int = 16, linear_after: int = 1024) -> int:
+    """The old prompt bucket (the reference): powers of two from `min_size`, then multiples of 1,024."""
+    if n < 0:
+        raise ValueError(f"length must be >= 0, got {n}")
+    size = min_size
+    while size < n and size < linear_after:
+        size *= 2
+    if size >= n:
+        return size
+    return -(-n // linear_after) * linear_after
 
 
 def _old_path(dec, prompt, max_new, eos):
