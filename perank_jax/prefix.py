@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter
+from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.decode import decode_steps
 from perank_jax.models.decoder import KVCache, init_cache
 from perank_jax.prompts import TokenizedPrompt, merge_placeholders
@@ -80,8 +80,8 @@ def plan_prefixes(prompts: dict) -> PrefixPlan:
 def pad_prefixes(rows: list[np.ndarray], *, length_bucket: int, batch_bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) [P, Tp]: P = len(rows) rounded up to `batch_bucket`, Tp to `length_bucket`.
     Padding rows are empty (never referenced)."""
-    P = -(-len(rows) // batch_bucket) * batch_bucket
-    T = max(length_bucket, -(-max(len(r) for r in rows) // length_bucket) * length_bucket)
+    P = round_up(len(rows), batch_bucket)
+    T = round_up(max(len(r) for r in rows), length_bucket)
     ids = np.zeros((P, T), np.int32)
     mask = np.zeros((P, T), bool)
     for p, r in enumerate(rows):
