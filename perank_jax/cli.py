@@ -107,7 +107,8 @@ def _add_encode(sub):
                        "OUT/embeddings.npy (float32, memory-mappable) + docids.txt + metadata.json. "
                        "Interrupted runs resume from their finished chunks when rerun with the same "
                        "arguments.")
-    p.add_argument("--encoder", required=True, help="HF encoder directory (bert / mpnet / JinaBERT-v2)")
+    p.add_argument("--encoder", required=True,
+                   help="HF encoder directory (bert / mpnet / JinaBERT-v2) or a packaged name (packaged:minilm)")
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
@@ -124,9 +125,10 @@ def _add_encode(sub):
 
     def run(a):
         from perank_jax.data.embcache import build_embedding_cache
+        from perank_jax.weights.packaged import resolve_model_path
         check_outputs(dirs=[a.out])
         out = build_embedding_cache(
-            a.encoder, a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
+            resolve_model_path(a.encoder), a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
             chunk_size=a.chunk_size, title_format=a.title_format == "beir", pooling=a.pooling,
             normalize=not a.no_normalize, dtype=a.dtype, progress=not a.quiet)
         print(f"wrote {out}")

@@ -120,3 +120,59 @@ def test_bad_tables_config_is_one_clear_error(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"datasets": [], "methods": [], "depht": 3}))
     assert main(["tables", str(p)]) == 2
     assert "unknown key(s) ['depht']" in capsys.readouterr().err
+
+
+def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(dataset, tmp_path, tiny_perank_dir,
+                                                                              minilm_dir, monkeypatch, capsys):
+    """With `embeddings:` the PE-Rank and cosine methods read passage vectors from the cache (only
+    the queries are encoded) and every run equals the one encoded on the fly; a cache another
+    encoder setting made (max_length 64) is not used, said once per method, and changes nothing."""
+    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.models.dense import DenseEncoder
+
+    encoded = []
+    real = DenseEncoder.encode
+    monkeypatch.setattr(DenseEncoder, "encode", lambda self, texts, *a, **k: (encoded.extend(texts),
+                                                                              real(self, texts, *a, **k))[1])
+    good = build_embedding_cache(str(minilm_dir), dataset / "corpus.tsv", tmp_path / "cache", progress=False)
+    other = build_embedding_cache(str(minilm_dir), dataset / "corpus.tsv", tmp_path / "cache64", max_length=64,
+                                  progress=False)
+    methods = [{"name": "MiniLM cosine", "kind": "embedding", "encoder": str(minilm_dir)},
+               {"name": "PE-Rank", "kind": "perank", "checkpoint": str(tiny_perank_dir), "encoder": str(minilm_dir)},
+               {"name": "PE-Rank single pass", "kind": "perank", "checkpoint": str(tiny_perank_dir),
+                "encoder": str(minilm_dir), "mode": "single_pass"}]
+    runs, logs = {}, {}
+    for label, cache in (("fly", None), ("cache", good), ("other", other)):
+        d = {"name": "tiny", "queries": str(dataset / "queries.tsv"), "run": str(dataset / "run.trec"),
+             "corpus": str(dataset / "corpus.tsv"), "qrels": str(dataset / "qrels.txt"), "title_format": True}
+        if cache:
+            d["embeddings"] = str(cache)
+        cfg = {"datasets": [d], "methods": methods, "depth": N, "efficiency_depths": [], "window": 20,
+               "stride": 10, "warmup": False, "batch_queries": 2, "out_dir": str(tmp_path / label)}
+        (tmp_path / f"{label}.yaml").write_text(yaml.safe_dump(cfg))
+        encoded.clear()
+        assert main(["tables", str(tmp_path / f"{label}.yaml")]) == 0
+        logs[label] = capsys.readouterr().err
+        runs[label] = {p.name: p.read_text() for p in (tmp_path / label / "runs").iterdir()}
+        if label == "cache":
+            assert set(encoded) <= set(QUERIES.values()), "a passage was encoded although the cache holds it"
+        else:
+            assert len(set(encoded) - set(QUERIES.values())) == N
+    assert len(runs["fly"]) == 3 and runs["cache"] == runs["fly"] == runs["other"]
+    assert "not from the cache" not in logs["cache"]
+    for m in ("MiniLM cosine", "PE-Rank", "PE-Rank single pass"):
+        assert logs["other"].count(f"[tables] {m}: encodes on the fly, not from the cache") == 1
+
+
+def test_a_cache_encoded_in_another_title_format_is_refused_by_tables(dataset, tmp_path, minilm_dir, capsys):
+    from perank_jax.data.embcache import build_embedding_cache
+    cache = build_embedding_cache(str(minilm_dir), dataset / "corpus.tsv", tmp_path / "cache", max_length=32,
+                                  progress=False)
+    cfg = {"datasets": [{"name": "tiny", "queries": str(dataset / "queries.tsv"), "run": str(dataset / "run.trec"),
+                         "corpus": str(dataset / "corpus.tsv"), "qrels": str(dataset / "qrels.txt"),
+                         "embeddings": str(cache)}],
+           "methods": [{"name": "BM25", "kind": "first_stage"}], "efficiency_depths": [], "out_dir": str(tmp_path)}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["tables", str(tmp_path / "t.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "encoded with BEIR titles" in err and "title_format: true" in err and "Traceback" not in err

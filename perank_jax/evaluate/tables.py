@@ -8,7 +8,8 @@ Methods (kind):
   textlist      the text-listwise baseline (evaluate/textlist.py) on the JAX decoder
   perank        PERanker (a checkpoint, or `decoder` + `encoder` with an untrained projector)
 Every method reranks the same top-`depth` candidates of the same queries with the same
-sliding windows. Latency is wall time per query with encoding included and XLA compile
+sliding windows. A dataset's `embeddings` cache serves Table 2 (quality) to every method whose
+encoder made it; the others, and Table 3, encode on the fly. Latency is wall time per query with encoding included and XLA compile
 time excluded (reported apart as compile_s); the first query of each (method, depth) is
 run once untimed as a warm-up.
 """
@@ -43,6 +44,8 @@ class DatasetSpec:
     title_format: bool = False       # BEIR "Title: {title} Content: {text}"
     max_queries: int | None = None   # the first N queries of the run (None: all)
     split: str | None = None         # "file.json:key": only the qids listed under `key` (e.g. a held-out half)
+    embeddings: str | None = None    # a `perank encode` cache of the corpus: Table 2's PE-Rank and embedding
+                                     # methods whose encoder made it take passage vectors from it by docid
 
 
 @dataclass
@@ -136,6 +139,23 @@ def load_dataset(d: DatasetSpec):
     return reqs, {r.qid: qrels[r.qid] for r in reqs if r.qid in qrels}
 
 
+def dataset_cache(d: DatasetSpec):
+    """The dataset's `embeddings` cache (loaded and verified), or None; its documents must have
+    been encoded in the title format the dataset reads them with."""
+    name = d.name
+    if not d.embeddings:
+        return None
+    from perank_jax.data.embcache import load_embedding_cache
+    cache = load_embedding_cache(d.embeddings)
+    beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
+    if beir != d.title_format:
+        raise ConfigError(f"dataset {name}: embeddings {d.embeddings} were encoded "
+                          f"{'with' if beir else 'without'} BEIR titles (perank encode --title-format "
+                          f"{'beir' if beir else 'plain'}); set the dataset's title_format: {str(beir).lower()} "
+                          "so passages encoded on the fly match them")
+    return cache
+
+
 def read_split(path) -> dict[str, list[str]]:
     """A query split file (configs/splits/*.json): {part: [qid, ...]} for every list-valued key
     (other keys, e.g. "about", are notes); the parts must be non-empty and disjoint."""
@@ -179,6 +199,8 @@ class Methods:
     def __init__(self, cfg: TablesConfig):
         self.cfg, self._cache = cfg, {}
         self.embedding_memo: dict | None = None   # shared by the PE-Rank methods during Table 2 only
+        self.embedding_cache = None               # the dataset's EmbeddingCache, during Table 2 only
+        self.log = print
 
     def _load(self, key, fn):
         if key not in self._cache:
@@ -197,35 +219,62 @@ class Methods:
     def build(self, m: MethodSpec):
         cfg = self.cfg
         if m.kind == "first_stage":
-            return lambda q, texts: (list(range(len(texts))), Usage())
+            return lambda q, cands: (list(range(len(cands))), Usage())
         if m.kind == "embedding":
+            from perank_jax.passage_vectors import passage_vectors
             enc = self.encoder(m.encoder, m.max_length)
+            memos: dict = {}
 
-            def cosine(q, texts):
-                e = np.asarray(enc.encode([q] + list(texts)), np.float64)
+            def cosine(q, cands):
+                cache = self.usable_cache(m.name, enc, {}, enc.dim)
+                memo = None if self.embedding_memo is None else memos.setdefault(id(self.embedding_memo), {})
+                (e,), *_ = passage_vectors(enc, [[c.text for c in cands]], [[c.docid for c in cands]], cache,
+                                           memo, [q])
+                e = np.asarray(e, np.float64)
                 e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-                return [int(i) for i in np.argsort(-(e[1:] @ e[0]), kind="stable")], Usage()
+                return [int(i) for i in np.argsort(-(e[:-1] @ e[-1]), kind="stable")], Usage()
             return cosine
         if m.kind == "textlist":
             from perank_jax.evaluate.textlist import TextListwiseReranker
             r = TextListwiseReranker(self.decoder(m.decoder, m.dtype), cfg.window, cfg.stride,
                                      m.max_new_tokens, m.max_words)
-            return r.rerank
+            return lambda q, cands: r.rerank(q, [c.text for c in cands])
         ranker = self._load(("perank", m.name), lambda: self._perank(m))
 
-        def perank(q, texts):
+        def use_dataset_state():
             ranker.embedding_memo = self.embedding_memo
-            order = ranker.rerank(q, list(texts), window=cfg.window, stride=cfg.stride, top_k=m.top_k, mode=m.mode)
+            ranker.embeddings = self.usable_cache(m.name, ranker.encoder, ranker.config, int(ranker.projector.in_dim))
+
+        def perank(q, cands):
+            use_dataset_state()
+            order = ranker.rerank(q, list(cands), window=cfg.window, stride=cfg.stride, top_k=m.top_k, mode=m.mode)
             st = ranker.last_stats[0]
             return order, Usage(st.processed_tokens, st.generated_tokens, st.windows)
 
-        def batch(queries, text_lists):
-            ranker.embedding_memo = self.embedding_memo
-            orders = ranker.rerank_batch(list(queries), [list(t) for t in text_lists], window=cfg.window,
+        def batch(queries, cand_lists):
+            use_dataset_state()
+            orders = ranker.rerank_batch(list(queries), [list(t) for t in cand_lists], window=cfg.window,
                                          stride=cfg.stride, top_k=m.top_k, mode=m.mode)
             return orders, [Usage(st.processed_tokens, st.generated_tokens, st.windows) for st in ranker.last_stats]
         perank.batch = batch
         return perank
+
+    def usable_cache(self, method: str, encoder, config: dict, dim: int):
+        """The dataset's embedding cache if `encoder` made it, else None (the method then encodes on
+        the fly, as it must: another encoder's vectors would rank wrongly); said once per method."""
+        cache = self.embedding_cache
+        if cache is None:
+            return None
+        from perank_jax.passage_vectors import EmbeddingMismatch, check_cache_matches
+        try:
+            check_cache_matches(cache, encoder, config, dim)
+            return cache
+        except EmbeddingMismatch as e:
+            key = ("mismatch", method, str(cache.directory))
+            if key not in self._cache:
+                self._cache[key] = True
+                self.log(f"[tables] {method}: encodes on the fly, not from the cache ({e})")
+            return None
 
     def _perank(self, m: MethodSpec):
         from perank_jax.ranker import PERanker
@@ -248,12 +297,12 @@ def rerank_all(method, requests, depth: int, warmup: bool = True, batch_queries:
     if not requests:
         return {}, []
     if warmup:  # compiles and fills caches; untimed (compile time is excluded from latency anyway)
-        method(requests[0].query, [c.text for c in requests[0].candidates[:depth]])
+        method(requests[0].query, requests[0].candidates[:depth])
     step = batch_queries if batch_queries > 1 and hasattr(method, "batch") else 1
     run, costs = {}, []
     for lo in range(0, len(requests), step):
         chunk = requests[lo:lo + step]
-        texts = [[c.text for c in r.candidates[:depth]] for r in chunk]
+        texts = [r.candidates[:depth] for r in chunk]   # Candidates: docid (for a cache) and text
         if step == 1:
             order, cost = timed(chunk[0].qid, len(texts[0]), method, chunk[0].query, texts[0])
             pairs = [(order, cost)]
@@ -281,7 +330,9 @@ def _joint(result):
 def run_tables(cfg: TablesConfig, log=print) -> dict:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    caches = {d.name: dataset_cache(d) for d in cfg.datasets}     # a bad cache fails before any work
     methods = Methods(cfg)
+    methods.log = log
     built = {m.name: methods.build(m) for m in cfg.methods}
     data = {d.name: load_dataset(d) for d in cfg.datasets}
     eff_name = cfg.efficiency_dataset or cfg.datasets[0].name
@@ -291,8 +342,10 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
     for dname, (reqs, qrels) in data.items():
         # Table 2 measures quality: PE-Rank modes share one dataset's passage embeddings (Table 3's
         # latency runs below encode afresh, as the paper counts it)
-        table3_here = dname == eff_name and cfg.efficiency_queries is None and cfg.batch_queries == 1
+        table3_here = (dname == eff_name and cfg.efficiency_queries is None and cfg.batch_queries == 1
+                       and cfg.depth in cfg.efficiency_depths)
         methods.embedding_memo = None if table3_here else {}
+        methods.embedding_cache = None if table3_here else caches[dname]
         for m in cfg.methods:
             log(f"[tables] {dname}: {m.name} on top-{cfg.depth} of {len(reqs)} queries")
             run, costs = rerank_all(built[m.name], reqs, cfg.depth, cfg.warmup, cfg.batch_queries)
@@ -301,9 +354,9 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
             if cfg.write_runs:
                 write_run(run, out / "runs" / f"{dname}.{m.name.replace('/', '_')}.top{cfg.depth}.trec",
                           tag=m.name.replace(" ", "_"))
-            if table3_here and cfg.depth in cfg.efficiency_depths:
+            if table3_here:
                 efficiency[m.name][cfg.depth] = summarize(costs)
-    methods.embedding_memo = None
+    methods.embedding_memo = methods.embedding_cache = None
     eff_reqs = data[eff_name][0][:cfg.efficiency_queries] if cfg.efficiency_queries else data[eff_name][0]
     for depth in cfg.efficiency_depths:
         for m in cfg.methods:
