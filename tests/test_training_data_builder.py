@@ -8,6 +8,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from perank_jax import prompts
@@ -351,3 +352,36 @@ def test_bad_source_exits_2_with_one_line_naming_file_and_line_and_writes_nothin
     assert what in msg, msg
     assert cap.out == ""
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_embed_cache_gives_the_same_table_without_encoding_its_documents_and_refuses_another_encoder(
+        tmp_path, minilm_dir, monkeypatch, capsys):
+    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.models.dense import DenseEncoder
+    from perank_jax.train.embeddings import table_embedder
+    info = make_mini_data(tmp_path / "src")
+    corpus = info["data"] / "scifact" / "corpus.jsonl"
+    good = build_embedding_cache(str(minilm_dir), corpus, tmp_path / "cache64", max_length=64, progress=False)
+    other = build_embedding_cache(str(minilm_dir), corpus, tmp_path / "cache32", max_length=32, progress=False)
+    encoded = []
+    real = DenseEncoder.encode
+    monkeypatch.setattr(DenseEncoder, "encode", lambda self, texts, *a, **k: (encoded.extend(texts),
+                                                                              real(self, texts, *a, **k))[1])
+    common = (*ARGS, "--embed", str(minilm_dir), "--encoder-max-len", "64")
+    assert build(info, tmp_path / "plain", *common) == 0
+    encoded.clear()
+    assert build(info, tmp_path / "cached", *common, "--embed-cache", str(good)) == 0
+    sci_docs = set(info["docs"]["scifact"].values())
+    records = read_jsonl(tmp_path / "cached" / "stage2.jsonl")
+    in_lists = {t for r in records for t in r["extra_texts"]} & sci_docs
+    assert in_lists, "the slice must hold SciFact lists for this test to mean anything"
+    assert not in_lists & set(encoded), "a SciFact document was encoded although the cache holds it"
+    plain, cached = (table_embedder(tmp_path / d / "stage2.emb.npz") for d in ("plain", "cached"))
+    texts = sorted({t for r in records for t in r["extra_texts"]})
+    np.testing.assert_allclose(cached(texts), plain(texts), atol=1e-5)
+
+    capsys.readouterr()
+    assert build(info, tmp_path / "bad", *common, "--embed-cache", str(other)) == 2
+    err = capsys.readouterr().err
+    assert "does not match" in err and "max_length 32" in err and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists(), "nothing is written when the cache is refused"

@@ -9,7 +9,10 @@ One run prints one table. Rows:
   (b) JAX, passage vectors from a `perank encode` cache (built here for the candidates), one query at a time
   (c) JAX, `--batch-queries` queries at a time (default 8), vectors from the cache
   (d) the HF-torch reference algorithm, one query at a time, its own encoding
-  (e) text-listwise generation: not measured here; see EXTRA_ROWS below (the hook for it)
+  (e) the text-listwise reranker (perank_jax.evaluate.textlist: the passage TEXTS in a RankGPT-style
+      prompt, generation of up to 256 tokens, parsed), JAX, same windows; `--textlist-queries` queries
+  (e') HF transformers `generate` on the same text-listwise prompts (top-20 only), with the tokens it
+      generated compared to (e)'s (tools/bench_textlist.py `textlist_latency`)
 Every JAX row prefills a query's shared prompt prefix once (perank_jax.prefix), so it processes
 fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
 ../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see docs/data.md): top-20 in
@@ -32,7 +35,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -157,6 +159,7 @@ class Row:
     encode: list[float] = field(default_factory=list)
     orders: dict = field(default_factory=dict)            # qid -> ranking
     compile_s: float = 0.0
+    note: str = ""               # printed instead of the ranking comparison (rows of another method)
 
     def queries_per_s(self) -> float:
         return len(self.seconds) / self.wall if self.wall else float("nan")
@@ -174,13 +177,47 @@ class Context:
     requests: list               # the timed requests of the one-query rows
     batch_requests: list         # the timed requests of the batched row
     batch_queries: int
+    hf_model: object = None      # the HF torch decoder (the reference's), for (e')
+    textlist: object = None      # the JAX decoder (loaded fresh: no PE-Rank tokens), for (e)
 
 
-# The hook for more rows, e.g. (e) text-listwise generation over the passage texts (someone else's:
-# tools/bench_textlist.py `textlist_latency`). Each entry: label -> fn(ctx, depth, window, stride)
-# returning a Row (per-query processed / generated tokens and seconds, `wall`) or None to skip the
-# scenario; it is printed after (d), with its ratio to (d).
-EXTRA_ROWS: dict[str, Callable[[Context, int, int | None, int], Row | None]] = {}
+def textlist_rows(ctx: Context, depth, window, stride, queries: int, torch: bool) -> list[Row]:
+    """(e) the text-listwise reranker in JAX over the same windows; at one window (top-20) also
+    (e') HF `generate` on the very same prompts (bench_textlist.textlist_latency: both timed per
+    query, one after the other, compilation excluded, generated tokens compared)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_textlist import load_models, textlist_latency
+    from perank_jax.evaluate.textlist import TextListwiseReranker
+    reqs = ctx.requests[:queries]
+    if ctx.textlist is None:
+        ctx.textlist = load_models(ctx.hf, torch=False, dtype=ctx.dtype)[0]
+    if window is None:
+        got = textlist_latency(reqs, depth=depth, decoder=ctx.textlist, torch=torch,
+                               hf_model=ctx.hf_model if torch else None)
+        e, hf = Row("(e) JAX text-listwise"), Row("(e') HF generate, same prompts")
+        for g in got:
+            e.processed.append(g.prompt_tokens), e.generated.append(g.jax_generated), e.seconds.append(g.jax_s)
+            e.compile_s += g.compile_s
+            if g.hf_s is not None:
+                hf.processed.append(g.prompt_tokens), hf.generated.append(g.hf_generated), hf.seconds.append(g.hf_s)
+        same = sum(g.first_diff is None for g in got)
+        e.note, hf.note = "(another method)", f"generated tokens equal to (e)'s: {same}/{len(got)}"
+        e.wall, hf.wall = sum(e.seconds), sum(hf.seconds)
+        return [e] + ([hf] if hf.seconds else [])
+    r = TextListwiseReranker(ctx.textlist, window=window, stride=stride)
+    e = Row("(e) JAX text-listwise")
+    t = time.perf_counter()
+    r.rerank(ctx.warm.query, [c.text for c in ctx.warm.candidates[:depth]])
+    warm_s = time.perf_counter() - t
+    for q in reqs:
+        t = time.perf_counter()
+        order, usage = r.rerank(q.query, [c.text for c in q.candidates[:depth]])
+        dt = time.perf_counter() - t
+        e.seconds, e.wall = e.seconds + [dt], e.wall + dt
+        e.processed.append(int(usage.processed_tokens)), e.generated.append(int(usage.generated_tokens))
+    e.note = "(another method)"
+    e.compile_s = max(warm_s - min(e.seconds, default=warm_s), 0.0)   # the warm-up's excess (a bound)
+    return [e]
 
 
 def build_cache(ranker, requests, out: Path):
@@ -251,7 +288,7 @@ def print_table(scenarios, ref_name="(d)"):
             speed = ref.s_per_query() / r.s_per_query() if ref is not None else float("nan")
             enc = f"{mean(r.encode):.3f}" if r.encode else "-"
             print(f"| {scen} | {r.name} | {mean(r.processed):.0f} | {mean(r.generated):.0f} | {r.s_per_query():.3f} | "
-                  f"{r.queries_per_s():.3f} | {speed:.2f}x | {enc} | {' / '.join(same)} |")
+                  f"{r.queries_per_s():.3f} | {speed:.2f}x | {enc} | {r.note or ' / '.join(same)} |")
 
 
 def main(argv=None):
@@ -267,6 +304,8 @@ def main(argv=None):
     ap.add_argument("--mistral7b-random", action="store_true")
     ap.add_argument("--layers", type=int, default=None, help="override the 7B layer count (smoke runs)")
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--textlist-queries", type=int, default=2,
+                    help="queries for rows (e)/(e'), text-listwise (0: skip; ~12 s per window on 2 CPU cores)")
     a = ap.parse_args(argv)
 
     import jax
@@ -294,7 +333,7 @@ def main(argv=None):
         from perank_jax.data.embcache import load_embedding_cache
         cache = load_embedding_cache(Path(tmp) / "cache")
         ctx = Context(ranker, hf, a.dtype, requests[0], requests[1:1 + a.queries], requests[1:1 + n_batch],
-                      a.batch_queries)
+                      a.batch_queries, hf_model=None if ref is None else ref.lm)
         scenarios, compiles = [], []
         for scen, depth, window in (() if a.no_table else (("top-20, 1 window", 20, None),
                                                            ("top-100, window 20/10", 100, 20))):
@@ -305,11 +344,8 @@ def main(argv=None):
                             depth, window, 10, cache=cache, batch=a.batch_queries)]
             if ref is not None:
                 rows.append(torch_row("(d) HF-torch reference", ctx, ref, depth, window, 10))
-            for label, fn in EXTRA_ROWS.items():
-                row = fn(ctx, depth, window, 10)
-                if row is not None:
-                    row.name = row.name or label
-                    rows.append(row)
+            if a.textlist_queries and hf is not None:
+                rows += textlist_rows(ctx, depth, window, 10, a.textlist_queries, torch=ref is not None)
             compiles.append(f"{scen}: " + (", ".join(f"{r.name[:3]} {r.compile_s:.1f} s" for r in rows if r.compile_s)
                                            or "none (buckets already compiled)"))
             scenarios.append((scen, rows))

@@ -132,15 +132,21 @@ def stage1_records(data: Path, args) -> tuple[list[dict], dict]:
     return [recs[i] for i in order], counts
 
 
-def embed_table(records: list[dict], out: Path, encoder: str, max_len: int) -> int:
-    """Encode every passage and query text of `records` with the frozen encoder into an .npz table."""
+def embed_texts(records: list[dict], encoder: str, max_len: int, caches=()) -> tuple[list[str], np.ndarray]:
+    """Every passage and query text of `records`, and its vector from the frozen encoder.
+    Texts that are documents of a `perank encode` cache in `caches` (made by this very encoder
+    setting: checked, else refused) take the cached vector instead of being encoded again."""
+    from perank_jax.passage_vectors import open_cache
+    from perank_jax.train.embeddings import cache_embedder
     from perank_jax.weights.encoder import load_encoder
-    from perank_jax.train.embeddings import save_table
     from perank_jax.weights.packaged import resolve_model_path
     texts = list(dict.fromkeys(t for r in records for t in r["extra_texts"] + ([r["query_text"]] if "query_text" in r else [])))
     enc = load_encoder(resolve_model_path(encoder), normalize=True, max_length=max_len, dtype="float32")
-    save_table(out, texts, enc.encode(texts, batch_size=64))
-    return len(texts)
+    embed = lambda ts: enc.encode(ts, batch_size=64)  # noqa: E731
+    for c in caches:
+        open_cache(c, enc, {}, enc.dim)                   # EmbeddingMismatch names every difference
+        embed = cache_embedder(c, fallback=embed)
+    return texts, np.asarray(embed(texts), np.float32)
 
 
 def main(argv=None) -> int:
@@ -161,6 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--embed", default=None, metavar="ENCODER",
                    help="also write stage2.emb.npz with this encoder (a path or packaged:minilm)")
     p.add_argument("--encoder-max-len", type=int, default=256)
+    p.add_argument("--embed-cache", action="append", default=[], metavar="DIR",
+                   help="(with --embed) a `perank encode` cache of a source corpus made with the same encoder and "
+                        "--encoder-max-len: its documents are not encoded again (repeatable)")
     p.add_argument("--limit-queries", type=int, default=0, help="(tests) keep only the first k lists per set")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
@@ -173,10 +182,14 @@ def main(argv=None) -> int:
         s2, c2 = stage2_records(data, a, split)
         if a.limit_queries:
             s1, s2 = s1[:a.limit_queries * 4], s2[:a.limit_queries * 4]
-        out.mkdir(parents=True, exist_ok=True)
+        table = embed_texts(s2, a.embed, a.encoder_max_len, a.embed_cache) if a.embed else None
+        out.mkdir(parents=True, exist_ok=True)           # everything is computed: only writing is left
         n1 = write_records(s1, out / "stage1.jsonl")
         n2 = write_records(s2, out / "stage2.jsonl")
-        n_emb = embed_table(s2, out / "stage2.emb.npz", a.embed, a.encoder_max_len) if a.embed else 0
+        if table is not None:
+            from perank_jax.train.embeddings import save_table
+            save_table(out / "stage2.emb.npz", *table)
+        n_emb = len(table[0]) if table is not None else 0
     except (ValueError, OSError) as e:   # DataError, ConfigError, unreadable files: one line
         print(f"error: {e}", file=sys.stderr)
         return 2
