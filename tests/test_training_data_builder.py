@@ -229,6 +229,17 @@ def test_scifact_lists_are_bm25_top_n_with_a_relevant_document_first(built):
         assert all(t.startswith("Title: ") and " Content: " in t for t in r["extra_texts"])
 
 
+def test_a_scifact_split_keeps_its_val_queries_out_of_every_list(tmp_path):
+    info = make_mini_data(tmp_path / "src")
+    split = tmp_path / "sci.json"
+    split.write_text(json.dumps({"train": ["0", "12"], "val": ["7"]}))
+    assert build(info, tmp_path / "out", *ARGS[:-4], "--scifact-lists", "10", "--scifact-split", str(split)) == 0
+    qwho, _ = _who(info)
+    sci = sorted(qwho[r["query_text"]][1] for r in read_jsonl(tmp_path / "out" / "stage2.jsonl")
+                 if qwho[r["query_text"]][0] == "scifact")
+    assert sci == ["0", "12"]                  # every train-part query once, the val query never
+
+
 def test_records_carry_the_query_text_and_the_compact_prompt_by_default(built):
     _, out = built
     for r in read_jsonl(out / "stage2.jsonl"):

@@ -107,7 +107,12 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
         counts[name] = len(recs) - before
     if args.scifact_lists:
         d = data / "scifact"
-        sci = list(qrels_lists(read_run(d / "run.bm25.train.top100.txt"), read_queries(d / "queries.train.tsv"),
+        run = read_run(d / "run.bm25.train.top100.txt")
+        if args.scifact_split:       # only its `train` part gives lists; `val` stays unseen
+            from perank_jax.evaluate.tables import read_split_qids
+            allowed = set(read_split_qids(f"{args.scifact_split}:train"))
+            run = {q: hits for q, hits in run.items() if q in allowed}
+        sci = list(qrels_lists(run, read_queries(d / "queries.train.tsv"),
                                read_corpus(d / "corpus.jsonl", title_format=True), read_qrels(d / "qrels.train.txt"),
                                n=args.n, **kw))
         picked = rng.choice(len(sci), size=min(args.scifact_lists, len(sci)), replace=False)
@@ -159,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--lists-per-query", type=int, default=8)
     p.add_argument("--windows-per-query", type=int, default=3, help="of those, contiguous BM25 windows")
     p.add_argument("--scifact-lists", type=int, default=0, help="add this many SciFact train lists")
+    p.add_argument("--scifact-split", default=None, metavar="JSON",
+                   help="SciFact train split (configs/splits/scifact-train.json): lists come only from its "
+                        "`train` part")
     p.add_argument("--template", default="compact", choices=["paper", "compact"])
     p.add_argument("--query-token", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--content-view", action=argparse.BooleanOptionalAction, default=False)
