@@ -72,7 +72,7 @@ def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) 
 def open_cache(cache, encoder, config: dict, dim: int) -> EmbeddingCache:
     """An EmbeddingCache (or the directory of one) checked against the ranker's encoder."""
     if not isinstance(cache, EmbeddingCache):
-        cache = load_embedding_cache(cache)
+        cache = load_embedding_cache(cache, verify="lazy")
     check_cache_matches(cache, encoder, config, dim)
     return cache
 
@@ -81,7 +81,7 @@ def cache_and_title_format(directory, title_format: bool):
     """(cache, title format to read documents with) for `perank rerank --embeddings`: passages
     encoded on the fly must be formatted as the cache's were (BEIR, `perank encode`'s default,
     unless it was run with --title-format plain); --title-format against a plain cache is refused."""
-    cache = load_embedding_cache(directory)
+    cache = load_embedding_cache(directory, verify="lazy")
     beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
     if title_format and not beir:
         raise CacheError(f"{directory}: encoded with `--title-format plain`, but --title-format (BEIR) was given; "
@@ -119,9 +119,7 @@ def passage_vectors(encoder, text_lists, docid_lists=None, cache: EmbeddingCache
     if memo is not None and todo:
         memo.update(zip(todo, new))
     if cached_rows:
-        order = np.argsort(cached_rows, kind="stable")            # one sorted read of the memory map
-        got = np.empty((len(cached_rows), cache.dim), np.float32)
-        got[order] = np.asarray(cache.embeddings[np.asarray(cached_rows)[order]], np.float32)
+        got = cache.rows(cached_rows)                              # one sorted read of the memory map
     rows = [got[k] if kind == "cache" else new[k] if kind == "new" else memo[k] for kind, k in src]
     dim = rows[0].shape[-1] if rows else 1
     out, at = [], 0

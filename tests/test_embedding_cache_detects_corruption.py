@@ -213,3 +213,33 @@ def test_encode_over_a_damaged_cache_in_a_subprocess_says_so_and_leaves_a_whole_
     assert r.returncode == 0, r.stderr
     assert "rows 15-19 (chunk 4 of 5) did not match the checksum" in r.stderr and "Traceback" not in r.stderr
     same_files(d, clean)
+
+
+def test_lazy_verification_checks_only_the_chunks_read_and_refuses_a_damaged_one_when_read(setup, tmp_path):
+    """Reranking opens a cache with verify="lazy" (a query reads a few rows of what may be a
+    many-GB corpus): a chunk is checked the first time one of its rows is read, once."""
+    root, corpus, args, clean = setup
+    d = copy(clean, tmp_path / "cache")
+    overwrite_rows(d, [12])                                     # chunk 3 (rows 10-14)
+    cache = load_embedding_cache(d, verify="lazy")              # opens: nothing read yet
+    assert cache.verified_chunks == set()
+    good = load_embedding_cache(clean)
+    np.testing.assert_array_equal(cache.lookup(["d1", "d21", "d7"]), good.lookup(["d1", "d21", "d7"]))
+    assert cache.verified_chunks == {0, 1, 4}
+    with pytest.raises(CacheError) as e:
+        cache.lookup(["d3", "d11"])
+    assert f"{d / 'embeddings.npy'}: checksum mismatch in rows 10-14 (chunk 3 of 5)" in one_line(str(e.value))
+    assert 2 not in cache.verified_chunks
+
+
+def test_reranking_through_a_damaged_cache_chunk_is_one_error_not_a_ranking(setup, tmp_path):
+    from perank_jax.passage_vectors import passage_vectors
+    root, corpus, args, clean = setup
+    d = copy(clean, tmp_path / "cache")
+    overwrite_rows(d, [0])
+    cache = load_embedding_cache(d, verify="lazy")
+    enc = perank_jax.load_encoder(root / "enc", max_length=64)
+    (vecs,), *_ = passage_vectors(enc, [["x", "y"]], [["d6", "d16"]], cache)   # chunks 1 and 3: fine
+    np.testing.assert_array_equal(vecs, load_embedding_cache(clean).lookup(["d6", "d16"]))
+    with pytest.raises(CacheError, match=r"rows 0-4 \(chunk 1 of 5\)"):
+        passage_vectors(enc, [["x", "y"]], [["d6", "d2"]], cache)

@@ -315,13 +315,39 @@ def _plan_diff(old: dict, new: dict) -> str:
 
 # ------------------------------------------------------------------ reader
 class EmbeddingCache:
-    def __init__(self, directory: Path, embeddings: np.ndarray, docids: list[str], metadata: dict):
+    """A finished cache: `embeddings` (memory map), `docids`, `index` (docid -> row), `metadata`.
+    Read rows through `rows` / `lookup`: with lazy verification (load_embedding_cache(...,
+    verify="lazy")) each chunk is checked against its checksum the first time a row of it is read."""
+
+    def __init__(self, directory: Path, embeddings: np.ndarray, docids: list[str], metadata: dict,
+                 lazy: bool = False):
         self.directory, self.embeddings, self.docids, self.metadata = directory, embeddings, docids, metadata
         self.index = {d: i for i, d in enumerate(docids)}
         self.dim = int(metadata["dim"])
+        ck = metadata.get("checksums") if lazy else None
+        self.chunk_rows = int(ck["chunk_rows"]) if ck else 0       # 0: nothing left to verify
+        self.verified_chunks: set[int] = set()                     # chunks checked lazily so far
 
     def __len__(self):
         return len(self.docids)
+
+    def rows(self, idx) -> np.ndarray:
+        """Rows `idx` [k, dim] float32, read in sorted order from the memory map; a chunk not yet
+        verified is checked first (a mismatch is a CacheError naming its rows)."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        if self.chunk_rows:
+            for c in sorted({int(i) // self.chunk_rows for i in idx} - self.verified_chunks):
+                s, e = c * self.chunk_rows, min((c + 1) * self.chunk_rows, len(self.docids))
+                if _sha(self.embeddings[s:e]) != self.metadata["checksums"]["chunks"][c]:
+                    raise CacheError(f"{self.directory / EMB}: checksum mismatch in "
+                                     f"{_rows([(s, e)], self.chunk_rows, len(self.docids))} (the file changed "
+                                     "after it was written); rerun `perank encode` with the same arguments to "
+                                     "re-encode them")
+                self.verified_chunks.add(c)
+        order = np.argsort(idx, kind="stable")
+        out = np.empty((len(idx), self.dim), np.float32)
+        out[order] = np.asarray(self.embeddings[idx[order]], np.float32)
+        return out
 
     def lookup(self, docids: Sequence[str]) -> np.ndarray:
         """Embeddings [len(docids), dim] float32 for the given ids (one error listing any missing)."""
@@ -329,7 +355,7 @@ class EmbeddingCache:
         if missing:
             raise CacheError(f"{self.directory}: {len(missing)} document id(s) not in the cache, "
                              f"e.g. {missing[:5]}")
-        return np.asarray(self.embeddings[[self.index[d] for d in docids]], np.float32)
+        return self.rows([self.index[d] for d in docids])
 
 
 def _read_meta(d: Path) -> dict:
@@ -371,14 +397,17 @@ def _open_embeddings(d: Path, meta: dict, mode: str = "r") -> np.ndarray:
 
 
 def load_embedding_cache(directory, expect_encoder=None, expect_dim: int | None = None,
-                         verify: bool = True) -> EmbeddingCache:
+                         verify: bool | str = True) -> EmbeddingCache:
     """Open a finished cache; refuse (CacheError) an incomplete, corrupt or mismatched one.
 
     expect_encoder: an encoder directory (matched by weight fingerprint), a `DenseEncoder`
     (fingerprint and pooling/normalize/max_length), or a name (matched against the stored path,
     name or config name). verify (default): check every chunk of the embedding data and
     docids.txt against the checksums in metadata.json (one sequential read through the memory
-    map); a mismatch names the rows and says to rerun `perank encode`, which re-encodes them."""
+    map); a mismatch names the rows and says to rerun `perank encode`, which re-encodes them.
+    verify="lazy" (reranking: a query touches a few rows of a corpus that may be many GB): check
+    docids.txt now and each chunk the first time one of its rows is read (EmbeddingCache.rows);
+    a cache without per-chunk checksums is then checked whole, now."""
     d = Path(directory)
     if not d.is_dir():
         raise CacheError(f"{d}: embedding cache directory not found")
@@ -409,6 +438,8 @@ def load_embedding_cache(directory, expect_encoder=None, expect_dim: int | None 
         if ck is not None and ck.get("docids") and hashlib.sha256(raw).hexdigest() != ck["docids"]:
             raise CacheError(f"{d / IDS}: checksum mismatch (document ids changed after the cache was written); "
                              "rerun `perank encode` with the same arguments to restore them")
+        if verify == "lazy" and ck is not None:
+            return EmbeddingCache(d, emb, docids, meta, lazy=True)
         bad, how = _bad_chunks(emb, meta)
         if bad and how == "chunks":
             raise CacheError(f"{d / EMB}: checksum mismatch in {_rows(bad, int(ck['chunk_rows']), count)} (the file "

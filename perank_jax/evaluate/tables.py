@@ -146,7 +146,7 @@ def dataset_cache(d: DatasetSpec):
     if not d.embeddings:
         return None
     from perank_jax.data.embcache import load_embedding_cache
-    cache = load_embedding_cache(d.embeddings)
+    cache = load_embedding_cache(d.embeddings, verify="lazy")
     beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
     if beir != d.title_format:
         raise ConfigError(f"dataset {name}: embeddings {d.embeddings} were encoded "
