@@ -1,14 +1,17 @@
 """Copy a trained stage-2 adapter into the package as the shipped default reranker.
 
-    python tools/ship_adapter.py runs/smollm2-minilm-stage2
+    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000]
 
-Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/, with the run's
+Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/ (with --query-scale,
+config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
+queries; see MODEL_CARD.md), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
 tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -19,11 +22,14 @@ SHIPPED = ROOT / "perank_jax" / "shipped"
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run = Path(argv[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", help="a stage-2 output_dir with adapter/ (a LoRA run)")
+    ap.add_argument("--query-scale", type=float, default=None,
+                    help="replace the adapter's query_scale (inference only; default: as trained)")
+    a = ap.parse_args(argv)
+    if a.query_scale is not None and not a.query_scale > 0:
+        ap.error(f"--query-scale must be > 0, got {a.query_scale}")
+    run = Path(a.run)
     files = {run / "adapter" / "config.json": "config.json", run / "adapter" / "adapter.safetensors": "adapter.safetensors",
              run / "metrics.jsonl": "training_metrics.jsonl", run / "metrics.png": "training_loss.png"}
     missing = [str(f) for f in files if not f.is_file()]
@@ -33,6 +39,10 @@ def main(argv=None) -> int:
     SHIPPED.mkdir(exist_ok=True)
     for src, name in files.items():
         shutil.copyfile(src, SHIPPED / name)
+    if a.query_scale is not None:
+        conf = json.loads((SHIPPED / "config.json").read_text())
+        conf["query_scale"] = a.query_scale
+        (SHIPPED / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     from perank_jax import PERanker
     from perank_jax.cli import EXAMPLE_SET
     from perank_jax.data.trec import read_requests
