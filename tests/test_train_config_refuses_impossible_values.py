@@ -32,7 +32,8 @@ def test_the_shipped_recipe_values_are_accepted():
 def test_every_file_in_configs_is_parsed_by_its_typed_loader():
     """Training configs (*.stage1/2.yaml) by load_train_config, tables configs (tables-*.yaml) by
     the tables loader, splits (splits/*.json) as query-id lists; a file no loader claims fails."""
-    from perank_jax.evaluate.tables import load_config, read_split
+    from perank_jax.evaluate.datasets import read_split
+    from perank_jax.evaluate.tables import load_config
     root = STAGE2.parent
     files = sorted(p for p in root.rglob("*") if p.is_file())
     assert len(files) >= 11

@@ -37,8 +37,8 @@ SPLIT = ROOT / "configs" / "splits" / "dl20.json"
 
 
 def read_split(path=SPLIT) -> dict:
-    """{"train": [qid...], "heldout": [qid...]} of DL20, disjoint (perank_jax.evaluate.tables.read_split)."""
-    from perank_jax.evaluate.tables import read_split
+    """{"train": [qid...], "heldout": [qid...]} of DL20, disjoint (perank_jax.evaluate.datasets.read_split)."""
+    from perank_jax.evaluate.datasets import read_split
     split = read_split(path)
     missing = {"train", "heldout"} - set(split)
     if missing:
@@ -109,7 +109,7 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
         d = data / "scifact"
         run = read_run(d / "run.bm25.train.top100.txt")
         if args.scifact_split:       # only its `train` part gives lists; `val` stays unseen
-            from perank_jax.evaluate.tables import read_split_qids
+            from perank_jax.evaluate.datasets import read_split_qids
             allowed = set(read_split_qids(f"{args.scifact_split}:train"))
             run = {q: hits for q, hits in run.items() if q in allowed}
         sci = list(qrels_lists(run, read_queries(d / "queries.train.tsv"),
