@@ -12,6 +12,7 @@ corruption in tests/test_embedding_cache_detects_corruption.py, file modes in
 tests/test_atomic_writes_keep_file_modes.py.
 """
 import json
+import re
 import os
 import signal
 import subprocess
@@ -103,7 +104,13 @@ def sigint_default():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank):
+@pytest.mark.parametrize("when", [
+    r"\b[1-9]\d*/400\b",                                    # queries are being reranked
+    pytest.param(r"0/400", marks=pytest.mark.xfail(          # the progress bar is up, the first compile runs
+        reason="known defect: a Ctrl-C that lands during the first XLA compilation can be lost (the run then "
+               "finishes normally); seen on an idle 2-core machine, not yet understood", strict=False)),
+], ids=["while-reranking", "during-first-compile"])
+def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank, when):
     ckpt = tiny_perank[0]
     cand = [{"docid": f"d{i}", "doc": {"contents": f"passage number {i} " * 20}, "score": 100.0 - i}
             for i in range(40)]
@@ -118,8 +125,8 @@ def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched
                                 stdout=f, stderr=subprocess.STDOUT, preexec_fn=sigint_default,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))   # the progress bar reaches the
         deadline = time.time() + 300                                           # log at once, not at exit
-        while proc.poll() is None and time.time() < deadline and "query/s" not in log.read_text():
-            time.sleep(0.05)                              # wait until queries are being reranked
+        while proc.poll() is None and time.time() < deadline and not re.search(when, log.read_text()):
+            time.sleep(0.05)
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
