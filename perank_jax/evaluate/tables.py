@@ -175,20 +175,21 @@ class Methods:
 
     def usable_cache(self, method: str, encoder, config: dict, dim: int):
         """The dataset's embedding cache if `encoder` made it, else None (the method then encodes on
-        the fly, as it must: another encoder's vectors would rank wrongly); said once per method."""
+        the fly, as it must: another encoder's vectors would rank wrongly). Checked (encoder weights
+        fingerprinted) once per method and cache, not per query; a mismatch is said once."""
         cache = self.embedding_cache
         if cache is None:
             return None
-        from perank_jax.passage_vectors import EmbeddingMismatch, check_cache_matches
-        try:
-            check_cache_matches(cache, encoder, config, dim)
-            return cache
-        except EmbeddingMismatch as e:
-            key = ("mismatch", method, str(cache.directory))
-            if key not in self._cache:
+        key = ("cache usable", method, str(cache.directory))
+        if key not in self._cache:
+            from perank_jax.passage_vectors import EmbeddingMismatch, check_cache_matches
+            try:
+                check_cache_matches(cache, encoder, config, dim)
                 self._cache[key] = True
+            except EmbeddingMismatch as e:
+                self._cache[key] = False
                 self.log(f"[tables] {method}: encodes on the fly, not from the cache ({e})")
-            return None
+        return cache if self._cache[key] else None
 
     def _perank(self, m: MethodSpec):
         from perank_jax.ranker import PERanker
