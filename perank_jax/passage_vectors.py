@@ -82,7 +82,7 @@ def cache_and_title_format(directory, title_format: bool):
     encoded on the fly must be formatted as the cache's were (BEIR, `perank encode`'s default,
     unless it was run with --title-format plain); --title-format against a plain cache is refused."""
     cache = load_embedding_cache(directory, verify="lazy")
-    beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
+    beir = cache.title_format
     if title_format and not beir:
         raise CacheError(f"{directory}: encoded with `--title-format plain`, but --title-format (BEIR) was given; "
                          "drop it, or re-encode the corpus with `perank encode --title-format beir`")

@@ -71,6 +71,12 @@ def _ranges(n: int, rows: int) -> list[tuple[int, int]]:
     return [(s, min(s + rows, n)) for s in range(0, n, rows)]
 
 
+def _chunks_changed(emb_path: Path, bad: list[tuple[int, int]], rows: int, n: int) -> CacheError:
+    """The one refusal of embedding rows that no longer match their chunk checksums."""
+    return CacheError(f"{emb_path}: checksum mismatch in {_rows(bad, rows, n)} (the file changed after it was "
+                      "written); rerun `perank encode` with the same arguments to re-encode them")
+
+
 def _rows(bad: list[tuple[int, int]], rows: int, n: int) -> str:
     """'rows 20-22 (chunk 5 of 5) and 1 more chunk(s)' for bad row ranges of chunks of `rows`."""
     (s, e), more = bad[0], len(bad) - 1
@@ -331,6 +337,12 @@ class EmbeddingCache:
     def __len__(self):
         return len(self.docids)
 
+    @property
+    def title_format(self) -> bool:
+        """Whether documents with a title were encoded BEIR style ("Title: ... Content: ...", the
+        default of `perank encode`) rather than plain ("{title} {text}")."""
+        return bool((self.metadata.get("corpus") or {}).get("title_format", True))
+
     def rows(self, idx) -> np.ndarray:
         """Rows `idx` [k, dim] float32, read in sorted order from the memory map; a chunk not yet
         verified is checked first (a mismatch is a CacheError naming its rows)."""
@@ -339,10 +351,7 @@ class EmbeddingCache:
             for c in sorted({int(i) // self.chunk_rows for i in idx} - self.verified_chunks):
                 s, e = c * self.chunk_rows, min((c + 1) * self.chunk_rows, len(self.docids))
                 if _sha(self.embeddings[s:e]) != self.metadata["checksums"]["chunks"][c]:
-                    raise CacheError(f"{self.directory / EMB}: checksum mismatch in "
-                                     f"{_rows([(s, e)], self.chunk_rows, len(self.docids))} (the file changed "
-                                     "after it was written); rerun `perank encode` with the same arguments to "
-                                     "re-encode them")
+                    raise _chunks_changed(self.directory / EMB, [(s, e)], self.chunk_rows, len(self.docids))
                 self.verified_chunks.add(c)
         order = np.argsort(idx, kind="stable")
         out = np.empty((len(idx), self.dim), np.float32)
@@ -442,9 +451,7 @@ def load_embedding_cache(directory, expect_encoder=None, expect_dim: int | None 
             return EmbeddingCache(d, emb, docids, meta, lazy=True)
         bad, how = _bad_chunks(emb, meta)
         if bad and how == "chunks":
-            raise CacheError(f"{d / EMB}: checksum mismatch in {_rows(bad, int(ck['chunk_rows']), count)} (the file "
-                             "changed after it was written); rerun `perank encode` with the same arguments "
-                             "to re-encode them")
+            raise _chunks_changed(d / EMB, bad, int(ck["chunk_rows"]), count)
         if bad:
             raise CacheError(f"{d / EMB}: checksum mismatch (file corrupted after it was written; this older "
                              "cache has no per-chunk checksums); rerun `perank encode` with the same arguments "

@@ -50,7 +50,7 @@ def dataset_cache(d: DatasetSpec):
         return None
     from perank_jax.data.embcache import load_embedding_cache
     cache = load_embedding_cache(d.embeddings, verify="lazy")
-    beir = bool((cache.metadata.get("corpus") or {}).get("title_format", True))
+    beir = cache.title_format
     if beir != d.title_format:
         raise ConfigError(f"dataset {name}: embeddings {d.embeddings} were encoded "
                           f"{'with' if beir else 'without'} BEIR titles (perank encode --title-format "
