@@ -124,7 +124,7 @@ def _add_encode(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(a):
-        from perank_jax.data.embcache import build_embedding_cache
+        from perank_jax.data.embcache_build import build_embedding_cache
         from perank_jax.weights.packaged import resolve_model_path
         check_outputs(dirs=[a.out])
         out = build_embedding_cache(

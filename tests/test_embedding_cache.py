@@ -7,7 +7,8 @@ import pytest
 
 import perank_jax
 from perank_jax.cli import main
-from perank_jax.data.embcache import CacheError, build_embedding_cache, load_embedding_cache
+from perank_jax.data.embcache import CacheError, load_embedding_cache
+from perank_jax.data.embcache_build import build_embedding_cache
 from tiny_encoders import tiny_bert
 
 N_DOCS, CHUNK = 23, 5

@@ -20,7 +20,7 @@ import pytest
 
 from helpers_tiny import HashEncoder
 from perank_jax.cli import main
-from perank_jax.data.embcache import build_embedding_cache
+from perank_jax.data.embcache_build import build_embedding_cache
 from perank_jax.passage_vectors import EmbeddingMismatch
 from perank_jax.ranker import PERanker
 from perank_jax.sharding import make_mesh

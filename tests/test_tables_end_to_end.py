@@ -127,7 +127,7 @@ def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(da
     """With `embeddings:` the PE-Rank and cosine methods read passage vectors from the cache (only
     the queries are encoded) and every run equals the one encoded on the fly; a cache another
     encoder setting made (max_length 64) is not used, said once per method, and changes nothing."""
-    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.data.embcache_build import build_embedding_cache
     from perank_jax.models.dense import DenseEncoder
 
     encoded = []
@@ -165,7 +165,7 @@ def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(da
 
 
 def test_a_cache_encoded_in_another_title_format_is_refused_by_tables(dataset, tmp_path, minilm_dir, capsys):
-    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.data.embcache_build import build_embedding_cache
     cache = build_embedding_cache(str(minilm_dir), dataset / "corpus.tsv", tmp_path / "cache", max_length=32,
                                   progress=False)
     cfg = {"datasets": [{"name": "tiny", "queries": str(dataset / "queries.tsv"), "run": str(dataset / "run.trec"),

@@ -367,7 +367,7 @@ def test_bad_source_exits_2_with_one_line_naming_file_and_line_and_writes_nothin
 
 def test_embed_cache_gives_the_same_table_without_encoding_its_documents_and_refuses_another_encoder(
         tmp_path, minilm_dir, monkeypatch, capsys):
-    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.data.embcache_build import build_embedding_cache
     from perank_jax.models.dense import DenseEncoder
     from perank_jax.train.embeddings import table_embedder
     info = make_mini_data(tmp_path / "src")

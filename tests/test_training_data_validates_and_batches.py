@@ -100,7 +100,7 @@ def test_order_is_seeded_resumable_and_split_over_processes():
 
 def test_passage_embeddings_come_from_the_encoder_cache_with_encoder_fallback(minilm_dir, tmp_path):
     import json as _json
-    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.data.embcache_build import build_embedding_cache
     from perank_jax.train.embeddings import EmbeddingTableError, cache_embedder, encoder_embedder
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(_json.dumps({"_id": str(i), "text": t}) + "\n"

@@ -222,7 +222,7 @@ def textlist_rows(ctx: Context, depth, window, stride, queries: int, torch: bool
 
 def build_cache(ranker, requests, out: Path):
     """A `perank encode` cache of every candidate of `requests` (docid -> the request's text)."""
-    from perank_jax.data.embcache import build_embedding_cache
+    from perank_jax.data.embcache_build import build_embedding_cache
     docs = {c.docid: c.text for r in requests for c in r.candidates}
     corpus = out.parent / "candidates.jsonl"
     corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
