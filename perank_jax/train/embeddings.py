@@ -61,13 +61,15 @@ def table_embedder(path: str | os.PathLike) -> Embedder:
     return embed
 
 
-def cache_embedder(cache_dir: str | os.PathLike, fallback: Embedder | None = None) -> Embedder:
-    """Look passages up in an encoder embedding cache (perank_jax.data.embcache), matching a
-    record's passage text to the cached corpus document with the same (whitespace-normalised)
-    text; texts not in the corpus go to `fallback` (e.g. the encoder) or are an error."""
-    from perank_jax.data.embcache import load_embedding_cache
+def cache_embedder(cache_dir, fallback: Embedder | None = None) -> Embedder:
+    """Look passages up in an encoder embedding cache (perank_jax.data.embcache: its directory,
+    or an already opened EmbeddingCache), matching a record's passage text to the cached corpus
+    document with the same (whitespace-normalised) text; texts not in the corpus go to
+    `fallback` (e.g. the encoder) or are an error."""
+    from perank_jax.data.embcache import EmbeddingCache, load_embedding_cache
     from perank_jax.data.trec import read_corpus
-    cache = load_embedding_cache(cache_dir)
+    cache = cache_dir if isinstance(cache_dir, EmbeddingCache) else load_embedding_cache(cache_dir)
+    cache_dir = cache.directory
     corpus = cache.metadata["corpus"]
     if not Path(corpus["path"]).is_file():
         raise FileNotFoundError(f"{cache_dir}: the cached corpus {corpus['path']} is gone; its texts are "
