@@ -69,6 +69,13 @@ def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) 
                                 f"{'; '.join(diffs)}; re-encode the corpus with `{how} ...`")
 
 
+def encoder_identity(encoder) -> tuple:
+    """What makes two encoders give the same vector for a text: weights directory, pooling,
+    normalisation, max_length and weight dtype (the key of a shared text -> vector memo)."""
+    return (str(getattr(encoder, "path", None) or id(encoder)), getattr(encoder, "pooling", None),
+            getattr(encoder, "normalize", None), getattr(encoder, "max_length", None), _weight_dtype(encoder))
+
+
 def open_cache(cache, encoder, config: dict, dim: int) -> EmbeddingCache:
     """An EmbeddingCache (or the directory of one) checked against the ranker's encoder."""
     if not isinstance(cache, EmbeddingCache):

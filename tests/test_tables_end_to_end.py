@@ -176,3 +176,34 @@ def test_a_cache_encoded_in_another_title_format_is_refused_by_tables(dataset, t
     assert main(["tables", str(tmp_path / "t.yaml")]) == 2
     err = capsys.readouterr().err
     assert "encoded with BEIR titles" in err and "title_format: true" in err and "Traceback" not in err
+
+
+def test_methods_with_different_encoders_never_share_passage_vectors(dataset, tmp_path, tiny_perank_dir,
+                                                                       minilm_dir, tmp_path_factory):
+    """Table 2 remembers each passage's vector per dataset, so the PE-Rank modes encode it once;
+    a method whose encoder differs (here a random 384-d BERT instead of MiniLM, same dimension)
+    must get its own vectors: every run in one table equals the run of that method alone."""
+    from helpers_tiny import tiny_encoder_dir
+    other_encoder = tiny_encoder_dir(tmp_path_factory.mktemp("random384"), hidden=384, seed=3)
+    methods = [{"name": "PE-Rank MiniLM", "kind": "perank", "checkpoint": str(tiny_perank_dir),
+                "encoder": str(minilm_dir), "mode": "single_pass"},
+               {"name": "PE-Rank random", "kind": "perank", "checkpoint": str(tiny_perank_dir),
+                "encoder": str(other_encoder), "mode": "single_pass"},
+               {"name": "cosine random", "kind": "embedding", "encoder": str(other_encoder)}]
+    d = {"name": "tiny", "queries": str(dataset / "queries.tsv"), "run": str(dataset / "run.trec"),
+         "corpus": str(dataset / "corpus.tsv"), "qrels": str(dataset / "qrels.txt")}
+
+    def runs(label, ms):
+        cfg = {"datasets": [d], "methods": ms, "depth": N, "efficiency_depths": [], "window": 20, "stride": 10,
+               "warmup": False, "out_dir": str(tmp_path / label)}
+        (tmp_path / f"{label}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["tables", str(tmp_path / f"{label}.yaml")]) == 0
+        return {p.name: p.read_text() for p in (tmp_path / label / "runs").iterdir()}
+
+    together = runs("together", methods)
+    alone = {}
+    for i, m in enumerate(methods):
+        alone.update(runs(f"alone{i}", [m]))
+    assert len(together) == 3 and together == alone
+    a, b = (together[f"tiny.{m}.top{N}.trec"] for m in ("PE-Rank MiniLM", "PE-Rank random"))
+    assert a != b, "the two encoders rank alike; the test cannot tell shared vectors from separate ones"

@@ -112,7 +112,7 @@ class Methods:
 
     def __init__(self, cfg: TablesConfig):
         self.cfg, self._cache = cfg, {}
-        self.embedding_memo: dict | None = None   # shared by the PE-Rank methods during Table 2 only
+        self.embedding_memos: dict | None = None  # Table 2 only: one text -> vector memo per encoder
         self.embedding_cache = None               # the dataset's EmbeddingCache, during Table 2 only
         self.log = print
 
@@ -120,6 +120,14 @@ class Methods:
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
+
+    def memo_for(self, encoder) -> dict | None:
+        """The dataset's text -> vector memo of this encoder setting (methods that encode alike
+        share it; None outside Table 2)."""
+        if self.embedding_memos is None:
+            return None
+        from perank_jax.passage_vectors import encoder_identity
+        return self.embedding_memos.setdefault(encoder_identity(encoder), {})
 
     def encoder(self, path, max_length: int | None = None):
         from perank_jax.weights.encoder import load_encoder
@@ -137,11 +145,10 @@ class Methods:
         if m.kind == "embedding":
             from perank_jax.passage_vectors import passage_vectors
             enc = self.encoder(m.encoder, m.max_length)
-            memos: dict = {}
 
             def cosine(q, cands):
                 cache = self.usable_cache(m.name, enc, {}, enc.dim)
-                memo = None if self.embedding_memo is None else memos.setdefault(id(self.embedding_memo), {})
+                memo = self.memo_for(enc)
                 (e,), *_ = passage_vectors(enc, [[c.text for c in cands]], [[c.docid for c in cands]], cache,
                                            memo, [q])
                 e = np.asarray(e, np.float64)
@@ -156,7 +163,7 @@ class Methods:
         ranker = self._load(("perank", m.name), lambda: self._perank(m))
 
         def use_dataset_state():
-            ranker.embedding_memo = self.embedding_memo
+            ranker.embedding_memo = self.memo_for(ranker.encoder)
             ranker.embeddings = self.usable_cache(m.name, ranker.encoder, ranker.config, int(ranker.projector.in_dim))
 
         def perank(q, cands):
@@ -259,7 +266,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
         # latency runs below encode afresh, as the paper counts it)
         table3_here = (dname == eff_name and cfg.efficiency_queries is None and cfg.batch_queries == 1
                        and cfg.depth in cfg.efficiency_depths)
-        methods.embedding_memo = None if table3_here else {}
+        methods.embedding_memos = None if table3_here else {}
         methods.embedding_cache = None if table3_here else caches[dname]
         for m in cfg.methods:
             log(f"[tables] {dname}: {m.name} on top-{cfg.depth} of {len(reqs)} queries")
@@ -271,7 +278,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
                           tag=m.name.replace(" ", "_"))
             if table3_here:
                 efficiency[m.name][cfg.depth] = summarize(costs)
-    methods.embedding_memo = methods.embedding_cache = None
+    methods.embedding_memos = methods.embedding_cache = None
     eff_reqs = data[eff_name][0][:cfg.efficiency_queries] if cfg.efficiency_queries else data[eff_name][0]
     for depth in cfg.efficiency_depths:
         for m in cfg.methods:
