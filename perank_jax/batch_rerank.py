@@ -4,6 +4,7 @@ docids, so a ranker with an embedding cache (`ranker.use_embeddings`) looks them
 from __future__ import annotations
 
 from perank_jax.data.trec import Candidate, DataError, Request
+from perank_jax.interrupts import check_interrupt
 from perank_jax.ranker import PERanker
 
 
@@ -36,6 +37,7 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
             stats.append({"qid": r.qid, **st.to_dict()})
         if bar is not None:
             bar.update(len(chunk))
+        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt a library swallowed
     if bar is not None:
         bar.close()
     return out, stats

@@ -181,6 +181,7 @@ def _add_rerank(sub):
         from perank_jax.data import trec
         from perank_jax.atomic import atomic_text
         from perank_jax.batch_rerank import rerank_requests
+        from perank_jax.interrupts import check_interrupt
         from perank_jax.ranker import PERanker
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
@@ -219,6 +220,7 @@ def _add_rerank(sub):
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
                                           top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
                                           progress=a.out is not None)
+        check_interrupt()
         if a.out is None:
             print_rankings(reranked, stats, a.show, mode)
             return
@@ -383,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:               # --help (0) or a usage error, already printed (2)
         return e.code
+    from perank_jax.interrupts import latched_interrupts
     try:
-        args.func(args)
+        with latched_interrupts():       # a Ctrl-C is never lost to a library that swallows it
+            args.func(args)
     except (ValueError, OSError) as e:  # bad input, unusable paths, full disks: one clear line
         msg = str(e) if isinstance(e, ValueError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"perank {args.command}: error: {msg}", file=sys.stderr)

@@ -107,8 +107,10 @@ def sigint_default():
 @pytest.mark.parametrize("when", [
     r"\b[1-9]\d*/400\b",                                    # queries are being reranked
     pytest.param(r"0/400", marks=pytest.mark.xfail(          # the progress bar is up, the first compile runs
-        reason="known defect: a Ctrl-C that lands during the first XLA compilation can be lost (the run then "
-               "finishes normally); seen on an idle 2-core machine, not yet understood", strict=False)),
+        reason="known defect: a Ctrl-C that lands during the first XLA compilation could be lost (the run then "
+               "finished normally) on an idle 2-core machine; Ctrl-C is now latched (a swallowed "
+               "KeyboardInterrupt stops the run at the next query, tested below), but whether that was the "
+               "cause is not confirmed: it never reproduces under load", strict=False)),
 ], ids=["while-reranking", "during-first-compile"])
 def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank, when):
     ckpt = tiny_perank[0]
@@ -135,6 +137,61 @@ def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched
     assert "interrupted" in text and "Traceback" not in text, text[-3000:]
     assert out.read_text() == "previous run\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "out.trec", "req.jsonl"]
+
+
+@pytest.mark.parametrize("command", ["rerank", "tables"])
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_run_before_any_output(tmp_path, tiny_perank, monkeypatch,
+                                                                                 capsys, command):
+    """The first query batch raises SIGINT inside code that swallows the KeyboardInterrupt (as a
+    library callback may, e.g. during XLA compilation); the run must still stop: exit 130 at the
+    next query boundary, the previous output untouched and nothing new written."""
+    from perank_jax.ranker import PERanker
+    ckpt = tiny_perank[0]
+    real = PERanker.rerank_batch
+
+    def swallowing(self, *a, **k):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)                    # the handler runs (and raises) here ...
+        except KeyboardInterrupt:
+            pass                               # ... and the KeyboardInterrupt is lost
+        return real(self, *a, **k)
+    monkeypatch.setattr(PERanker, "rerank_batch", swallowing)
+    monkeypatch.setattr(PERanker, "rerank", lambda self, q, c, **k: swallowing(self, [q], [c], **k)[0])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even in a
+    request_cleanup = lambda: signal.signal(signal.SIGINT, previous)       # background job  # noqa: E731
+    cand = [{"docid": f"d{i}", "doc": {"contents": f"passage number {i}"}, "score": 9.0 - i} for i in range(8)]
+    (tmp_path / "req.jsonl").write_text("".join(json.dumps({"query": {"text": f"query {q}", "qid": str(q)},
+                                                            "candidates": cand}) + "\n" for q in range(3)))
+    out = tmp_path / "out.trec"
+    out.write_text("previous run\n")
+    if command == "rerank":
+        argv = ["rerank", "--model", str(ckpt), "--requests", str(tmp_path / "req.jsonl"), "--out", str(out)]
+    else:
+        (tmp_path / "c.tsv").write_text("".join(f"d{i}\tpassage number {i}\n" for i in range(8)))
+        (tmp_path / "q.tsv").write_text("".join(f"{q}\tquery {q}\n" for q in range(3)))
+        (tmp_path / "run.trec").write_text("".join(f"{q} Q0 d{i} {i + 1} {9 - i} bm25\n" for q in range(3)
+                                                   for i in range(8)))
+        (tmp_path / "qrels.txt").write_text("0 0 d1 1\n")
+        (tmp_path / "t.yaml").write_text(json.dumps({
+            "datasets": [{"name": "t", "queries": str(tmp_path / "q.tsv"), "run": str(tmp_path / "run.trec"),
+                          "corpus": str(tmp_path / "c.tsv"), "qrels": str(tmp_path / "qrels.txt")}],
+            "methods": [{"name": "PE", "kind": "perank", "checkpoint": str(ckpt)}],
+            "depth": 8, "efficiency_depths": [], "warmup": False, "out_dir": str(tmp_path / "tables")}))
+        argv = ["tables", str(tmp_path / "t.yaml")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = main(argv)
+        handler_after = signal.getsignal(signal.SIGINT)
+    finally:
+        request_cleanup()
+    assert code == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert out.read_text() == "previous run\n"
+    made = sorted(p.name for p in tmp_path.iterdir() if p.name not in before)
+    assert made == ([] if command == "rerank" else ["tables"])    # tables makes its out_dir up front ...
+    assert not [p for p in (tmp_path / "tables").rglob("*") if p.is_file()]   # ... and writes nothing in it
+    assert handler_after is signal.default_int_handler, "the previous SIGINT handler was not restored"
 
 
 # --- 3. impossible numbers ------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Every `import` / `from ... import` in every module counts, including the lazy ones inside
 functions (a lazy import still ties the two files together). Layers, bottom up:
 
-  0 foundations  atomic, buckets, config, constants, sharding
+  0 foundations  atomic, buckets, config, constants, interrupts, sharding
   1 models       models/* (modules and their runtime wrappers), prompts, windows
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
@@ -18,7 +18,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
-    {"atomic", "buckets", "config", "constants", "sharding"},
+    {"atomic", "buckets", "config", "constants", "interrupts", "sharding"},
     {"models", "prompts", "windows"},
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors"},
