@@ -67,6 +67,46 @@ def test_stage2_loss_equals_numpy_transcription(weighting, lengths):
     assert want[3] > 0.1  # the KL term is really exercised
 
 
+def np_single_pass(L1, rankings, lengths, weighting):
+    """Plackett-Luce of the order under the FIRST step's scores only: at step j, softmax of
+    L1[b, 0, .] over the passages not yet ranked."""
+    lists = [b for b in range(len(lengths)) if lengths[b] > 0]
+    total = 0.0
+    for b in lists:
+        per_step = []
+        for j in range(lengths[b]):
+            remaining = [i for i in range(lengths[b]) if i not in rankings[b][:j]]
+            lp = _log_softmax(np.array([L1[b, 0, i] for i in remaining], np.float64))
+            per_step.append(-lp[remaining.index(rankings[b][j])])
+        total += np.mean(per_step) if weighting == "mean" else sum(2.0 ** -j * x for j, x in enumerate(per_step))
+    return total / len(lists)
+
+
+@pytest.mark.parametrize("weighting", ["mean", "pow2"])
+@pytest.mark.parametrize("with_content", [False, True])
+def test_single_pass_listmle_term_equals_numpy_transcription(weighting, with_content):
+    rng = np.random.default_rng(7 + with_content)
+    lengths, n = [6, 4, 0], 6
+    B = len(lengths)
+    L1 = rng.normal(size=(B, n, n)).astype(np.float32) * 3
+    L2 = rng.normal(size=(B, n, n)).astype(np.float32) * 3
+    rankings = [list(rng.permutation(nb)) for nb in lengths]
+    ranking = np.zeros((B, n), np.int32)
+    valid = np.zeros((B, n), bool)
+    for b, nb in enumerate(lengths):
+        ranking[b, :nb] = rankings[b]
+        valid[b, :nb] = True
+    args = (jnp.asarray(L1), jnp.asarray(L2) if with_content else None, jnp.asarray(ranking), jnp.asarray(valid))
+    base, _ = stage2_loss(*args, weighting=weighting)
+    total, m = stage2_loss(*args, weighting=weighting, w_single=0.5)
+    want = np_single_pass(L1, rankings, lengths, weighting)
+    np.testing.assert_allclose(float(m["loss_single"]), want, rtol=2e-5, atol=1e-5)
+    np.testing.assert_allclose(float(total), float(base) + 0.5 * want, rtol=2e-5, atol=1e-5)
+    L1[:, 1:] = rng.normal(size=(B, n - 1, n)) * 3    # the teacher-forced later rows: only loss1 moves
+    _, m2 = stage2_loss(jnp.asarray(L1), *args[1:], weighting=weighting, w_single=0.5)
+    assert float(m2["loss_single"]) == float(m["loss_single"]) and abs(float(m2["loss1"]) - float(m["loss1"])) > 0.01
+
+
 def test_stage2_loss_is_finite_and_differentiable_with_masked_logits():
     import jax
     n = 4

@@ -64,6 +64,8 @@ class LossConfig:
     w2: float = 1.0                        # ListMLE on the with-content view
     w_kl: float = 0.2                      # KL(softmax(L2) || softmax(L1))
     weighting: str = "mean"                # mean (reference) | pow2 (step j weighted 2^-j, summed)
+    w_single: float = 0.0                  # ListMLE of the FIRST step's scores over the whole order
+                                           # (what single-pass ranking sorts by; off in the paper)
 
 
 @dataclass
@@ -137,7 +139,7 @@ class TrainConfig:
                   ("model.projector_isometry", m.projector_isometry is None or m.projector_isometry > 0, "> 0 or null"),
                   ("data.max_len", d.max_len >= 1, ">= 1"), ("data.max_passages", d.max_passages >= 1, ">= 1"),
                   ("data.encoder_max_len", d.encoder_max_len >= 1, ">= 1"), ("lora.rank", self.lora.rank >= 0, ">= 0"),
-                  ("lora.alpha", self.lora.alpha > 0, "> 0"),
+                  ("lora.alpha", self.lora.alpha > 0, "> 0"), ("loss.w_single", self.loss.w_single >= 0, ">= 0"),
                   ("checkpoint.every", self.checkpoint.every >= 0, ">= 0 (0 = only at the end)"),
                   ("checkpoint.keep", self.checkpoint.keep >= 1, ">= 1"), ("log_every", self.log_every >= 1, ">= 1")]
         for k, ok, rule in checks:

@@ -7,8 +7,12 @@ Stage 2 (listwise learning to rank), as in PERANK.md:
   ListMLE (Plackett-Luce): at step j the target is the gold passage at rank j, and
   the softmax runs over the passages not yet ranked (those at gold ranks < j are
   masked with -1e9 in float32, as are padded passages).
-  total = w1 * ListMLE(L1) + w2 * ListMLE(L2) + w_kl * KL(softmax(L2) || softmax(L1)),
-  the KL summed over steps and classes and divided by the batch size.
+  total = w1 * ListMLE(L1) + w2 * ListMLE(L2) + w_kl * KL(softmax(L2) || softmax(L1))
+          + w_single * ListMLE(S1),
+  the KL summed over steps and classes and divided by the batch size. S1 (an option, off in
+  the paper's configs) repeats L1's FIRST row at every step: Plackett-Luce over the scores that
+  single-pass ranking sorts by. ListMLE(L1) trains that row only to put the top passage first
+  (its later rows see the passages already chosen); ListMLE(S1) trains it on the whole order.
 
 Padding: a list with n_b < n passages has `valid[b, :n_b]` True (passages are the
 first n_b slots), ranking[b, :n_b] a permutation of 0..n_b-1 and anything in
@@ -80,17 +84,22 @@ def ranking_kl(teacher_logits: jax.Array, student_logits: jax.Array, ranking: ja
 
 
 def stage2_loss(logits_wo: jax.Array, logits_w: jax.Array | None, ranking: jax.Array, valid: jax.Array,
-                w1: float = 1.0, w2: float = 1.0, w_kl: float = 0.2, weighting: str = "mean"):
+                w1: float = 1.0, w2: float = 1.0, w_kl: float = 0.2, weighting: str = "mean",
+                w_single: float = 0.0):
     """(total, metrics): loss1 on the embedding-only view L1 = logits_wo, loss2 on the
-    with-content view L2 = logits_w (None: single-view training, loss2 = KL = 0)."""
+    with-content view L2 = logits_w (None: single-view training, loss2 = KL = 0), and with
+    w_single > 0 the single-pass ListMLE of L1's first row (loss_single; see the module doc)."""
+    zero = jnp.zeros((), jnp.float32)
     loss1 = listmle(logits_wo, ranking, valid, weighting)
+    single = (listmle(jnp.broadcast_to(logits_wo[:, :1, :], logits_wo.shape), ranking, valid, weighting)
+              if w_single else zero)
+    total = w1 * loss1 + w_single * single
     if logits_w is None:
-        zero = jnp.zeros((), jnp.float32)
-        return w1 * loss1, {"loss1": loss1, "loss2": zero, "kl": zero}
+        return total, {"loss1": loss1, "loss2": zero, "kl": zero, "loss_single": single}
     loss2 = listmle(logits_w, ranking, valid, weighting)
     kl = ranking_kl(logits_w, logits_wo, ranking, valid)
-    total = w1 * loss1 + w2 * loss2 + w_kl * kl
-    return total, {"loss1": loss1, "loss2": loss2, "kl": kl}
+    total = total + w2 * loss2 + w_kl * kl
+    return total, {"loss1": loss1, "loss2": loss2, "kl": kl, "loss_single": single}
 
 
 def next_token_xent(logits: jax.Array, targets: jax.Array, weights: jax.Array):

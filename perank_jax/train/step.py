@@ -156,7 +156,7 @@ class StepFns:
         L1 = listwise_logits(dec, e, batch, "wo")
         L2 = listwise_logits(dec, e, batch, "w") if self.use_content_view and "w_ids" in batch else None
         c = self.loss_cfg
-        total, m = stage2_loss(L1, L2, ranking, valid, c.w1, c.w2, c.w_kl, c.weighting)
+        total, m = stage2_loss(L1, L2, ranking, valid, c.w1, c.w2, c.w_kl, c.weighting, c.w_single)
         return total, {"loss": total, **m, "top1": top1_accuracy(L1, ranking, valid)}
 
 
