@@ -37,7 +37,7 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
             stats.append({"qid": r.qid, **st.to_dict()})
         if bar is not None:
             bar.update(len(chunk))
-        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt a library swallowed
+        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt Python dropped
     if bar is not None:
         bar.close()
     return out, stats

@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     from perank_jax.interrupts import latched_interrupts
     try:
-        with latched_interrupts():       # a Ctrl-C is never lost to a library that swallows it
+        with latched_interrupts():       # a Ctrl-C is never lost, even where Python drops it
             args.func(args)
     except (ValueError, OSError) as e:  # bad input, unusable paths, full disks: one clear line
         msg = str(e) if isinstance(e, ValueError) or not e.filename else f"{e.filename}: {e.strerror}"

@@ -25,10 +25,10 @@ from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.constants import DECODE_MODES
 from perank_jax.data.trec import write_run
-from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
-from perank_jax.interrupts import check_interrupt
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
+from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
 from perank_jax.evaluate.metrics import evaluate
+from perank_jax.interrupts import check_interrupt
 from perank_jax.weights.packaged import resolve_model_path
 
 KINDS = ("first_stage", "embedding", "textlist", "perank")
@@ -224,7 +224,7 @@ def rerank_all(method, requests, depth: int, warmup: bool = True, batch_queries:
     step = batch_queries if batch_queries > 1 and hasattr(method, "batch") else 1
     run, costs = {}, []
     for lo in range(0, len(requests), step):
-        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt a library swallowed
+        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt Python dropped
         chunk = requests[lo:lo + step]
         texts = [r.candidates[:depth] for r in chunk]   # Candidates: docid (for a cache) and text
         if step == 1:
