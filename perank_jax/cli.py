@@ -181,7 +181,6 @@ def _add_rerank(sub):
         from perank_jax.data import trec
         from perank_jax.atomic import atomic_text
         from perank_jax.batch_rerank import rerank_requests
-        from perank_jax.interrupts import check_interrupt
         from perank_jax.ranker import PERanker
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
@@ -220,7 +219,6 @@ def _add_rerank(sub):
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
                                           top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
                                           progress=a.out is not None)
-        check_interrupt()
         if a.out is None:
             print_rankings(reranked, stats, a.show, mode)
             return

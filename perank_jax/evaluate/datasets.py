@@ -32,8 +32,9 @@ def load_dataset(d: DatasetSpec):
     else:
         run = read_run(d.run)
         queries = read_queries(d.queries)
-        queries = {q: t for q, t in queries.items() if q in run}  # extra topics are fine here
-        reqs = build_rerank_requests(run, _Src(queries, d.queries), read_corpus(d.corpus, d.title_format))
+        for q in [q for q in queries if q not in run]:            # extra topics are fine here
+            del queries[q]
+        reqs = build_rerank_requests(run, queries, read_corpus(d.corpus, d.title_format))
     if d.split:
         keep = set(read_split_qids(d.split))
         reqs = [r for r in reqs if r.qid in keep]
@@ -87,9 +88,3 @@ def read_split_qids(spec: str) -> list[str]:
     if key not in parts:
         raise ConfigError(f"{path}: no split {key!r} (has {sorted(parts)})")
     return parts[key]
-
-
-class _Src(dict):
-    def __init__(self, data, source):
-        super().__init__(data)
-        self.source = source
