@@ -1,5 +1,8 @@
-"""tools/bench_gpu.py, the preset the accelerator machine runs, works end to end on tiny shapes
-(CI has no GPU; this keeps the prepared script from rotting between the sessions that get one)."""
+"""The accelerator preset (tools/bench_gpu_torch.py, then tools/bench_gpu.py) works end to end on tiny shapes.
+
+CI has no GPU; this keeps the prepared script from rotting between the sessions that get one."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_the_gpu_preset_prints_its_decoder_and_rerank_tables_on_a_tiny_model():
+def test_the_gpu_preset_prints_its_tables_beside_the_torch_reference_on_a_tiny_model(tmp_path):
+    ref = tmp_path / "torch.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu_torch.py"), "--smoke", "--queries", "1",
+                           "--out", str(ref)], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch_rows = {r["depth"]: r for r in json.loads(ref.read_text())["rows"]}
+    assert torch_rows[20]["generated"] == 20 and torch_rows[100]["generated"] == 180, torch_rows
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--smoke", "--queries", "2",
-                           "--repeats", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           "--repeats", "2", "--torch-json", str(ref)], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for row in ("| decode step, batch 1, cache 512 |", "| decode step, batch 8, cache 512 |", "| prefill 256 tokens",
@@ -21,3 +32,6 @@ def test_the_gpu_preset_prints_its_decoder_and_rerank_tables_on_a_tiny_model():
     rerank = [ln for ln in out.splitlines() if ln.startswith("| PE-Rank top-100")]
     assert len(rerank) == 2 and all(int(ln.split("|")[4]) > 180 and ln.split("|")[5].strip() == "180"
                                     for ln in rerank), rerank        # 9 windows of 20: 180 decode steps
+    # the reference column: its own token counts (no shared prefix: more processed tokens) and a speed-up
+    assert all(f"({torch_rows[100]['processed']:.0f}, 180)" in ln and ln.rstrip(" |").endswith("x") for ln in rerank)
+    assert torch_rows[100]["processed"] > int(rerank[0].split("|")[4]), (torch_rows, rerank)

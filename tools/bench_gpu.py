@@ -19,6 +19,7 @@ Compilation is excluded (each shape is run once before timing) and reported in i
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -151,10 +152,10 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int) -> list[dict]:
     return rows, weight_bytes, kind, bw
 
 
-def rerank_rows(dec, proj, queries: int) -> list[dict]:
+def rerank_rows(dec, proj, queries: int):
+    """Yield one PE-Rank row at a time (printed as it comes, so a run cut short keeps what it measured)."""
     from perank_jax.ranker import PERanker
     tok = synthetic_tokenizer()
-    rows = []
     for depth, window in ((20, None), (100, 20)):
         for batch in (1, 8):
             ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
@@ -169,27 +170,31 @@ def rerank_rows(dec, proj, queries: int) -> list[dict]:
                 stats += ranker.last_stats
             wall = time.perf_counter() - t
             n = len(stats)
-            rows.append({"what": f"PE-Rank top-{depth} {'window 20/10' if window else 'one window'}, "
-                                 f"{batch} quer{'y' if batch == 1 else 'ies'} at once",
+            yield ({"what": f"PE-Rank top-{depth} {'window 20/10' if window else 'one window'}, "
+                                 f"{batch} quer{'y' if batch == 1 else 'ies'} at once", "depth": depth,
                          "s_query": wall / n, "queries_s": n / wall,
                          "processed": statistics.mean(s.processed_tokens for s in stats),
                          "generated": statistics.mean(s.generated_tokens for s in stats)})
-    return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny model on any device (checks the script)")
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    ap.add_argument("--queries", type=int, default=16, help="timed queries per PE-Rank row")
+    ap.add_argument("--queries", type=int, default=8, help="timed queries per PE-Rank row")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--torch-json", help="tools/bench_gpu_torch.py's output: adds the HF-torch reference "
+                                         "and the speed-up over it to the PE-Rank table")
     a = ap.parse_args(argv)
+    ref = None
+    if a.torch_json:
+        with open(a.torch_json) as f:
+            ref = json.load(f)
     t0 = time.perf_counter()
     dec, proj, cfg = build(a.smoke, a.dtype)
     jax.block_until_ready(dec.state)
     built = time.perf_counter() - t0
     dev_rows, weight_bytes, kind, bw = decoder_rows(dec, cfg, a.repeats, 256 if a.smoke else 2048)
-    rr = rerank_rows(dec, proj, 4 if a.smoke else a.queries)
     print(f"\n{'smoke model' if a.smoke else 'Mistral-7B shape (random)'}, {a.dtype}, {cfg.num_layers} layers, "
           f"{weight_bytes / 2**30:.2f} GiB of weights; device {jax.devices()[0].platform}:{kind} "
           f"x{jax.device_count()}; HBM {'%.2f TB/s' % (bw / 1e12) if bw else 'unknown (no roofline)'}; "
@@ -199,11 +204,20 @@ def main(argv=None) -> int:
     for r in dev_rows:
         print(f"| {r['what']} | {r['ms']:.2f} | {r['roofline_ms']:.2f} | {r['of_roofline']:.2f} | "
               f"{r['tokens_s']:.0f} | {r['compile_s']:.1f} |")
-    print("\n| PE-Rank (precomputed embeddings) | s/query | queries/s | processed tokens/query | generated/query |")
-    print("|---|---|---|---|---|")
-    for r in rr:
+    by_depth = {t["depth"]: t for t in ref["rows"]} if ref else {}
+    print("\n| PE-Rank (precomputed embeddings) | s/query | queries/s | processed tokens/query | generated/query |"
+          " HF-torch reference s/query (processed, generated) | speed-up over the reference |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rerank_rows(dec, proj, 4 if a.smoke else a.queries):
+        t = by_depth.get(r["depth"])
+        tcol = f"{t['s_query']:.3f} ({t['processed']:.0f}, {t['generated']:.0f})" if t else "not run"
         print(f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
-              f"{r['generated']:.0f} |")
+              f"{r['generated']:.0f} | {tcol} | {t['s_query'] / r['s_query']:.1f}x |" if t else
+              f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
+              f"{r['generated']:.0f} | {tcol} | - |")
+    if ref:
+        print(f"\nreference: torch {ref['torch']} on {ref['device']}, {ref['dtype']}, one query at a time "
+              f"(its own process, random weights of the same shapes)")
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -1,0 +1,131 @@
+"""GPU preset, torch side: the HF-torch reference algorithm at the shapes of tools/bench_gpu.py, as JSON.
+
+    python tools/bench_gpu_torch.py --out torch.json            # Mistral-7B shape, bf16, on cuda
+    python tools/bench_gpu_torch.py --smoke --out torch.json    # tiny model on CPU: checks the script
+
+Run in its own process before tools/bench_gpu.py (which reads the JSON with --torch-json and prints
+the two side by side), so torch and XLA never share the accelerator's memory. Same prompts (the
+synthetic tokenizer of bench_gpu.py, the paper's template), same deterministic random 768-d vectors,
+same windows; random weights of the same shapes (speed does not depend on the values). The
+reference algorithm is tools/bench_rerank.py's TorchReference: a random-init HF MistralForCausalLM
+with the projected vectors at the placeholders (inputs_embeds), KV cache, one forward per generated
+passage, each step scored as h . e_i over the unused passages; one query at a time, one window at a
+time, no prefix sharing (the reference code has neither batching nor a shared prefix).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")      # jax is imported only for the prompt helpers
+
+import numpy as np
+
+
+def build(smoke: bool, device: str):
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+    if smoke:
+        cfg = MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6)
+    else:
+        cfg = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
+                            rms_norm_eps=1e-5, max_position_embeddings=32768)
+    dt = torch.float32 if smoke else torch.bfloat16
+    torch.manual_seed(0)
+    with torch.device(device):                       # initialised on the device, never on the host
+        old = torch.get_default_dtype()
+        torch.set_default_dtype(dt)
+        try:
+            lm = MistralForCausalLM(cfg).eval()
+            d = cfg.hidden_size
+            proj = torch.nn.Sequential(torch.nn.Linear(768, d), torch.nn.GELU(), torch.nn.Linear(d, d)).eval()
+        finally:
+            torch.set_default_dtype(old)
+    return lm, proj, dt
+
+
+def window(lm, ids, ph, e):
+    """The reference decoding of one window: rank of len(e) passages, (ranking, tokens processed)."""
+    import torch
+    x = lm.get_input_embeddings()(torch.where(ph, 0, ids))
+    x[ph] = e
+    out = lm(inputs_embeds=x, use_cache=True, output_hidden_states=True)
+    ranking = []
+    for _ in range(len(e)):
+        scores = (out.hidden_states[-1][0, -1] @ e.T).float()
+        if ranking:
+            scores[ranking] = float("-inf")
+        i = int(torch.argmax(scores))
+        ranking.append(i)
+        if len(ranking) < len(e):
+            out = lm(inputs_embeds=e[i].view(1, 1, -1), past_key_values=out.past_key_values,
+                     use_cache=True, output_hidden_states=True)
+    return ranking, int(ids.shape[1]) + len(e) - 1
+
+
+def rerank(lm, proj, tok, vectors, query, texts, win, stride, dt, device):
+    import torch
+
+    from perank_jax.prompts import add_special_tokens, build_prompt, tokenize_prompt
+    from perank_jax.windows import sliding_windows
+    placeholder_id, _ = add_special_tokens(tok)
+    e = proj(torch.from_numpy(vectors.encode(texts)).to(device=device, dtype=dt))
+    order, processed, generated = list(range(len(texts))), 0, 0
+    for s, t in (sliding_windows(len(texts), win, stride) if win else [(0, len(texts))]):
+        sub = order[s:t]
+        p = tokenize_prompt(tok, build_prompt(tok, query, len(sub)), len(sub), placeholder_id)
+        ids = torch.from_numpy(p.ids.astype(np.int64)).to(device).view(1, -1)
+        perm, n = window(lm, ids, ids == placeholder_id, e[sub])
+        order[s:t] = [sub[i] for i in perm]
+        processed, generated = processed + n, generated + len(sub)
+    return order, processed, generated
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU (checks the script)")
+    ap.add_argument("--queries", type=int, default=4, help="timed queries per row (after one warm-up query)")
+    ap.add_argument("--out", required=True, help="JSON file for tools/bench_gpu.py --torch-json")
+    a = ap.parse_args(argv)
+    import torch
+
+    from tools.bench_gpu import RandomVectors, synthetic_tokenizer
+    device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
+    t0 = time.perf_counter()
+    lm, proj, dt = build(a.smoke, device)
+    tok = synthetic_tokenizer()
+    rows = []
+    with torch.no_grad():
+        for depth, win in ((20, None), (100, 20)):
+            qs = [f"what is the query number {q} about" for q in range(a.queries + 1)]
+            lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(a.queries + 1)]
+            rerank(lm, proj, tok, RandomVectors(768), qs[0], lists[0], win, 10, dt, device)      # warm-up
+            secs, proc, gen = [], [], []
+            for q, texts in zip(qs[1:], lists[1:]):
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                _, n, g = rerank(lm, proj, tok, RandomVectors(768), q, texts, win, 10, dt, device)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                secs.append(time.perf_counter() - t)
+                proc.append(n)
+                gen.append(g)
+            rows.append({"depth": depth, "window": win, "s_query": statistics.mean(secs),
+                         "processed": statistics.mean(proc), "generated": statistics.mean(gen)})
+    info = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "dtype": str(dt), "built_and_run_s": time.perf_counter() - t0, "rows": rows}
+    with open(a.out, "w") as f:
+        json.dump(info, f, indent=1)
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
