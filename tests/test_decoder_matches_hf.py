@@ -124,3 +124,24 @@ def test_cached_decoding_on_mesh_keeps_kv_heads_sharded_and_matches_single_devic
             assert "data" in np.atleast_1d(spec[1]) and spec[3] == "tensor" and len(cache.k.sharding.device_set) == 8
         outs.append(np.concatenate([np.asarray(h), np.asarray(h2)], 1))
     np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-5 * np.abs(outs[0]).max())
+
+
+def test_unrolled_layers_give_the_rolled_logits_and_cached_steps(tmp_path):
+    kw = dict(CONFIGS["mistral_mqa_window_headdim"])
+    make_tiny_hf_decoder(tmp_path, kw.pop("model_type"), **kw)
+    rolled, unrolled = load_decoder(tmp_path), load_decoder(tmp_path, unroll=True)
+    assert unrolled.model.unroll and not rolled.model.unroll
+    ids, mask = _padded_batch(rolled.config.vocab_size)
+    np.testing.assert_allclose(np.asarray(unrolled.logits(ids, mask))[mask], np.asarray(rolled.logits(ids, mask))[mask],
+                               rtol=1e-5, atol=1e-5)
+    outs = []
+    for dec in (rolled, unrolled):                    # prefill 6 then 3 cached steps
+        cache = dec.init_cache(4, 9)
+        x = dec.embed(ids[:, :9])
+        h, cache = dec.forward(x[:, :6], np.broadcast_to(np.arange(6), (4, 6)), mask[:, :6], cache)
+        hs = [np.asarray(h)]
+        for t in range(6, 9):
+            h, cache = dec.forward(x[:, t:t + 1], np.full((4, 1), t), np.ones((4, 1), bool), cache)
+            hs.append(np.asarray(h))
+        outs.append(np.concatenate(hs, 1))
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)

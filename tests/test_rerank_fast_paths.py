@@ -249,3 +249,15 @@ def test_shared_prefix_ranks_as_whole_prompts_with_the_shipped_model():
             b = whole.rerank_batch(queries, texts, window=10, stride=5)
             assert a == b, (template, query_token)
             assert all(s.processed_tokens < w.processed_tokens for s, w in zip(shared.last_stats, whole.last_stats))
+
+
+def test_unrolled_layers_rank_as_rolled_and_compile_once_per_bucket(tiny32):
+    lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12)]
+    queries = ["alpha beta", "gamma", "delta epsilon zeta"]
+    rolled, unrolled = _hash_ranker(tiny32, batch_size=4), _hash_ranker(tiny32, batch_size=4, unroll=True)
+    assert unrolled.decoder.model.unroll
+    assert unrolled.rerank_batch(queries, lists, window=6, stride=3) == \
+        rolled.rerank_batch(queries, lists, window=6, stride=3)
+    compiled = unrolled.compile_count
+    unrolled.rerank_batch(["other words here", "x", "y z"], lists, window=6, stride=3)
+    assert unrolled.compile_count == compiled

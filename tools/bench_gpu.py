@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -72,7 +73,7 @@ class RandomVectors:
         return out
 
 
-def build(smoke: bool, dtype: str):
+def build(smoke: bool, dtype: str, unroll: bool = False):
     from flax import nnx
 
     from perank_jax.models.decoder import Decoder, DecoderConfig, LoadedDecoder
@@ -95,6 +96,7 @@ def build(smoke: bool, dtype: str):
         return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
                                             for k, x in zip(keys, leaves)])
     model = nnx.merge(graphdef, init(jax.random.key(0)))
+    model.unroll = unroll
     proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
@@ -112,15 +114,12 @@ def timed(fn, repeats: int) -> tuple[float, float]:
     return first, statistics.median(runs)
 
 
-def decoder_rows(dec, cfg, repeats: int, prompt: int) -> list[dict]:
+def decoder_rows(dec, cfg, repeats: int, prompt: int, weight_bytes: int, bw: float | None):
+    """Yield the decode-step rows (batch 1 and 8, beside the roofline) and the prefill row."""
     from flax import nnx
 
     from perank_jax.models.decoder import init_cache
     gd, state = dec.graphdef, dec.state
-    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
-    kind = jax.devices()[0].device_kind
-    bw = next((b for k, b in HBM_BANDWIDTH if k.lower() in kind.lower()), None)
-    rows = []
 
     @jax.jit
     def step(state, cache, tok, pos):
@@ -134,7 +133,7 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int) -> list[dict]:
         pos = jnp.full((batch, 1), 256, jnp.int32)
         first, t = timed(lambda: step(state, cache, tok, pos), repeats)
         roof = weight_bytes / bw if bw else float("nan")
-        rows.append({"what": f"decode step, batch {batch}, cache 512", "ms": t * 1e3,
+        yield ({"what": f"decode step, batch {batch}, cache 512", "ms": t * 1e3,
                      "roofline_ms": roof * 1e3, "of_roofline": roof / t if bw else float("nan"),
                      "tokens_s": batch / t, "compile_s": first - t})
 
@@ -147,16 +146,17 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int) -> list[dict]:
 
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, prompt)), jnp.int32)
     first, t = timed(lambda: prefill(state, ids), repeats)
-    rows.append({"what": f"prefill {prompt} tokens, batch 1", "ms": t * 1e3, "roofline_ms": float("nan"),
+    yield ({"what": f"prefill {prompt} tokens, batch 1", "ms": t * 1e3, "roofline_ms": float("nan"),
                  "of_roofline": float("nan"), "tokens_s": prompt / t, "compile_s": first - t})
-    return rows, weight_bytes, kind, bw
 
 
-def rerank_rows(dec, proj, queries: int):
+def rerank_rows(dec, proj, queries: int, depths=(20, 100)):
     """Yield one PE-Rank row at a time (printed as it comes, so a run cut short keeps what it measured)."""
     from perank_jax.ranker import PERanker
     tok = synthetic_tokenizer()
     for depth, window in ((20, None), (100, 20)):
+        if depth not in depths:
+            continue
         for batch in (1, 8):
             ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
             timed_q = -(-max(queries, batch) // batch) * batch                 # whole batches only
@@ -183,6 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--queries", type=int, default=8, help="timed queries per PE-Rank row")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--unroll", action="store_true", help="unroll the decoder's layer scan")
+    ap.add_argument("--decode-only", action="store_true", help="the decoder table only (no PE-Rank rows)")
+    ap.add_argument("--rerank-only", action="store_true", help="the PE-Rank table only (no decoder rows)")
+    ap.add_argument("--depths", default="20,100", help="PE-Rank rows to run: 20 (one window), 100 (20/10)")
     ap.add_argument("--torch-json", help="tools/bench_gpu_torch.py's output: adds the HF-torch reference "
                                          "and the speed-up over it to the PE-Rank table")
     a = ap.parse_args(argv)
@@ -191,24 +195,30 @@ def main(argv=None) -> int:
         with open(a.torch_json) as f:
             ref = json.load(f)
     t0 = time.perf_counter()
-    dec, proj, cfg = build(a.smoke, a.dtype)
+    dec, proj, cfg = build(a.smoke, a.dtype, a.unroll)
     jax.block_until_ready(dec.state)
     built = time.perf_counter() - t0
-    dev_rows, weight_bytes, kind, bw = decoder_rows(dec, cfg, a.repeats, 256 if a.smoke else 2048)
+    weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(dec.state))
+    kind = jax.devices()[0].device_kind
+    bw = next((b for k, b in HBM_BANDWIDTH if k.lower() in kind.lower()), None)
     print(f"\n{'smoke model' if a.smoke else 'Mistral-7B shape (random)'}, {a.dtype}, {cfg.num_layers} layers, "
           f"{weight_bytes / 2**30:.2f} GiB of weights; device {jax.devices()[0].platform}:{kind} "
           f"x{jax.device_count()}; HBM {'%.2f TB/s' % (bw / 1e12) if bw else 'unknown (no roofline)'}; "
-          f"jax {jax.__version__}; built in {built:.1f} s")
-    print("\n| decoder | ms | roofline ms (weights / HBM) | fraction of roofline | tokens/s | compile s |")
-    print("|---|---|---|---|---|---|")
-    for r in dev_rows:
-        print(f"| {r['what']} | {r['ms']:.2f} | {r['roofline_ms']:.2f} | {r['of_roofline']:.2f} | "
-              f"{r['tokens_s']:.0f} | {r['compile_s']:.1f} |")
+          f"jax {jax.__version__}; layer scan {'unrolled' if a.unroll else 'rolled'}; XLA_FLAGS "
+          f"{os.environ.get('XLA_FLAGS', '(none)')}; built in {built:.1f} s")
+    if not a.rerank_only:
+        print("\n| decoder | ms | roofline ms (weights / HBM) | fraction of roofline | tokens/s | compile s |")
+        print("|---|---|---|---|---|---|")
+        for r in decoder_rows(dec, cfg, a.repeats, 256 if a.smoke else 2048, weight_bytes, bw):
+            print(f"| {r['what']} | {r['ms']:.2f} | {r['roofline_ms']:.2f} | {r['of_roofline']:.2f} | "
+                  f"{r['tokens_s']:.0f} | {r['compile_s']:.1f} |")
+    if a.decode_only:
+        return 0
     by_depth = {t["depth"]: t for t in ref["rows"]} if ref else {}
     print("\n| PE-Rank (precomputed embeddings) | s/query | queries/s | processed tokens/query | generated/query |"
           " HF-torch reference s/query (processed, generated) | speed-up over the reference |")
     print("|---|---|---|---|---|---|---|")
-    for r in rerank_rows(dec, proj, 4 if a.smoke else a.queries):
+    for r in rerank_rows(dec, proj, 4 if a.smoke else a.queries, [int(d) for d in a.depths.split(",")]):
         t = by_depth.get(r["depth"])
         tcol = f"{t['s_query']:.3f} ({t['processed']:.0f}, {t['generated']:.0f})" if t else "not run"
         print(f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "

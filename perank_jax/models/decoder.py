@@ -8,7 +8,7 @@ logical sharding axes), and three pure entry points that PE-Rank needs:
                                                  -> final-RMSNormed hidden [B, T, D], cache
     head(h)                                      -> logits [B, T, V] (float32)
 
-Layers run under `lax.scan` (optionally rematerialised). Attention is causal *by
+Layers run under `lax.scan` (optionally rematerialised, optionally unrolled). Attention is causal *by
 position*: a token attends to every valid key whose position is <= its own (and,
 with a sliding window W, > its own - W). That single rule covers right-padded
 batches, prefill and token-by-token decoding with a preallocated KV cache whose
@@ -180,10 +180,12 @@ class Decoder(nnx.Module):
     """Mistral/Llama decoder. Parameters are nnx.Param with an `axes` metadata tuple."""
 
     def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs | None = None, dtype=jnp.float32,
-                 param_dtype=jnp.float32, remat: bool = False, mesh=None, init_std: float = 0.02):
+                 param_dtype=jnp.float32, remat: bool = False, mesh=None, init_std: float = 0.02,
+                 unroll: bool = False):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
+        self.unroll = unroll      # unroll the layer scan: static per-layer weight slices (see forward)
         self.mesh = mesh
         rngs = rngs or nnx.Rngs(0)
         for name, (shape, axes) in param_specs(cfg).items():
@@ -248,7 +250,7 @@ class Decoder(nnx.Module):
                                                     (k, v) if keep else None))
 
             body = jax.checkpoint(layer) if self.remat else layer
-            h, kv = jax.lax.scan(body, x, layer_params)
+            h, kv = jax.lax.scan(body, x, layer_params, unroll=self.unroll)
             h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
             if cache is None:
                 return h, None
@@ -278,7 +280,8 @@ class Decoder(nnx.Module):
 
         body = jax.checkpoint(layer) if self.remat else layer
         (h, ck, cv), _ = jax.lax.scan(body, (x, cache.k, cache.v),
-                                      (layer_params, jnp.arange(cfg.num_layers, dtype=jnp.int32)))
+                                      (layer_params, jnp.arange(cfg.num_layers, dtype=jnp.int32)),
+                                      unroll=self.unroll)
         h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
         return h, KVCache(k=ck, v=cv, pos=k_pos, index=cache.index + T)
 
@@ -290,10 +293,11 @@ class Decoder(nnx.Module):
 
 
 # ----------------------------------------------------------------------------- runtime
-def build_decoder(cfg: DecoderConfig, params: dict[str, jax.Array], dtype, mesh=None, remat=False) -> Decoder:
+def build_decoder(cfg: DecoderConfig, params: dict[str, jax.Array], dtype, mesh=None, remat=False,
+                  unroll: bool = False) -> Decoder:
     """A Decoder whose parameters are `params` (no random init is materialised)."""
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype,
-                                           param_dtype=params["embedding"].dtype, remat=remat, mesh=mesh))
+    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=params["embedding"].dtype,
+                                           remat=remat, mesh=mesh, unroll=unroll))
     for name, value in params.items():
         getattr(model, name).set_value(value)
     return model

@@ -131,8 +131,9 @@ def load_tokenizer(d: Path):
 
 
 def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False,
-                 ignore: Callable[[str], bool] = lambda k: False) -> LoadedDecoder:
-    """Load a Mistral/Llama decoder from an HF directory (safetensors) or a Llama-family GGUF file."""
+                 ignore: Callable[[str], bool] = lambda k: False, unroll: bool = False) -> LoadedDecoder:
+    """Load a Mistral/Llama decoder from an HF directory (safetensors) or a Llama-family GGUF file.
+    unroll: unroll the layer scan (Decoder.unroll: faster steps, longer compiles)."""
     path = Path(path)
     dtype = jnp.dtype(dtype)
     param_dtype = jnp.dtype(param_dtype) if param_dtype is not None else dtype
@@ -152,5 +153,5 @@ def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False
     else:
         raise WeightError(f"{path}: not found (expected an HF model directory or a .gguf file)")
     params = load_params(source, cfg, param_dtype, mesh, source_name=str(path), ignore=ignore)
-    model = build_decoder(cfg, params, dtype, mesh=mesh, remat=remat)
+    model = build_decoder(cfg, params, dtype, mesh=mesh, remat=remat, unroll=unroll)
     return LoadedDecoder(model, tokenizer, str(path), tokenizer_error)

@@ -32,15 +32,16 @@ from perank_jax.weights.packaged import resolve_model_path
 MODEL_TYPES = ("embed_mistral", "mistral", "llama")
 
 
-def load_checkpoint(path, dtype: str = "float32", mesh=None, allow_pickle: bool = False):
-    """(config dict, LoadedDecoder, Projector) from a full PE-Rank checkpoint or an adapter directory."""
+def load_checkpoint(path, dtype: str = "float32", mesh=None, allow_pickle: bool = False, unroll: bool = False):
+    """(config dict, LoadedDecoder, Projector) from a full PE-Rank checkpoint or an adapter directory.
+    unroll: the decoder's layer scan unrolled (see perank_jax.models.decoder.Decoder)."""
     path = Path(path)
     conf = read_perank_config(path)
     if conf.get("perank_format") == "adapter":
-        decoder, projector = load_adapter(path, conf, dtype=dtype, mesh=mesh)
+        decoder, projector = load_adapter(path, conf, dtype=dtype, mesh=mesh, unroll=unroll)
     else:
         skip = PREFIXES + ("model.encoder.", "encoder.")
-        decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip))
+        decoder = load_decoder(path, dtype=dtype, mesh=mesh, ignore=lambda k: k.startswith(skip), unroll=unroll)
         projector = load_projector(path, conf["projector_type"], conf["embedding_size"],
                                    decoder.config.hidden_size, dtype=jnp.dtype(dtype),
                                    param_dtype=jnp.dtype(dtype), allow_pickle=allow_pickle, mesh=mesh)
@@ -119,14 +120,14 @@ def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decod
     return out
 
 
-def load_adapter(path, conf: dict, dtype: str = "float32", mesh=None):
+def load_adapter(path, conf: dict, dtype: str = "float32", mesh=None, unroll: bool = False):
     """(LoadedDecoder with the LoRA folded in, Projector) from an adapter directory."""
     from safetensors.numpy import load_file
     path = Path(path)
     base = resolve_model_path(conf.get("base_decoder"))
     if not base:
         raise ValueError(f"{path / 'config.json'}: field 'base_decoder' is required in an adapter checkpoint")
-    decoder = load_decoder(base, dtype=dtype, mesh=mesh)
+    decoder = load_decoder(base, dtype=dtype, mesh=mesh, unroll=unroll)
     if decoder.config.hidden_size != conf.get("hidden_size", decoder.config.hidden_size):
         raise ValueError(f"{path / 'config.json'}: adapter made for hidden_size {conf['hidden_size']}, "
                          f"base decoder {base} has {decoder.config.hidden_size}")
