@@ -35,3 +35,14 @@ def test_the_gpu_preset_prints_its_tables_beside_the_torch_reference_on_a_tiny_m
     # the reference column: its own token counts (no shared prefix: more processed tokens) and a speed-up
     assert all(f"({torch_rows[100]['processed']:.0f}, 180)" in ln and ln.rstrip(" |").endswith("x") for ln in rerank)
     assert torch_rows[100]["processed"] > int(rerank[0].split("|")[4]), (torch_rows, rerank)
+
+
+@pytest.mark.slow
+def test_the_gpu_preset_runs_only_the_rows_asked_for_with_unrolled_layers():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_gpu.py"), "--smoke", "--unroll", "--rerank-only",
+                           "--depths", "20", "--batches", "1", "--queries", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "layer scan unrolled" in proc.stdout and "| decode step" not in proc.stdout, proc.stdout
+    assert [ln.split("|")[1].strip() for ln in proc.stdout.splitlines() if ln.startswith("| PE-Rank top")] == \
+        ["PE-Rank top-20 one window, 1 query at once"], proc.stdout

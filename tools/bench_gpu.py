@@ -150,14 +150,14 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int, weight_bytes: int, bw: flo
                  "of_roofline": float("nan"), "tokens_s": prompt / t, "compile_s": first - t})
 
 
-def rerank_rows(dec, proj, queries: int, depths=(20, 100)):
+def rerank_rows(dec, proj, queries: int, depths=(20, 100), batches=(1, 8)):
     """Yield one PE-Rank row at a time (printed as it comes, so a run cut short keeps what it measured)."""
     from perank_jax.ranker import PERanker
     tok = synthetic_tokenizer()
     for depth, window in ((20, None), (100, 20)):
         if depth not in depths:
             continue
-        for batch in (1, 8):
+        for batch in batches:
             ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
             timed_q = -(-max(queries, batch) // batch) * batch                 # whole batches only
             qs = [f"what is the query number {q} about" for q in range(timed_q + batch)]
@@ -187,6 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--decode-only", action="store_true", help="the decoder table only (no PE-Rank rows)")
     ap.add_argument("--rerank-only", action="store_true", help="the PE-Rank table only (no decoder rows)")
     ap.add_argument("--depths", default="20,100", help="PE-Rank rows to run: 20 (one window), 100 (20/10)")
+    ap.add_argument("--batches", default="1,8", help="PE-Rank rows to run: queries reranked at once")
     ap.add_argument("--torch-json", help="tools/bench_gpu_torch.py's output: adds the HF-torch reference "
                                          "and the speed-up over it to the PE-Rank table")
     a = ap.parse_args(argv)
@@ -218,7 +219,8 @@ def main(argv=None) -> int:
     print("\n| PE-Rank (precomputed embeddings) | s/query | queries/s | processed tokens/query | generated/query |"
           " HF-torch reference s/query (processed, generated) | speed-up over the reference |")
     print("|---|---|---|---|---|---|---|")
-    for r in rerank_rows(dec, proj, 4 if a.smoke else a.queries, [int(d) for d in a.depths.split(",")]):
+    for r in rerank_rows(dec, proj, 4 if a.smoke else a.queries, [int(d) for d in a.depths.split(",")],
+                           [int(b) for b in a.batches.split(",")]):
         t = by_depth.get(r["depth"])
         tcol = f"{t['s_query']:.3f} ({t['processed']:.0f}, {t['generated']:.0f})" if t else "not run"
         print(f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
