@@ -291,6 +291,17 @@ def test_same_seed_gives_identical_files_and_limit_queries_truncates(tmp_path):
     assert len(read_jsonl(tmp_path / "c" / "stage1.jsonl")) == 4
 
 
+def test_dropping_a_source_keeps_exactly_the_full_builds_other_lists(built, tmp_path):
+    info, full = built
+    assert build(info, tmp_path / "no-dl20", *ARGS, "--drop", "dl20-train") == 0
+    qwho, _ = _who(info)
+    want = [ln for ln in (full / "stage2.jsonl").read_text().splitlines()
+            if qwho[json.loads(ln)["query_text"]][0] != "dl20"]
+    assert (tmp_path / "no-dl20" / "stage2.jsonl").read_text().splitlines() == want      # same draws, byte for byte
+    assert len(want) == 3 * LISTS + 2
+    assert (tmp_path / "no-dl20" / "stage1.jsonl").read_bytes() == (full / "stage1.jsonl").read_bytes()
+
+
 # ------------------------------------------------------------------ bad sources: one line, exit 2
 def _edit_line(path: Path, line: int, fn) -> None:
     lines = path.read_text().splitlines(keepends=True)

@@ -20,6 +20,8 @@ Writes (atomically):
   stage2.emb.npz     (with --embed) the frozen encoder's vectors of every text in stage2.jsonl,
                      so training (and its resumes) need not re-encode them
 The DL20 `heldout` half is never read here: it is the in-domain evaluation set.
+`--drop SOURCE` leaves a source's stage-2 lists out after drawing them, so every list kept is the
+one the full build writes (e.g. `--drop dl20-train`: a model for which both DL20 halves are unseen).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from perank_jax.data.training_records import listwise_record, qrels_lists, recon
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "configs" / "splits" / "dl20.json"
+STAGE2_SOURCES = ("dl22", "dl20-train", "scifact-train")
 
 
 def read_split(path=SPLIT) -> dict:
@@ -103,7 +106,7 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
                 for doc in ids:
                     if doc not in corpus:
                         raise DataError(f"{bm25.where((qid, doc))}: document {doc!r} is not in {d / 'docs.tsv'}")
-                recs.append(listwise_record(queries[qid], [corpus[x] for x in ids], order, **kw))
+                recs.append({**listwise_record(queries[qid], [corpus[x] for x in ids], order, **kw), "source": name})
         counts[name] = len(recs) - before
     if args.scifact_lists:
         d = data / "scifact"
@@ -116,9 +119,12 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
                                read_corpus(d / "corpus.jsonl", title_format=True), read_qrels(d / "qrels.train.txt"),
                                n=args.n, **kw))
         picked = rng.choice(len(sci), size=min(args.scifact_lists, len(sci)), replace=False)
-        recs.extend(sci[i] for i in sorted(picked))
+        recs.extend({**sci[i], "source": "scifact-train"} for i in sorted(picked))
         counts["scifact-train"] = len(picked)
-    return recs, counts
+    for name in args.drop:           # drawn like the full build (same random stream), then left out
+        recs = [r for r in recs if r["source"] != name]
+        counts[name] = 0
+    return [{k: v for k, v in r.items() if k != "source"} for r in recs], counts
 
 
 def stage1_records(data: Path, args) -> tuple[list[dict], dict]:
@@ -177,6 +183,9 @@ def main(argv=None) -> int:
     p.add_argument("--embed-cache", action="append", default=[], metavar="DIR",
                    help="(with --embed) a `perank encode` cache of a source corpus made with the same encoder and "
                         "--encoder-max-len: its documents are not encoded again (repeatable)")
+    p.add_argument("--drop", action="append", default=[], choices=STAGE2_SOURCES, metavar="SOURCE",
+                   help=f"leave this source's stage-2 lists out (repeatable; one of {', '.join(STAGE2_SOURCES)}); "
+                        "the lists kept are those of the full build")
     p.add_argument("--limit-queries", type=int, default=0, help="(tests) keep only the first k lists per set")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
