@@ -174,6 +174,9 @@ def _add_rerank(sub):
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
+    p.add_argument("--query-scale", type=float, default=None, metavar="F",
+                   help="factor on the query's own embedding (checkpoints with a query token; default: the "
+                        "checkpoint's config.json, 3000 for the shipped model)")
     p.add_argument("--tag", default="perank")
 
     def run(a):
@@ -214,7 +217,8 @@ def _add_rerank(sub):
             from perank_jax.sharding import make_mesh
             mesh = make_mesh(a.mesh)
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
-                                          embeddings=cache, share_prefix=not a.no_share_prefix)
+                                          embeddings=cache, share_prefix=not a.no_share_prefix,
+                                          query_scale=a.query_scale)
         mode = a.mode or ranker.config.get("default_mode") or "decode"
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
                                           top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,

