@@ -4,7 +4,7 @@
 # the tables of tools/bench_gpu.py (Mistral-7B-shaped PE-Rank: decode step vs its bandwidth roofline,
 # prefill, reranking one query at a time and 8 at once, beside the HF-torch reference algorithm at the
 # same shapes, run first in its own process by tools/bench_gpu_torch.py) and tools/bench_train.py (one
-# stage-2 step, LoRA r=16, bf16, remat). About 6 minutes on an H100/H200; each part is capped by
+# stage-2 step, LoRA r=16, bf16, remat). 191 s on an H200 (2026-11-30); each part is capped by
 # `timeout`, 570 s in all. With $OUT set (the device tool), the whole log is also kept in $OUT/bench_gpu.log.
 #
 #   bash tools/bench_gpu.sh            # on the accelerator
