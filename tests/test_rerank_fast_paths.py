@@ -261,3 +261,26 @@ def test_unrolled_layers_rank_as_rolled_and_compile_once_per_bucket(tiny32):
     compiled = unrolled.compile_count
     unrolled.rerank_batch(["other words here", "x", "y z"], lists, window=6, stride=3)
     assert unrolled.compile_count == compiled
+
+
+def test_a_query_scale_override_ranks_as_a_copy_whose_config_has_that_factor(tiny32, tmp_path):
+    import json
+    import shutil
+
+    def copy(name, scale):
+        d = tmp_path / name
+        shutil.copytree(tiny32, d)
+        conf = json.loads((d / "config.json").read_text())
+        conf.update(query_token=True, query_scale=scale)
+        (d / "config.json").write_text(json.dumps(conf))
+        return d
+    at1, at10 = copy("x1", 1.0), copy("x10", 10.0)
+    overridden, edited, plain = _hash_ranker(at1, query_scale=10), _hash_ranker(at10), _hash_ranker(at1)
+    assert (overridden.query_scale, edited.query_scale, plain.query_scale) == (10.0, 10.0, 1.0)
+    lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9)]
+    queries = ["alpha beta", "gamma"]
+    got = overridden.rerank_batch(queries, lists, window=6, stride=3, mode="single_pass")
+    assert got == edited.rerank_batch(queries, lists, window=6, stride=3, mode="single_pass")
+    assert got != plain.rerank_batch(queries, lists, window=6, stride=3, mode="single_pass")   # the factor matters
+    with pytest.raises(ValueError, match="must be > 0"):
+        _hash_ranker(at1, query_scale=0)

@@ -78,25 +78,6 @@ def test_example_set_ranking_is_stable_and_matches_the_recorded_one(ranker):
     assert got == {q: v[:3] for q, v in recorded.items()}
 
 
-def test_a_query_scale_override_ranks_as_a_copy_whose_config_has_that_factor(ranker, tmp_path):
-    import shutil
-    copy = tmp_path / "s10"
-    shutil.copytree(SHIPPED, copy)
-    conf = json.loads((copy / "config.json").read_text())
-    conf["query_scale"] = 10.0
-    (copy / "config.json").write_text(json.dumps(conf))
-    overridden = perank_jax.PERanker.from_pretrained(query_scale=10, encoder=ranker.encoder)
-    edited = perank_jax.PERanker.from_pretrained(copy, encoder=ranker.encoder)
-    assert (overridden.query_scale, edited.query_scale, ranker.query_scale) == (10.0, 10.0, 3000.0)
-    reqs = read_requests(EXAMPLE_SET)
-    args = ([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs])
-    got = overridden.rerank_batch(*args, window=20, mode="single_pass")
-    assert got == edited.rerank_batch(*args, window=20, mode="single_pass")
-    assert got != ranker.rerank_batch(*args, window=20, mode="single_pass")     # the factor matters
-    with pytest.raises(ValueError, match="must be > 0"):
-        perank_jax.PERanker.from_pretrained(query_scale=0, encoder=ranker.encoder)
-
-
 def test_shipped_model_puts_relevant_example_passages_on_top(ranker):
     ex = _examples()
     order = ranker.rerank_batch([q["query"] for q in ex], [[c["text"] for c in q["candidates"]] for q in ex],
