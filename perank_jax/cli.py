@@ -174,7 +174,7 @@ def _add_rerank(sub):
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
-    p.add_argument("--query-scale", type=float, default=None, metavar="F",
+    p.add_argument("--query-scale", type=_number(float, 0, lo_open=True), default=None, metavar="F",
                    help="factor on the query's own embedding (checkpoints with a query token; default: the "
                         "checkpoint's config.json, 3000 for the shipped model)")
     p.add_argument("--tag", default="perank")

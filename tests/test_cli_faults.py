@@ -210,6 +210,8 @@ NUMBER_CASES = [
     (["rerank", "--top-k", "0"], "--top-k: 0 is out of range"),
     (["rerank", "--batch-queries", "0"], "--batch-queries: 0 is out of range"),
     (["rerank", "--show", "-1"], "--show: -1 is out of range"),
+    (["rerank", "--query-scale", "0"], "--query-scale: 0 is out of range (must be > 0)"),
+    (["rerank", "--query-scale", "nan"], "--query-scale: nan is out of range"),
     (["rerank", "--depth", "ten"], "'ten' is not an integer"),
     (["rerank", "--mesh", "data=0"], "--mesh: 'data=0': expected AXIS=SIZE"),
     (["rerank", "--mesh", "gpus=2"], "--mesh: 'gpus=2': expected AXIS=SIZE"),
