@@ -35,6 +35,9 @@ def test_the_gpu_preset_prints_its_tables_beside_the_torch_reference_on_a_tiny_m
     # the reference column: its own token counts (no shared prefix: more processed tokens) and a speed-up
     assert all(f"({torch_rows[100]['processed']:.0f}, 180)" in ln and ln.rstrip(" |").endswith("x") for ln in rerank)
     assert torch_rows[100]["processed"] > int(rerank[0].split("|")[4]), (torch_rows, rerank)
+    top20 = [ln for ln in out.splitlines() if ln.startswith("| PE-Rank top-20")]
+    assert all(int(ln.split("|")[4]) == torch_rows[20]["processed"] for ln in top20), (torch_rows, top20)  # one
+    # window: no prefix to share, so both count the same prompt tokens
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
                             num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
                             max_position_embeddings=32768, model_type="mistral")
     dt = jnp.dtype(dtype)
-    abstract_model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
+    abstract_model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt, unroll=unroll))
     graphdef, abstract = nnx.split(abstract_model)
 
     @jax.jit
@@ -96,7 +96,6 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
         return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
                                             for k, x in zip(keys, leaves)])
     model = nnx.merge(graphdef, init(jax.random.key(0)))
-    model.unroll = unroll
     proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
@@ -205,7 +204,7 @@ def main(argv=None) -> int:
     print(f"\n{'smoke model' if a.smoke else 'Mistral-7B shape (random)'}, {a.dtype}, {cfg.num_layers} layers, "
           f"{weight_bytes / 2**30:.2f} GiB of weights; device {jax.devices()[0].platform}:{kind} "
           f"x{jax.device_count()}; HBM {'%.2f TB/s' % (bw / 1e12) if bw else 'unknown (no roofline)'}; "
-          f"jax {jax.__version__}; layer scan {'unrolled' if a.unroll else 'rolled'}; XLA_FLAGS "
+          f"jax {jax.__version__}; layer scan {'unrolled' if dec.model.unroll else 'rolled'}; XLA_FLAGS "
           f"{os.environ.get('XLA_FLAGS', '(none)')}; built in {built:.1f} s")
     if not a.rerank_only:
         print("\n| decoder | ms | roofline ms (weights / HBM) | fraction of roofline | tokens/s | compile s |")
@@ -223,10 +222,9 @@ def main(argv=None) -> int:
                            [int(b) for b in a.batches.split(",")]):
         t = by_depth.get(r["depth"])
         tcol = f"{t['s_query']:.3f} ({t['processed']:.0f}, {t['generated']:.0f})" if t else "not run"
+        speedup = f"{t['s_query'] / r['s_query']:.1f}x" if t else "-"
         print(f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
-              f"{r['generated']:.0f} | {tcol} | {t['s_query'] / r['s_query']:.1f}x |" if t else
-              f"| {r['what']} | {r['s_query']:.3f} | {r['queries_s']:.2f} | {r['processed']:.0f} | "
-              f"{r['generated']:.0f} | {tcol} | - |")
+              f"{r['generated']:.0f} | {tcol} | {speedup} |")
     if ref:
         print(f"\nreference: torch {ref['torch']} on {ref['device']}, {ref['dtype']}, one query at a time "
               f"(its own process, random weights of the same shapes)")

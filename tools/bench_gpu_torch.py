@@ -7,10 +7,11 @@ Run in its own process before tools/bench_gpu.py (which reads the JSON with --to
 the two side by side), so torch and XLA never share the accelerator's memory. Same prompts (the
 synthetic tokenizer of bench_gpu.py, the paper's template), same deterministic random 768-d vectors,
 same windows; random weights of the same shapes (speed does not depend on the values). The
-reference algorithm is tools/bench_rerank.py's TorchReference: a random-init HF MistralForCausalLM
-with the projected vectors at the placeholders (inputs_embeds), KV cache, one forward per generated
-passage, each step scored as h . e_i over the unused passages; one query at a time, one window at a
-time, no prefix sharing (the reference code has neither batching nor a shared prefix).
+reference algorithm is tools/bench_rerank.py's (`reference_rerank`): a random-init HF
+MistralForCausalLM with the projected vectors at the placeholders (inputs_embeds), KV cache, one
+forward per generated passage, each step scored as h . e_i over the unused passages; one query at a
+time, one window at a time, no prefix sharing (the reference code has neither batching nor a
+shared prefix). Processed tokens count the prompts, as the JAX rows do.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")      # jax is imported only for the prompt helpers
 
@@ -50,41 +52,18 @@ def build(smoke: bool, device: str):
     return lm, proj, dt
 
 
-def window(lm, ids, ph, e):
-    """The reference decoding of one window: rank of len(e) passages, (ranking, tokens processed)."""
-    import torch
-    x = lm.get_input_embeddings()(torch.where(ph, 0, ids))
-    x[ph] = e
-    out = lm(inputs_embeds=x, use_cache=True, output_hidden_states=True)
-    ranking = []
-    for _ in range(len(e)):
-        scores = (out.hidden_states[-1][0, -1] @ e.T).float()
-        if ranking:
-            scores[ranking] = float("-inf")
-        i = int(torch.argmax(scores))
-        ranking.append(i)
-        if len(ranking) < len(e):
-            out = lm(inputs_embeds=e[i].view(1, 1, -1), past_key_values=out.past_key_values,
-                     use_cache=True, output_hidden_states=True)
-    return ranking, int(ids.shape[1]) + len(e) - 1
-
-
-def rerank(lm, proj, tok, vectors, query, texts, win, stride, dt, device):
+def rerank(lm, proj, tok, placeholder_id, vectors, query, texts, win, dt, device):
+    """One query by the reference algorithm: (order, prompt tokens processed, passages generated)."""
     import torch
 
-    from perank_jax.prompts import add_special_tokens, build_prompt, tokenize_prompt
-    from perank_jax.windows import sliding_windows
-    placeholder_id, _ = add_special_tokens(tok)
+    from bench_rerank import reference_rerank
+    from perank_jax.prompts import build_prompt, tokenize_prompt
+
+    def prompt_ids(n):
+        p = tokenize_prompt(tok, build_prompt(tok, query, n), n, placeholder_id)
+        return torch.from_numpy(p.ids.astype(np.int64)).to(device).view(1, -1)
     e = proj(torch.from_numpy(vectors.encode(texts)).to(device=device, dtype=dt))
-    order, processed, generated = list(range(len(texts))), 0, 0
-    for s, t in (sliding_windows(len(texts), win, stride) if win else [(0, len(texts))]):
-        sub = order[s:t]
-        p = tokenize_prompt(tok, build_prompt(tok, query, len(sub)), len(sub), placeholder_id)
-        ids = torch.from_numpy(p.ids.astype(np.int64)).to(device).view(1, -1)
-        perm, n = window(lm, ids, ids == placeholder_id, e[sub])
-        order[s:t] = [sub[i] for i in perm]
-        processed, generated = processed + n, generated + len(sub)
-    return order, processed, generated
+    return reference_rerank(lm, e, prompt_ids, placeholder_id, win, 10)
 
 
 def main(argv=None) -> int:
@@ -95,23 +74,26 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    from tools.bench_gpu import RandomVectors, synthetic_tokenizer
+    sys.path.insert(0, str(Path(__file__).resolve().parent))      # the sibling tools, as bench_rerank does
+    from bench_gpu import RandomVectors, synthetic_tokenizer
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     t0 = time.perf_counter()
     lm, proj, dt = build(a.smoke, device)
-    tok = synthetic_tokenizer()
+    from perank_jax.prompts import add_special_tokens
+    tok = synthetic_tokenizer()          # it already holds the PE-Rank tokens: this only looks them up
+    placeholder_id, _ = add_special_tokens(tok)
     rows = []
     with torch.no_grad():
         for depth, win in ((20, None), (100, 20)):
             qs = [f"what is the query number {q} about" for q in range(a.queries + 1)]
             lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(a.queries + 1)]
-            rerank(lm, proj, tok, RandomVectors(768), qs[0], lists[0], win, 10, dt, device)      # warm-up
+            rerank(lm, proj, tok, placeholder_id, RandomVectors(768), qs[0], lists[0], win, dt, device)  # warm-up
             secs, proc, gen = [], [], []
             for q, texts in zip(qs[1:], lists[1:]):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                _, n, g = rerank(lm, proj, tok, RandomVectors(768), q, texts, win, 10, dt, device)
+                _, n, g = rerank(lm, proj, tok, placeholder_id, RandomVectors(768), q, texts, win, dt, device)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 secs.append(time.perf_counter() - t)

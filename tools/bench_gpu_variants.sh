@@ -20,7 +20,8 @@ if [ "${1:-}" = "--smoke" ]; then smoke=(--smoke); cap=600; fi
 cb="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 for flags in "" "$cb"; do
   for unroll in "" "--unroll"; do
-    echo "== layers ${unroll:+unrolled}${unroll:-rolled}, XLA_FLAGS ${flags:-(default)}"
+    label=${unroll:+unrolled}
+    echo "== layers ${label:-rolled}, XLA_FLAGS ${flags:-(default)}"
     XLA_FLAGS="$flags" timeout "$cap" "$py" tools/bench_gpu.py "${smoke[@]}" $unroll --rerank-only --depths 20 \
       --batches 1 --queries 8 | grep -E "^\| PE-Rank top"
   done

@@ -89,6 +89,43 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     return PERanker(dec, proj, tok, load_encoder(minilm_dir())), None
 
 
+def reference_window(lm, ids, placeholder_id: int, e) -> list[int]:
+    """The reference decoding of one window in HF torch: prompt ids [1, T] with the projected
+    vectors e [n, D] at its placeholders (inputs_embeds), KV cache, one forward per emitted
+    passage, each step scored as h . e_i (float32) over the unused passages; the ranking."""
+    import torch
+    ph = ids == placeholder_id
+    x = lm.get_input_embeddings()(torch.where(ph, 0, ids))
+    x[ph] = e
+    out = lm(inputs_embeds=x, use_cache=True, output_hidden_states=True)
+    ranking = []
+    for _ in range(len(e)):
+        scores = (out.hidden_states[-1][0, -1] @ e.T).float()
+        if ranking:
+            scores[ranking] = float("-inf")
+        i = int(torch.argmax(scores))
+        ranking.append(i)
+        if len(ranking) < len(e):
+            out = lm(inputs_embeds=e[i].view(1, 1, -1), past_key_values=out.past_key_values,
+                     use_cache=True, output_hidden_states=True)
+    return ranking
+
+
+def reference_rerank(lm, e, prompt_ids, placeholder_id: int, window=None, stride=10):
+    """`reference_window` over projected vectors e [N, D], in sliding windows from the bottom up
+    (one window without `window`); prompt_ids(n) gives a window's prompt ids [1, T]. Returns
+    (order, prompt tokens processed, passages generated)."""
+    from perank_jax.windows import sliding_windows
+    order, processed, generated = list(range(len(e))), 0, 0
+    for s, t in (sliding_windows(len(e), window, stride) if window else [(0, len(e))]):
+        ids = order[s:t]
+        prompt = prompt_ids(len(ids))
+        perm = reference_window(lm, prompt, placeholder_id, e[ids])
+        order[s:t] = [ids[i] for i in perm]
+        processed, generated = processed + int(prompt.shape[1]), generated + len(ids)
+    return order, processed, generated
+
+
 class TorchReference:
     """The reference algorithm in HF torch (fp32, CPU)."""
 
@@ -114,38 +151,12 @@ class TorchReference:
         e = (h * m).sum(1) / m.sum(1)
         return self.proj(torch.nn.functional.normalize(e, dim=-1))
 
-    def window(self, query, e):
-        torch = self.torch
-        r = self.ranker
-        ids = torch.tensor([r.tokenized_prompt(query, len(e)).ids.tolist()])
-        ph = ids == r.placeholder_id
-        x = self.lm.get_input_embeddings()(torch.where(ph, 0, ids))
-        x[ph] = e
-        out = self.lm(inputs_embeds=x, use_cache=True, output_hidden_states=True)
-        ranking = []
-        for _ in range(len(e)):
-            scores = out.hidden_states[-1][0, -1] @ e.T
-            if ranking:
-                scores[ranking] = float("-inf")
-            i = int(torch.argmax(scores))
-            ranking.append(i)
-            if len(ranking) < len(e):
-                out = self.lm(inputs_embeds=e[i].view(1, 1, -1), past_key_values=out.past_key_values,
-                              use_cache=True, output_hidden_states=True)
-        return ranking, int(ids.shape[1]), len(e)
-
     def rerank(self, query, texts, window=None, stride=10):
-        from perank_jax.windows import sliding_windows
+        r = self.ranker
         with self.torch.no_grad():
-            e = self.embed(texts)
-            order = list(range(len(texts)))
-            processed = generated = 0
-            for s, t in (sliding_windows(len(texts), window, stride) if window else [(0, len(texts))]):
-                ids = order[s:t]
-                perm, p, g = self.window(query, e[ids])
-                order[s:t] = [ids[i] for i in perm]
-                processed, generated = processed + p, generated + g
-        return order, processed, generated
+            return reference_rerank(self.lm, self.embed(texts),
+                                    lambda n: self.torch.tensor([r.tokenized_prompt(query, n).ids.tolist()]),
+                                    r.placeholder_id, window, stride)
 
 
 @dataclass
