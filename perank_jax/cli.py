@@ -177,6 +177,9 @@ def _add_rerank(sub):
     p.add_argument("--query-scale", type=_number(float, 0, lo_open=True), default=None, metavar="F",
                    help="factor on the query's own embedding (checkpoints with a query token; default: the "
                         "checkpoint's config.json, 3000 for the shipped model)")
+    p.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
+                   help="candidate-aware query vector: weight W >= 0 (0: off) and temperature T > 0 "
+                        "(perank_jax.feedback; default: the checkpoint's config.json)")
     p.add_argument("--tag", default="perank")
 
     def run(a):
@@ -187,6 +190,9 @@ def _add_rerank(sub):
         from perank_jax.ranker import PERanker
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
+        if a.query_feedback is not None:
+            from perank_jax.feedback import check_feedback
+            check_feedback(*a.query_feedback)
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
         check_outputs(files=[a.out, stats_path])
         if a.window == 1:
@@ -218,7 +224,7 @@ def _add_rerank(sub):
             mesh = make_mesh(a.mesh)
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
                                           embeddings=cache, share_prefix=not a.no_share_prefix,
-                                          query_scale=a.query_scale)
+                                          query_scale=a.query_scale, query_feedback=a.query_feedback)
         mode = a.mode or ranker.config.get("default_mode") or "decode"
         reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
                                           top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,

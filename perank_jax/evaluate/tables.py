@@ -28,6 +28,7 @@ from perank_jax.data.trec import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
 from perank_jax.evaluate.metrics import evaluate
+from perank_jax.feedback import check_feedback, feedback_query
 from perank_jax.interrupts import check_interrupt
 from perank_jax.weights.packaged import resolve_model_path
 
@@ -50,6 +51,8 @@ class MethodSpec:
     dtype: str = "float32"
     max_length: int | None = None    # embedding: encoder tokens per text (None: the encoder's maximum)
     query_scale: float | None = None  # perank checkpoint with a query token: instead of its config.json's
+    query_feedback: list[float] | None = None  # [weight, temperature] of the candidate-aware query vector
+                                               # (perank_jax.feedback): embedding, or perank with a checkpoint
 
 
 @dataclass
@@ -88,6 +91,15 @@ def load_config(path, overrides=None) -> TablesConfig:
             raise ConfigError(f"{where}: kind perank needs `checkpoint`, or `decoder` and `encoder`")
         if m.query_scale is not None and not (m.kind == "perank" and m.checkpoint and m.query_scale > 0):
             raise ConfigError(f"{where}: query_scale must be > 0 and needs kind perank with a `checkpoint`")
+        if m.query_feedback is not None:
+            if not (m.kind == "embedding" or (m.kind == "perank" and m.checkpoint)):
+                raise ConfigError(f"{where}: query_feedback needs kind embedding, or perank with a `checkpoint`")
+            if len(m.query_feedback) != 2:
+                raise ConfigError(f"{where}: query_feedback must be [weight, temperature], got {m.query_feedback}")
+            try:
+                check_feedback(*m.query_feedback)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
     for i, d in enumerate(cfg.datasets):
         if not d.requests and not (d.queries and d.run and d.corpus):
             raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
@@ -157,7 +169,8 @@ class Methods:
                                            memo, [q])
                 e = np.asarray(e, np.float64)
                 e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-                return [int(i) for i in np.argsort(-(e[:-1] @ e[-1]), kind="stable")], Usage()
+                qv = feedback_query(e[-1], e[:-1], *m.query_feedback) if m.query_feedback else e[-1]
+                return [int(i) for i in np.argsort(-(e[:-1] @ qv), kind="stable")], Usage()
             return cosine
         if m.kind == "textlist":
             from perank_jax.evaluate.textlist import TextListwiseReranker
@@ -206,7 +219,8 @@ class Methods:
         from perank_jax.ranker import PERanker
         if m.checkpoint:
             return PERanker.from_pretrained(resolve_model_path(m.checkpoint), resolve_model_path(m.encoder),
-                                            dtype=m.dtype, query_scale=m.query_scale)
+                                            dtype=m.dtype, query_scale=m.query_scale,
+                                            query_feedback=m.query_feedback)
         import jax.numpy as jnp
         from flax import nnx
         from perank_jax.models.projector import Projector

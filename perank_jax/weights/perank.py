@@ -20,6 +20,7 @@ from flax import nnx
 
 from perank_jax.atomic import atomic_json
 from perank_jax.config import read_config_json
+from perank_jax.feedback import FEEDBACK_KEYS
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.decoder import LoadedDecoder
 from perank_jax.models.projector import PREFIXES, Projector
@@ -66,7 +67,7 @@ def read_perank_config(path) -> dict:
 def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, encoder_name: str = "",
                     encoder_pooling: str = "mean", encoder_max_length: int = 512, model_type: str | None = None,
                     prompt_template: str = "paper", query_token: bool = False, query_scale: float = 1.0,
-                    default_mode: str = "decode") -> Path:
+                    default_mode: str = "decode", query_feedback: tuple[float, float] = (0.0, 0.01)) -> Path:
     """Write a PE-Rank checkpoint directory readable by PERanker.from_pretrained (and, for the
     decoder part, by transformers): config.json, model.safetensors (decoder + model.projector.*),
     tokenizer files. Each file is written atomically. model_type defaults to the decoder's own
@@ -86,6 +87,8 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
                 encoder_max_length=int(encoder_max_length), torch_dtype="float32",
                 prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale),
                 default_mode=default_mode)
+    if query_feedback[0] > 0:            # the candidate-aware query vector (perank_jax.feedback)
+        conf.update(zip(FEEDBACK_KEYS, map(float, query_feedback)))
     atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out

@@ -1,0 +1,41 @@
+"""Candidate-aware query vector: dense pseudo-relevance feedback for the query token and for cosine.
+
+    q' = normalize(q + weight * sum_i softmax_i(cos(q, e_i) / temperature) * e_i)
+
+over the encoder vectors e_i of ALL candidates of a request (the first stage's list, before any
+window), computed once per query in the encoder's space. A small temperature makes it a soft
+"mean of the few candidates closest to the query" (Rocchio-style feedback); weight 0 is off.
+PE-Rank checkpoints with a query token feed q' instead of q into the query's slot
+(config.json `query_feedback_weight` / `query_feedback_temperature`); the evaluation's
+embedding method uses the same function, so "cosine + feedback" is the encoder-only peer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FEEDBACK_KEYS = ("query_feedback_weight", "query_feedback_temperature")
+
+
+def check_feedback(weight: float, temperature: float) -> tuple[float, float]:
+    """(weight, temperature) as floats, or one ValueError naming the bad one (weight >= 0, temperature > 0)."""
+    weight, temperature = float(weight), float(temperature)
+    if not weight >= 0:                          # NaN fails too
+        raise ValueError(f"query feedback weight must be >= 0, got {weight}")
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise ValueError(f"query feedback temperature must be a finite number > 0, got {temperature}")
+    return weight, temperature
+
+
+def feedback_query(q: np.ndarray, e: np.ndarray, weight: float, temperature: float) -> np.ndarray:
+    """q' for one query: q [E], candidates e [n, E] (any norms; cosines are used). Returns a unit
+    float32 vector; with weight 0 or no candidates, q normalised."""
+    q = np.asarray(q, np.float64)
+    q = q / max(np.linalg.norm(q), 1e-12)
+    if weight == 0 or len(e) == 0:
+        return q.astype(np.float32)
+    e = np.asarray(e, np.float64)
+    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    s = e @ q / temperature
+    w = np.exp(s - s.max())
+    out = q + weight * (w / w.sum()) @ e
+    return (out / max(np.linalg.norm(out), 1e-12)).astype(np.float32)
