@@ -11,59 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from perank_jax.cli_args import NONNEGATIVE, POSITIVE, check_outputs, mesh_shape, number, warn
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
-
-
-# --- argument checks shared by every subcommand ------------------------------------------
-def _number(kind, lo=None, hi=None, lo_open=False):
-    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN refused."""
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else f"in [{lo}, {hi}]"
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-
-POSITIVE = _number(int, 1)
-NONNEGATIVE = _number(int, 0)
-
-
-def mesh_shape(text: str) -> tuple[int, int, int]:
-    """An argparse type: 'data=8' or 'data=2,fsdp=4' (axes of perank_jax.sharding, default 1 each)."""
-    from perank_jax.sharding import MESH_AXES
-    sizes = dict.fromkeys(MESH_AXES, 1)
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() not in sizes or not value.strip().isdigit() or int(value) < 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected AXIS=SIZE[,AXIS=SIZE] with AXIS in "
-                                             f"{'/'.join(MESH_AXES)} and SIZE >= 1, e.g. data=8")
-        sizes[name.strip()] = int(value)
-    return tuple(sizes[a] for a in MESH_AXES)
-
-
-def check_outputs(files=(), dirs=()) -> None:
-    """Refuse, before any work, an output file path that is a directory, an output directory that is
-    a file, or one path given for two outputs; create missing parent directories."""
-    seen = set()
-    for p, want_dir in [(Path(f), False) for f in files if f] + [(Path(d), True) for d in dirs if d]:
-        if p.exists() and p.is_dir() != want_dir:
-            raise ValueError(f"{p}: is a {'file' if want_dir else 'directory'}, expected an output "
-                             f"{'directory' if want_dir else 'file'} path")
-        key = p.resolve()
-        if key in seen:
-            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
-        seen.add(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
 
 
 # --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
@@ -112,7 +61,7 @@ def _add_encode(sub):
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
-    p.add_argument("--max-length", type=_number(int, 2), default=512, help="encoder tokens per passage (paper: 512)")
+    p.add_argument("--max-length", type=number(int, 2), default=512, help="encoder tokens per passage (paper: 512)")
     p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
                    help="default: the model's sentence-transformers pooling config, else mean")
@@ -174,7 +123,7 @@ def _add_rerank(sub):
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
-    p.add_argument("--query-scale", type=_number(float, 0, lo_open=True), default=None, metavar="F",
+    p.add_argument("--query-scale", type=number(float, 0, lo_open=True), default=None, metavar="F",
                    help="factor on the query's own embedding (checkpoints with a query token; default: the "
                         "checkpoint's config.json, 3000 for the shipped model)")
     p.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
@@ -280,8 +229,8 @@ def _add_retrieve(sub):
     p.add_argument("--queries", required=True, help="queries: qid<TAB>text TSV or JSONL")
     p.add_argument("--out", required=True, help="output TREC run")
     p.add_argument("--k", type=POSITIVE, default=100, help="hits per query")
-    p.add_argument("--k1", type=_number(float, 0), default=0.9)
-    p.add_argument("--b", type=_number(float, 0, 1), default=0.4)
+    p.add_argument("--k1", type=number(float, 0), default=0.9)
+    p.add_argument("--b", type=number(float, 0, 1), default=0.4)
     p.add_argument("--stemmer", nargs="?", const="english", default="english",
                    help="Snowball stemmer language (default english; 'none' disables)")
     p.add_argument("--stopwords", default="en", help="bm25s stop-word list (default en; 'none' disables)")

@@ -1,0 +1,61 @@
+"""Argument types and checks shared by the `perank` subcommands (perank_jax.cli).
+
+Each is an argparse `type=` or a pre-flight check that raises ValueError (printed by the CLI as one
+line, exit status 2) before any model loads or any output is written.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def number(kind, lo=None, hi=None, lo_open=False):
+    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN refused."""
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE = number(int, 1)
+NONNEGATIVE = number(int, 0)
+
+
+def mesh_shape(text: str) -> tuple[int, int, int]:
+    """An argparse type: 'data=8' or 'data=2,fsdp=4' (axes of perank_jax.sharding, default 1 each)."""
+    from perank_jax.sharding import MESH_AXES
+    sizes = dict.fromkeys(MESH_AXES, 1)
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name.strip() not in sizes or not value.strip().isdigit() or int(value) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected AXIS=SIZE[,AXIS=SIZE] with AXIS in "
+                                             f"{'/'.join(MESH_AXES)} and SIZE >= 1, e.g. data=8")
+        sizes[name.strip()] = int(value)
+    return tuple(sizes[a] for a in MESH_AXES)
+
+
+def check_outputs(files=(), dirs=()) -> None:
+    """Refuse, before any work, an output file path that is a directory, an output directory that is
+    a file, or one path given for two outputs; create missing parent directories."""
+    seen = set()
+    for p, want_dir in [(Path(f), False) for f in files if f] + [(Path(d), True) for d in dirs if d]:
+        if p.exists() and p.is_dir() != want_dir:
+            raise ValueError(f"{p}: is a {'file' if want_dir else 'directory'}, expected an output "
+                             f"{'directory' if want_dir else 'file'} path")
+        key = p.resolve()
+        if key in seen:
+            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
+        seen.add(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
