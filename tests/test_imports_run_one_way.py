@@ -4,11 +4,11 @@ Every `import` / `from ... import` in every module counts, including the lazy on
 functions (a lazy import still ties the two files together). Layers, bottom up:
 
   0 foundations  atomic, buckets, config, constants, interrupts, sharding
-  1 models       models/* (modules and their runtime wrappers), prompts, windows
+  1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
   4 workflows    train/*, evaluate/*
-  5 entry        cli, the package's __init__ (the public API)
+  5 entry        cli, cli_args, the package's __init__ (the public API)
 
 A module may import its own layer or any layer below; an upward import, or a cycle between
 modules, fails with the offending edges named.
@@ -19,11 +19,11 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
     {"atomic", "buckets", "config", "constants", "interrupts", "sharding"},
-    {"models", "prompts", "windows"},
+    {"models", "prompts", "windows", "feedback"},
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors"},
     {"train", "evaluate"},
-    {"cli", "__init__"},
+    {"cli", "cli_args", "__init__"},
 ]
 
 
