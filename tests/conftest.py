@@ -93,6 +93,12 @@ def tiny_perank(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_perank_dir_32(tiny_perank):
+    """The directory of `tiny_perank` alone (its 32-d tiny encoder is named in config.json)."""
+    return tiny_perank[0]
+
+
+@pytest.fixture(scope="session")
 def tiny_perank_dir(tmp_path_factory, minilm_dir):
     """A tiny random PE-Rank checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu) for 384-d
     all-MiniLM-L6-v2 embeddings (config.json encoder_name = the packaged MiniLM directory)."""

@@ -116,3 +116,19 @@ class HashEncoder:
         self.calls += 1
         out = np.stack([np.random.default_rng(zlib.crc32(t.encode())).normal(size=self.dim) for t in texts])
         return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def edited_checkpoint(src, dst, **conf_update):
+    """A copy of checkpoint directory `src` at `dst` whose config.json has `conf_update` applied."""
+    import shutil
+    shutil.copytree(src, dst)
+    conf = json.loads((Path(dst) / "config.json").read_text())
+    conf.update(conf_update)
+    (Path(dst) / "config.json").write_text(json.dumps(conf))
+    return Path(dst)
+
+
+def hash_ranker(path, **kw):
+    """PERanker.from_pretrained(path) with a 32-d HashEncoder and small buckets (fast ranking tests)."""
+    from perank_jax.ranker import PERanker
+    return PERanker.from_pretrained(path, encoder=HashEncoder(32), length_bucket=128, passage_bucket=8, **kw)

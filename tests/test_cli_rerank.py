@@ -9,10 +9,6 @@ from perank_jax.data.trec import read_run
 from perank_jax.ranker import PERanker
 
 
-@pytest.fixture(scope="module")
-def tiny_perank_dir_32(tiny_perank):
-    return tiny_perank[0]   # 32-d tiny encoder named in config.json
-
 DOCS = {f"d{i}": f"document {i} about {w}" for i, w in enumerate("cats dogs rivers banks loans trees "
                                                                  "music pianos courts cities fish birds".split())}
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 import yaml
 
-from helpers_tiny import HashEncoder
+from helpers_tiny import HashEncoder, edited_checkpoint, hash_ranker
 from perank_jax.feedback import check_feedback, feedback_query
-from perank_jax.ranker import PERanker
 
 
 def _reference(q, e, weight, temperature):
@@ -63,29 +61,12 @@ def test_bad_feedback_settings_are_one_value_error_naming_the_setting(weight, te
         check_feedback(weight, temperature)
 
 
-def _checkpoint(src, dst, **conf_update):
-    shutil.copytree(src, dst)
-    conf = json.loads((dst / "config.json").read_text())
-    conf.update(conf_update)
-    (dst / "config.json").write_text(json.dumps(conf))
-    return dst
-
-
-def _ranker(path, **kw):
-    return PERanker.from_pretrained(path, encoder=HashEncoder(32), length_bucket=128, passage_bucket=8, **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny32(tiny_perank):
-    return tiny_perank[0]
-
-
-def test_the_query_slot_holds_the_projected_feedback_vector_and_the_override_equals_the_config(tiny32, tmp_path):
+def test_the_query_slot_holds_the_projected_feedback_vector_and_the_override_equals_the_config(tiny_perank_dir_32, tmp_path):
     from perank_jax.models.projector import project
-    plain_dir = _checkpoint(tiny32, tmp_path / "plain", query_token=True, query_scale=10.0)
-    fb_dir = _checkpoint(tiny32, tmp_path / "fb", query_token=True, query_scale=10.0,
+    plain_dir = edited_checkpoint(tiny_perank_dir_32, tmp_path / "plain", query_token=True, query_scale=10.0)
+    fb_dir = edited_checkpoint(tiny_perank_dir_32, tmp_path / "fb", query_token=True, query_scale=10.0,
                          query_feedback_weight=1.0, query_feedback_temperature=0.05)
-    overridden, configured, plain = _ranker(plain_dir, query_feedback=(1.0, 0.05)), _ranker(fb_dir), _ranker(plain_dir)
+    overridden, configured, plain = hash_ranker(plain_dir, query_feedback=(1.0, 0.05)), hash_ranker(fb_dir), hash_ranker(plain_dir)
     assert overridden.feedback == configured.feedback == (1.0, 0.05) and plain.feedback[0] == 0
     passages = [f"passage {i} about {w}" for i, w in enumerate("cats dogs fish birds trees rivers pianos".split())]
     query = "dogs and cats"
@@ -101,14 +82,14 @@ def test_the_query_slot_holds_the_projected_feedback_vector_and_the_override_equ
     for mode in ("single_pass", "decode"):
         got = overridden.rerank_batch([query, "rivers"], lists, window=4, stride=2, mode=mode)
         assert got == configured.rerank_batch([query, "rivers"], lists, window=4, stride=2, mode=mode)
-    saved = _ranker(configured.save_pretrained(tmp_path / "saved"))                     # kept by save_pretrained
+    saved = hash_ranker(configured.save_pretrained(tmp_path / "saved"))                     # kept by save_pretrained
     assert saved.feedback == (1.0, 0.05) and saved.query_scale == 10.0
     assert "query_feedback_weight" not in json.loads(plain.save_pretrained(tmp_path / "p").joinpath(
         "config.json").read_text())
     with pytest.raises(ValueError, match="query feedback temperature"):
-        _ranker(plain_dir, query_feedback=(1.0, 0.0))
+        hash_ranker(plain_dir, query_feedback=(1.0, 0.0))
     with pytest.raises(ValueError, match="applies only to a checkpoint with a query token"):
-        _ranker(tiny32, query_feedback=(1.0, 0.01))
+        hash_ranker(tiny_perank_dir_32, query_feedback=(1.0, 0.01))
 
 
 def test_cosine_with_feedback_ranks_by_the_feedback_vector(minilm_dir):

@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers_tiny import HashEncoder
+from helpers_tiny import edited_checkpoint, hash_ranker
 from perank_jax.cli import main
 from perank_jax.data.embcache_build import build_embedding_cache
 from perank_jax.passage_vectors import EmbeddingMismatch
@@ -135,24 +135,15 @@ def test_cli_rerank_with_embeddings_matches_encoding_and_refuses_a_mismatch(cach
 
 
 # ------------------------------------------------------------------ data parallel
-@pytest.fixture(scope="module")
-def tiny32(tiny_perank):
-    return tiny_perank[0]
-
-
-def _hash_ranker(path, **kw):
-    return PERanker.from_pretrained(path, encoder=HashEncoder(32), length_bucket=128, passage_bucket=8, **kw)
-
-
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1)], ids=["data8", "data2_fsdp4"])
-def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny32, shape, monkeypatch):
+def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, shape, monkeypatch):
     import perank_jax.ranker as ranker_mod
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12, 5, 11)]
     queries = [f"query {i} about {w}" for i, w in enumerate(TOPICS[:5])]
-    one = _hash_ranker(tiny32, batch_size=8)
+    one = hash_ranker(tiny_perank_dir_32, batch_size=8)
     want = one.rerank_batch(queries, lists, window=6, stride=3)
     mesh = make_mesh(shape)
-    r = _hash_ranker(tiny32, batch_size=1, mesh=mesh)
+    r = hash_ranker(tiny_perank_dir_32, batch_size=1, mesh=mesh)
     placed = []
     real = ranker_mod.shard_rows
 
@@ -176,9 +167,9 @@ def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny32, shape, monke
     assert r.last_stats[0].processed_tokens == one.last_stats[0].processed_tokens
 
 
-def test_cli_rerank_on_a_mesh_writes_the_one_device_run(tiny32, tmp_path, capsys):
+def test_cli_rerank_on_a_mesh_writes_the_one_device_run(tiny_perank_dir_32, tmp_path, capsys):
     req = _requests_file(tmp_path / "req.jsonl", _lists())
-    base = ["rerank", "--model", str(tiny32), "--requests", str(req), "--window", "6", "--stride", "3",
+    base = ["rerank", "--model", str(tiny_perank_dir_32), "--requests", str(req), "--window", "6", "--stride", "3",
             "--batch-queries", "4"]
     assert main(base + ["--out", str(tmp_path / "one.trec")]) == 0
     assert main(base + ["--out", str(tmp_path / "mesh.trec"), "--mesh", "data=8"]) == 0
@@ -201,9 +192,9 @@ def _variant(r, template, query_token, share):
 
 @pytest.mark.parametrize("template", ["paper", "compact"])
 @pytest.mark.parametrize("query_token", [False, True], ids=["no_query_token", "query_token"])
-def test_shared_prefix_ranks_as_whole_prompts_and_counts_the_prefix_once(tiny32, template, query_token):
+def test_shared_prefix_ranks_as_whole_prompts_and_counts_the_prefix_once(tiny_perank_dir_32, template, query_token):
     from perank_jax.windows import sliding_windows
-    base = _hash_ranker(tiny32, batch_size=3)
+    base = hash_ranker(tiny_perank_dir_32, batch_size=3)
     base.length_bucket = 256
     shared, whole = _variant(base, template, query_token, True), _variant(base, template, query_token, False)
     lists = [[f"text {w} {i % 4}" for i, w in enumerate(TOPICS[:m])] for m in (12, 7, 10, 3)]   # duplicates too
@@ -221,8 +212,8 @@ def test_shared_prefix_ranks_as_whole_prompts_and_counts_the_prefix_once(tiny32,
             whole.rerank_batch(queries, lists, window=5, stride=2, **kw), kw
 
 
-def test_shared_prefix_compiles_once_per_bucket_not_per_query(tiny32):
-    r = _hash_ranker(tiny32, batch_size=4)
+def test_shared_prefix_compiles_once_per_bucket_not_per_query(tiny_perank_dir_32):
+    r = hash_ranker(tiny_perank_dir_32, batch_size=4)
     lists = [[f"p {i}" for i in range(12)]] * 3
     r.rerank_batch(["first", "second query", "third"], lists, window=6, stride=3)
     compiled, traces, prefix_traces = r.compile_count, r.traces.count, r.prefix_traces.count
@@ -251,10 +242,10 @@ def test_shared_prefix_ranks_as_whole_prompts_with_the_shipped_model():
             assert all(s.processed_tokens < w.processed_tokens for s, w in zip(shared.last_stats, whole.last_stats))
 
 
-def test_unrolled_layers_rank_as_rolled_and_compile_once_per_bucket(tiny32):
+def test_unrolled_layers_rank_as_rolled_and_compile_once_per_bucket(tiny_perank_dir_32):
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12)]
     queries = ["alpha beta", "gamma", "delta epsilon zeta"]
-    rolled, unrolled = _hash_ranker(tiny32, batch_size=4), _hash_ranker(tiny32, batch_size=4, unroll=True)
+    rolled, unrolled = hash_ranker(tiny_perank_dir_32, batch_size=4), hash_ranker(tiny_perank_dir_32, batch_size=4, unroll=True)
     assert unrolled.decoder.model.unroll
     assert unrolled.rerank_batch(queries, lists, window=6, stride=3) == \
         rolled.rerank_batch(queries, lists, window=6, stride=3)
@@ -263,19 +254,10 @@ def test_unrolled_layers_rank_as_rolled_and_compile_once_per_bucket(tiny32):
     assert unrolled.compile_count == compiled
 
 
-def test_a_query_scale_override_ranks_as_a_copy_whose_config_has_that_factor(tiny32, tmp_path):
-    import json
-    import shutil
-
-    def copy(name, scale):
-        d = tmp_path / name
-        shutil.copytree(tiny32, d)
-        conf = json.loads((d / "config.json").read_text())
-        conf.update(query_token=True, query_scale=scale)
-        (d / "config.json").write_text(json.dumps(conf))
-        return d
-    at1, at10 = copy("x1", 1.0), copy("x10", 10.0)
-    overridden, edited, plain = _hash_ranker(at1, query_scale=10), _hash_ranker(at10), _hash_ranker(at1)
+def test_a_query_scale_override_ranks_as_a_copy_whose_config_has_that_factor(tiny_perank_dir_32, tmp_path):
+    at1, at10 = (edited_checkpoint(tiny_perank_dir_32, tmp_path / f"x{f:g}", query_token=True, query_scale=f)
+                 for f in (1.0, 10.0))
+    overridden, edited, plain = hash_ranker(at1, query_scale=10), hash_ranker(at10), hash_ranker(at1)
     assert (overridden.query_scale, edited.query_scale, plain.query_scale) == (10.0, 10.0, 1.0)
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9)]
     queries = ["alpha beta", "gamma"]
@@ -283,4 +265,4 @@ def test_a_query_scale_override_ranks_as_a_copy_whose_config_has_that_factor(tin
     assert got == edited.rerank_batch(queries, lists, window=6, stride=3, mode="single_pass")
     assert got != plain.rerank_batch(queries, lists, window=6, stride=3, mode="single_pass")   # the factor matters
     with pytest.raises(ValueError, match="must be > 0"):
-        _hash_ranker(at1, query_scale=0)
+        hash_ranker(at1, query_scale=0)

@@ -9,10 +9,6 @@ from helpers_tiny import HashEncoder
 from perank_jax.ranker import PERanker
 
 
-@pytest.fixture(scope="module")
-def tiny_perank_dir_32(tiny_perank):
-    return tiny_perank[0]   # 32-d tiny encoder named in config.json
-
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
 
 
