@@ -14,6 +14,7 @@ from flax import nnx
 
 from perank_jax import prompts
 from perank_jax.data.training_records import listwise_record
+from perank_jax.feedback import feedback_query
 from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
@@ -42,16 +43,19 @@ class TableEncoder:
                          for t in texts])
 
 
-@pytest.fixture(scope="module", params=[1.0, 50.0], ids=["query_scale_1", "query_scale_50"])
+@pytest.fixture(scope="module", params=[(1.0, 0.0), (50.0, 0.0), (50.0, 1.0)],
+                ids=["query_scale_1", "query_scale_50", "query_scale_50_feedback"])
 def setup(tmp_path_factory, request):
+    scale, weight = request.param
     extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
     tok = make_tokenizer(extra_words=extra + QUERY.split())
     d = make_decoder_dir(tmp_path_factory.mktemp("dec"), tok, hidden=32, layers=2, init_std=0.3)
     dec = load_decoder(d)
     proj = Projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
     enc = TableEncoder()
-    ranker = PERanker(dec, proj, dec.tokenizer, enc, config={"prompt_template": "compact", "query_token": True,
-                                                             "query_scale": request.param})
+    ranker = PERanker(dec, proj, dec.tokenizer, enc, config={
+        "prompt_template": "compact", "query_token": True, "query_scale": scale,
+        "query_feedback_weight": weight, "query_feedback_temperature": 0.5})
     return dec, proj, enc, ranker
 
 
@@ -61,8 +65,14 @@ def _train_logits(setup, ranking):
     assert rec["query_text"] == QUERY and "messages_w_content" not in rec
     prep = D.prepare([rec], dec.tokenizer, 2, enc.encode, max_len=128, max_passages=5, use_content_view=False)
     assert prep.query_token and prep.n_passages == [5]
-    batch = D.collate(prep, np.array([0]), [128], 5)
+    batch = D.collate(prep, np.array([0]), [128], 5, query_feedback=setup[3].feedback)
     assert batch["emb"].shape[1] == 6 and batch["valid"][0].tolist() == [True] * 5 + [False]
+    q = enc.encode([QUERY])[0]
+    if setup[3].feedback[0] > 0:          # the slot holds the candidate-aware query, not the query's own vector
+        assert not np.allclose(batch["emb"][0, 5], q / np.linalg.norm(q), atol=1e-3)
+        np.testing.assert_allclose(batch["emb"][0, 5], feedback_query(q, enc.encode(TEXTS), 1.0, 0.5), rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(batch["emb"][0, 5], q)
     e = scale_query_slot(proj(batch["emb"]), batch["valid"], setup[3].query_scale)
     return np.asarray(listwise_logits(dec.model, e, batch, "wo"))[0]
 

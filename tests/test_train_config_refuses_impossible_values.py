@@ -13,10 +13,12 @@ STAGE2 = Path(__file__).resolve().parent.parent / "configs" / "smollm2-minilm.st
 
 @pytest.mark.parametrize("override", ["optim.lr=-1e-4", "optim.lr=0", "optim.lr=.nan", "optim.epochs=0", "optim.max_steps=0",
                                       "optim.warmup_ratio=1.5", "model.query_scale=0", "data.max_passages=0",
-                                      "lora.rank=-2", "checkpoint.keep=0", "model.projector_isometry=-1"])
+                                      "lora.rank=-2", "checkpoint.keep=0", "model.projector_isometry=-1",
+                                      "model.query_feedback=[-1,0.01]", "model.query_feedback=[1,0]",
+                                      "model.query_feedback=[1]", "model.query_token=false model.query_feedback=[1,0.01]"])
 def test_impossible_value_is_a_config_error_naming_the_field(override):
-    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
-        load_train_config(STAGE2, [override])
+    with pytest.raises(ConfigError, match=override.split()[-1].split("=")[0].replace(".", r"\.")):
+        load_train_config(STAGE2, override.split())
 
 
 def test_a_suspicious_learning_rate_is_a_warning_not_an_error():
@@ -27,6 +29,7 @@ def test_a_suspicious_learning_rate_is_a_warning_not_an_error():
 def test_the_shipped_recipe_values_are_accepted():
     cfg = load_train_config(STAGE2)
     assert cfg.optim.lr > 0 and cfg.model.query_scale == 300.0
+    assert load_train_config(STAGE2, ["model.query_feedback=[1,0.01]"]).model.query_feedback == [1.0, 0.01]
 
 
 def test_every_file_in_configs_is_parsed_by_its_typed_loader():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, WEIGHTINGS
 from perank_jax.config import ConfigError, from_dict, load_yaml
+from perank_jax.feedback import check_feedback
 from perank_jax.models.lora import DEFAULT_TARGETS
 
 
@@ -26,6 +27,9 @@ class ModelConfig:
     prompt_template: str = "paper"         # stage 2: the records' user turn (paper | compact), saved in the export
     query_token: bool = False              # stage 2: records carry `query_text` (its embedding opens the answer)
     query_scale: float = 1.0               # stage 2: the query slot's projected vector times this (residual shortcut)
+    query_feedback: list[float] = field(default_factory=lambda: [0.0, 0.01])  # stage 2: [weight, temperature]
+                                           # of the candidate-aware query (perank_jax.feedback) over each list's
+                                           # passages, in training and saved for inference; weight 0 = off
     default_mode: str = "decode"           # saved in the export: `perank rerank`'s mode for it (decode | single_pass)
 
 
@@ -151,6 +155,14 @@ class TrainConfig:
         if o.lr > 0.1:
             import warnings
             warnings.warn(f"optim.lr = {o.lr} is unusually large for Adam (typical: 1e-5 .. 1e-2)", stacklevel=2)
+        if len(m.query_feedback) != 2:
+            raise ConfigError(f"model.query_feedback must be [weight, temperature], got {m.query_feedback!r}")
+        try:
+            m.query_feedback = list(check_feedback(*m.query_feedback))
+        except ValueError as e:
+            raise ConfigError(f"model.query_feedback: {e}") from None
+        if m.query_feedback[0] > 0 and not (self.stage == 2 and m.query_token):
+            raise ConfigError("model.query_feedback needs stage 2 with model.query_token: true (it moves the query's vector)")
         if self.stage == 1 and self.lora.rank:
             raise ConfigError("lora applies to stage 2 only (stage 1 trains the projector alone)")
         if self.data.max_len > max(self.data.buckets):

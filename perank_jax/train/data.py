@@ -28,6 +28,7 @@ import numpy as np
 
 from perank_jax.buckets import smallest_fitting
 from perank_jax.data.trec import DataError
+from perank_jax.feedback import feedback_query
 from perank_jax.prompts import PLACEHOLDER, RANK
 VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
 
@@ -288,10 +289,12 @@ def process_rows(global_batch: int, process_index: int, process_count: int) -> s
 
 
 def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passages: int,
-            seq_len: dict[str, int] | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
+            seq_len: dict[str, int] | None = None, pad_id: int = 0,
+            query_feedback: tuple[float, float] = (0.0, 0.01)) -> dict[str, np.ndarray]:
     """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
     smallest bucket holding the longest record. Padded passages/positions are marked invalid
-    (positions point one past the end, so scatters drop them)."""
+    (positions point one past the end, so scatters drop them). With a query slot and a feedback
+    weight > 0, the slot holds the candidate-aware query over the record's passages, as at inference."""
     B, n = len(idx), max_passages + (1 if prep.query_token else 0)   # + the query's slot (never valid)
     d = prep.table.shape[1]
     emb = np.zeros((B, n, d), np.float32)
@@ -300,6 +303,9 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
         k = len(prep.text_idx[i])
         emb[r, :k] = prep.table[prep.text_idx[i]]
         valid[r, :prep.n_passages[i]] = True
+        if prep.query_token and query_feedback[0] > 0:
+            m = prep.n_passages[i]
+            emb[r, m] = feedback_query(emb[r, m], emb[r, :m], *query_feedback)
     out = {"emb": emb, "valid": valid}
     if prep.stage == 2:
         ranking = np.zeros((B, n), np.int32)

@@ -9,6 +9,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from perank_jax.atomic import atomic_json
+from perank_jax.feedback import FEEDBACK_KEYS
 from perank_jax.weights.io import save_safetensors_atomic
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import save_adapter, save_checkpoint
@@ -39,11 +40,13 @@ def export(run, params, out_dir: Path) -> Path:
                      encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
                      query_token=m.query_token, hidden_size=proj.out_dim, model_type=run.decoder.config.model_type,
                      dtype="float16",
-                     extra={"default_mode": m.default_mode, "query_scale": m.query_scale})
+                     extra={"default_mode": m.default_mode, "query_scale": m.query_scale,
+                            **(dict(zip(FEEDBACK_KEYS, m.query_feedback)) if m.query_feedback[0] > 0 else {})})
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
     return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
                            encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
-                           query_token=m.query_token, query_scale=m.query_scale, default_mode=m.default_mode)
+                           query_token=m.query_token, query_scale=m.query_scale, default_mode=m.default_mode,
+                           query_feedback=tuple(m.query_feedback))
 
 
 def portable_name(name: str | None) -> str:

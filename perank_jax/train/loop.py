@@ -137,7 +137,8 @@ class Run:
                      "global_batch": cfg.global_batch, "stage": cfg.stage, "total_steps": self.total_steps}
 
     def batch(self, prep, idx) -> dict:
-        local = D.collate(prep, idx, self.cfg.data.buckets, self.cfg.data.max_passages, pad_id=self.pad_id)
+        local = D.collate(prep, idx, self.cfg.data.buckets, self.cfg.data.max_passages, pad_id=self.pad_id,
+                          query_feedback=tuple(self.cfg.model.query_feedback))
         self.last_tokens = int(sum(v.sum() for k, v in local.items() if k.endswith("mask")))  # real tokens, all views
         return self.trainer.global_batch({k: v[self.rows] for k, v in local.items()})
 
