@@ -133,7 +133,7 @@ def _add_rerank(sub):
 
     def run(a):
         import json
-        from perank_jax.data import trec
+        from perank_jax.data import trec, trec_write
         from perank_jax.atomic import atomic_text
         from perank_jax.batch_rerank import rerank_requests
         from perank_jax.ranker import PERanker
@@ -182,9 +182,9 @@ def _add_rerank(sub):
             print_rankings(reranked, stats, a.show, mode)
             return
         if str(a.out).endswith(".jsonl"):
-            trec.write_requests(reranked, a.out)
+            trec_write.write_requests(reranked, a.out)
         else:
-            trec.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
+            trec_write.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
         atomic_text(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
         lat = sum(s["latency_s"] for s in stats) / len(stats)
         cached = (f"; {sum(s['from_cache'] for s in stats)} passages from {a.embeddings}, "
@@ -237,7 +237,8 @@ def _add_retrieve(sub):
     p.add_argument("--tag", default="bm25s")
 
     def run(a):
-        from perank_jax.data.trec import read_corpus, read_queries, write_run
+        from perank_jax.data.trec import read_corpus, read_queries
+        from perank_jax.data.trec_write import write_run
         from perank_jax.evaluate.bm25 import bm25_run
         check_outputs(files=[a.out])
         hits = bm25_run(read_corpus(a.corpus), read_queries(a.queries), k=a.k, k1=a.k1, b=a.b,

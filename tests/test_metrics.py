@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from perank_jax.cli import main
-from perank_jax.data.trec import read_qrels, read_run, write_qrels, write_run
+from perank_jax.data.trec import read_qrels, read_run
+from perank_jax.data.trec_write import write_qrels, write_run
 from perank_jax.evaluate.metrics import evaluate, paired_test, parse_measures
 
 DATA = Path("/work/shared/data")

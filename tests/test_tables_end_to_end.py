@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from perank_jax.cli import main
-from perank_jax.data.trec import write_qrels, write_run
+from perank_jax.data.trec_write import write_qrels, write_run
 
 QUERIES = {"q1": "which document mentions apples", "q2": "find the pear facts", "q3": "plums"}
 N = 25  # candidates per query: windows (5, 25) and (0, 15) at depth 25; one window at depth 10

@@ -10,8 +10,8 @@ from perank_jax.atomic import atomic_write
 
 from perank_jax.data.ir_datasets import load_ir_dataset
 from perank_jax.data.trec import (Candidate, DataError, Hit, Request, build_rerank_requests, read_corpus,
-                                  read_qrels, read_queries, read_requests, read_run, write_qrels,
-                                  write_requests, write_run)
+                                  read_qrels, read_queries, read_requests, read_run)
+from perank_jax.data.trec_write import write_qrels, write_requests, write_run
 
 DATA = Path("/work/shared/data")
 

@@ -11,7 +11,7 @@ Formats:
 Readers return dicts that remember the file and line each key came from (`.where(key)`),
 so later validation (`build_rerank_requests`) can name the exact place of a problem.
 Bad input raises DataError (a ValueError) whose message starts with `file:line:`.
-Writers are atomic (temp file + os.replace). `write_run` writes strictly decreasing scores.
+The writers of the same formats are in perank_jax/data/trec_write.py.
 """
 from __future__ import annotations
 
@@ -20,10 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
-
-from perank_jax.atomic import atomic_write
-
+from typing import Iterator, Mapping, Sequence
 
 MAX_GRADE = 1000   # relevance grades beyond this are a wrong file or column, not a judgement
 
@@ -327,65 +324,6 @@ def read_requests(path, title_format: bool = False) -> list[Request]:
     if not out:
         raise DataError(f"{path}: no requests in file")
     return out
-
-
-# ---------------------------------------------------------------------------- writers
-def _docids(entries) -> list[tuple[str, float | None]]:
-    out = []
-    for e in entries:
-        if isinstance(e, str):
-            out.append((e, None))
-        elif isinstance(e, (Hit, Candidate)):
-            out.append((e.docid, e.score))
-        else:
-            out.append((str(e[0]), float(e[1])))
-    return out
-
-
-def write_run(run: Mapping[str, Iterable], path, tag: str = "perank", scores: str = "rank") -> Path:
-    """Write a TREC run atomically. Each query's entries are docids, Hits, Candidates or
-    (docid, score) pairs, best first. scores="rank": score = n - rank + 1 (n..1), strictly
-    decreasing; scores="given": write the given scores, which must strictly decrease."""
-    if scores not in ("rank", "given"):
-        raise ValueError(f"scores must be 'rank' or 'given', got {scores!r}")
-    if not run:
-        raise DataError(f"{path}: refusing to write an empty run")
-    rows = []
-    for qid, entries in run.items():
-        pairs = _docids(entries)
-        if not pairs:
-            raise DataError(f"{path}: query {qid!r} has an empty ranking")
-        if len({d for d, _ in pairs}) != len(pairs):
-            raise DataError(f"{path}: query {qid!r} lists a docid twice")
-        n, prev = len(pairs), math.inf
-        for r, (docid, s) in enumerate(pairs, 1):
-            if scores == "rank":
-                s = float(n - r + 1)
-            elif s is None:
-                raise DataError(f"{path}: scores='given' but query {qid!r} has no score for {docid!r}")
-            elif not s < prev:
-                raise DataError(f"{path}: query {qid!r}: score at rank {r} ({s!r}) does not strictly "
-                                f"decrease (previous {prev!r})")
-            prev = s
-            rows.append(f"{qid} Q0 {docid} {r} {s!r} {tag}\n")
-    return atomic_write(path, lambda f: f.writelines(rows))
-
-
-def write_qrels(qrels: Mapping[str, Mapping[str, int]], path) -> Path:
-    rows = [f"{q} 0 {d} {int(g)}\n" for q, judged in qrels.items() for d, g in judged.items()]
-    if not rows:
-        raise DataError(f"{path}: refusing to write empty qrels")
-    return atomic_write(path, lambda f: f.writelines(rows))
-
-
-def write_requests(requests: Sequence[Request], path) -> Path:
-    """rank_llm request JSONL (doc text under doc.text)."""
-    rows = []
-    for r in requests:
-        cands = [{"docid": c.docid, "score": c.score, "doc": {"text": c.text}} for c in r.candidates]
-        rows.append(json.dumps({"query": {"text": r.query, "qid": r.qid}, "candidates": cands},
-                               ensure_ascii=False) + "\n")
-    return atomic_write(path, lambda f: f.writelines(rows))
 
 
 # ---------------------------------------------------------------------------- joins

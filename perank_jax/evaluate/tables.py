@@ -24,7 +24,7 @@ import numpy as np
 from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.constants import DECODE_MODES
-from perank_jax.data.trec import write_run
+from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
 from perank_jax.evaluate.metrics import evaluate
