@@ -89,3 +89,55 @@ def test_stage2_adapter_loads_and_reranks_into_a_permutation_in_both_modes(train
     for mode in ("decode", "single_pass"):
         order = ranker.rerank(query, passages, mode=mode)
         assert sorted(order) == list(range(len(passages))), (mode, order)
+
+
+def ship(*args) -> int:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ship_adapter", ROOT / "tools" / "ship_adapter.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in args])
+
+
+@pytest.mark.slow
+def test_ship_adapter_ships_the_run_with_its_inference_settings_and_example_rankings(trained, tmp_path):
+    from perank_jax import PERanker
+    from perank_jax.cli import EXAMPLE_SET
+    from perank_jax.data.trec import read_requests
+    _, _, s2 = trained
+    dest = tmp_path / "shipped"
+    assert ship(s2, "--query-scale", 3000, "--query-feedback", 1, 0.01, "--dest", dest) == 0
+    assert sorted(p.name for p in dest.iterdir()) == ["adapter.safetensors", "config.json", "example_rankings.json",
+                                                      "training_loss.png", "training_metrics.jsonl"]
+    assert not list(tmp_path.glob(".ship-*"))                           # the staging folder is gone
+    conf = json.loads((dest / "config.json").read_text())
+    assert conf["query_scale"] == 3000 and conf["query_feedback_weight"] == 1 and conf["query_feedback_temperature"] == 0.01
+    assert (dest / "adapter.safetensors").read_bytes() == (s2 / "adapter" / "adapter.safetensors").read_bytes()
+    recorded = json.loads((dest / "example_rankings.json").read_text())
+    reqs = read_requests(EXAMPLE_SET)
+    assert set(recorded) == {r.qid for r in reqs}
+    ranker = PERanker.from_pretrained(dest)
+    assert ranker.query_scale == 3000 and ranker.feedback == (1.0, 0.01)
+    for r in reqs:                                 # what was recorded is what the shipped folder ranks
+        order = ranker.rerank(r.query, [c.text for c in r.candidates], mode=ranker.config["default_mode"])
+        assert recorded[r.qid] == [r.candidates[i].docid for i in order]
+
+
+@pytest.mark.slow
+def test_ship_adapter_leaves_the_destination_untouched_when_the_run_is_broken(trained, tmp_path, capsys):
+    _, _, s2 = trained
+    dest = tmp_path / "shipped"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}")
+    broken = tmp_path / "run"
+    shutil.copytree(s2 / "adapter", broken / "adapter")
+    for f in ("metrics.jsonl", "metrics.png"):
+        shutil.copyfile(s2 / f, broken / f)
+    assert ship(tmp_path / "missing-run", "--dest", dest) == 2
+    assert "not found" in capsys.readouterr().err
+    (broken / "adapter" / "adapter.safetensors").write_bytes(b"not a safetensors file")
+    assert ship(broken, "--dest", dest) == 2
+    err = capsys.readouterr().err
+    assert "does not load and rank" in err and "was not changed" in err and "Traceback" not in err
+    assert [p.name for p in dest.iterdir()] == ["config.json"] and (dest / "config.json").read_text() == "{}"
+    assert not list(tmp_path.glob(".ship-*"))

@@ -1,6 +1,6 @@
 """Copy a trained stage-2 adapter into the package as the shipped default reranker.
 
-    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000] [--query-feedback W T]
+    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000] [--query-feedback W T] [--dest DIR]
 
 Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/ (with --query-scale,
 config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
@@ -9,13 +9,18 @@ temperature, perank_jax.feedback), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
 tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand.
+Everything is first assembled and checked (loaded, example set reranked) in a temporary folder
+next to the destination; only then do the files replace the shipped ones, so a failure leaves the
+shipped model as it was. --dest ships elsewhere (default: perank_jax/shipped).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
@@ -31,6 +36,7 @@ def main(argv=None) -> int:
                     help="replace the adapter's query_scale (inference only; default: as trained)")
     ap.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
+    ap.add_argument("--dest", type=Path, default=SHIPPED, help="where to ship (default: %(default)s)")
     a = ap.parse_args(argv)
     if a.query_scale is not None and not a.query_scale > 0:
         ap.error(f"--query-scale must be > 0, got {a.query_scale}")
@@ -46,28 +52,43 @@ def main(argv=None) -> int:
     if missing:
         print(f"error: {missing[0]}: not found (train with configs/smollm2-minilm.stage2.yaml first)", file=sys.stderr)
         return 2
-    SHIPPED.mkdir(exist_ok=True)
-    for src, name in files.items():
-        shutil.copyfile(src, SHIPPED / name)
-    if a.query_scale is not None or a.query_feedback is not None:
-        conf = json.loads((SHIPPED / "config.json").read_text())
+    a.dest.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".ship-", dir=a.dest.parent))   # same file system: os.replace
+    try:
+        for src, name in files.items():
+            shutil.copyfile(src, stage / name)
+        conf = json.loads((stage / "config.json").read_text())
         if a.query_scale is not None:
             conf["query_scale"] = a.query_scale
         if a.query_feedback is not None:
             conf.update(zip(FEEDBACK_KEYS, a.query_feedback))
-        (SHIPPED / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+        (stage / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+        try:
+            rankings = example_rankings(stage)
+        except Exception as e:           # the CLI boundary: one line, and the shipped model untouched
+            print(f"error: {run / 'adapter'}: does not load and rank as a PE-Rank adapter "
+                  f"({type(e).__name__}: {e}); {a.dest} was not changed", file=sys.stderr)
+            return 2
+        (stage / "example_rankings.json").write_text(json.dumps(rankings, indent=1) + "\n")
+        for f in sorted(stage.iterdir()):
+            os.replace(f, a.dest / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    size = sum(p.stat().st_size for p in a.dest.iterdir() if p.is_file())
+    print(f"shipped {run} -> {a.dest} ({size / 2**20:.1f} MB); example rankings recorded")
+    return 0
+
+
+def example_rankings(model_dir: Path) -> dict[str, list[str]]:
+    """The packaged example set reranked by the model in model_dir: {qid: docids, best first}."""
     from perank_jax import PERanker
     from perank_jax.cli import EXAMPLE_SET
     from perank_jax.data.trec import read_requests
-    ranker = PERanker.from_pretrained(SHIPPED)
+    ranker = PERanker.from_pretrained(model_dir)
     reqs = read_requests(EXAMPLE_SET)
     orders = ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs],
                                  window=20, mode=ranker.config.get("default_mode", "decode"))
-    rankings = {r.qid: [r.candidates[i].docid for i in o] for r, o in zip(reqs, orders)}
-    (SHIPPED / "example_rankings.json").write_text(json.dumps(rankings, indent=1) + "\n")
-    size = sum(p.stat().st_size for p in SHIPPED.iterdir())
-    print(f"shipped {run} -> {SHIPPED} ({size / 2**20:.1f} MB); example rankings recorded")
-    return 0
+    return {r.qid: [r.candidates[i].docid for i in o] for r, o in zip(reqs, orders)}
 
 
 if __name__ == "__main__":
