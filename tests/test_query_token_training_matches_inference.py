@@ -112,3 +112,34 @@ def test_isometric_linear_projector_keeps_the_encoders_inner_products():
     np.testing.assert_allclose(y @ y.T, 9.0 * (x @ x.T), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="linear"):
         Projector("mlp2x_gelu", 6, 16).init_isometry(1.0)
+
+
+def test_a_run_trained_with_feedback_saves_it_and_its_exports_rank_with_it(tmp_path):
+    """`model.query_feedback` is a training setting that the adapter and the full export both carry,
+    so what loads them ranks with the query vector it was trained on."""
+    import json
+
+    from perank_jax.train.loop import train
+    from perank_jax.train.config import load_train_config
+    from perank_jax.train.embeddings import save_table
+    from tiny_train import write_jsonl
+    extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
+    tok = make_tokenizer(extra_words=extra + QUERY.split())
+    dec_dir = make_decoder_dir(tmp_path / "dec", tok, hidden=32, layers=2)
+    enc = TableEncoder()
+    recs = [listwise_record(QUERY, TEXTS[i:] + TEXTS[:i], range(5), template="compact", query_token=True,
+                            content_view=False) for i in range(4)]
+    write_jsonl(tmp_path / "train.jsonl", recs)
+    save_table(tmp_path / "emb.npz", TEXTS + [QUERY], enc.encode(TEXTS + [QUERY]))
+    cfg = load_train_config("configs/tiny.stage2.yaml", [
+        f"model.decoder={dec_dir}", f"data.train={tmp_path / 'train.jsonl'}", f"data.embeddings={tmp_path / 'emb.npz'}",
+        f"output_dir={tmp_path / 'run'}", "model.prompt_template=compact", "model.query_token=true",
+        "model.query_scale=50", "model.query_feedback=[1,0.5]", "data.use_content_view=false", "lora.rank=2",
+        "global_batch=2", "optim.max_steps=1", "data.buckets=[128]", "data.max_len=128",
+        "xla_options={xla_backend_optimization_level: 0}"])
+    train(cfg)
+    for d in (tmp_path / "run" / "adapter", tmp_path / "run" / "export"):
+        conf = json.loads((d / "config.json").read_text())
+        assert (conf["query_feedback_weight"], conf["query_feedback_temperature"]) == (1.0, 0.5), d
+        ranker = PERanker.from_pretrained(d, encoder=enc)
+        assert ranker.feedback == (1.0, 0.5) and ranker.query_scale == 50
