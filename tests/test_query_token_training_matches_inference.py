@@ -114,9 +114,10 @@ def test_isometric_linear_projector_keeps_the_encoders_inner_products():
         Projector("mlp2x_gelu", 6, 16).init_isometry(1.0)
 
 
-def test_a_run_trained_with_feedback_saves_it_and_its_exports_rank_with_it(tmp_path):
+def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_settings(tmp_path):
     """`model.query_feedback` is a training setting that the adapter and the full export both carry,
-    so what loads them ranks with the query vector it was trained on."""
+    so what loads them ranks with the query vector it was trained on; its checkpoint resumes only
+    with the same setting (and the same data seed)."""
     import json
 
     from perank_jax.train.loop import train
@@ -143,3 +144,11 @@ def test_a_run_trained_with_feedback_saves_it_and_its_exports_rank_with_it(tmp_p
         assert (conf["query_feedback_weight"], conf["query_feedback_temperature"]) == (1.0, 0.5), d
         ranker = PERanker.from_pretrained(d, encoder=enc)
         assert ranker.feedback == (1.0, 0.5) and ranker.query_scale == 50
+    # the run's checkpoint was made with the feedback on: resuming it with other settings is refused
+    from perank_jax.config import ConfigError
+    from dataclasses import replace
+    for other in (replace(cfg.model, query_feedback=[0.0, 0.01]), replace(cfg.model, query_feedback=[1.0, 0.2])):
+        with pytest.raises(ConfigError, match=r"other data or settings \(query_feedback: \[1\.0, 0\.5\] -> "):
+            train(replace(cfg, model=other))
+    with pytest.raises(ConfigError, match=r"data_seed: 0 -> 1"):
+        train(replace(cfg, data=replace(cfg.data, seed=1)))

@@ -31,7 +31,8 @@ def restore_state(mngr, state, meta: dict, resume: bool = True):
     if step is None or not resume:
         return state, 0
     saved_meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    changed = {k: (saved_meta.get(k), v) for k, v in meta.items() if saved_meta.get(k) != v}
+    keys = (set(meta) | set(saved_meta)) - {"step"}       # a setting only one side has differs too
+    changed = {k: (saved_meta.get(k), meta.get(k)) for k in sorted(keys) if saved_meta.get(k) != meta.get(k)}
     if changed:
         raise ConfigError(f"{mngr.directory}: checkpoint {step} was made with other data or settings "
                           f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "

@@ -135,6 +135,8 @@ class Run:
         self.trainer = TrainStep(cfg, self.decoder.model, self.projector, self.mesh, self.total_steps)
         self.meta = {"data_fingerprint": _fingerprint(d.train), "data_seed": d.seed, "records": len(self.train_data),
                      "global_batch": cfg.global_batch, "stage": cfg.stage, "total_steps": self.total_steps}
+        if cfg.model.query_feedback[0] > 0:         # it changes what the batches hold (absent = off, as before)
+            self.meta["query_feedback"] = list(cfg.model.query_feedback)
 
     def batch(self, prep, idx) -> dict:
         local = D.collate(prep, idx, self.cfg.data.buckets, self.cfg.data.max_passages, pad_id=self.pad_id,
