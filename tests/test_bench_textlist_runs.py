@@ -1,16 +1,10 @@
 """tools/bench_textlist.py runs end to end on a tiny random model: JAX and HF generate the same
 tokens from the same text-listwise prompts, and the table has a row per query plus the median."""
-import importlib.util
-import sys
-from pathlib import Path
-
 from perank_jax.data.trec import Candidate, Request
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_textlist", Path(__file__).resolve().parents[1] / "tools" / "bench_textlist.py")
-bench = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("bench_textlist", bench)   # dataclasses look their module up
-_spec.loader.exec_module(bench)
+from helpers_tools import load_tool
+
+bench = load_tool("bench_textlist")
 
 
 def test_textlist_latency_compares_jax_and_hf_tokens_on_same_prompts(tiny_mistral_dir):

@@ -14,6 +14,7 @@ import pytest
 from perank_jax import cli
 from perank_jax.evaluate.tables import load_config
 from perank_jax.train.config import load_train_config
+from helpers_tools import load_tool
 from test_training_data_builder import build, make_mini_data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,11 +93,7 @@ def test_stage2_adapter_loads_and_reranks_into_a_permutation_in_both_modes(train
 
 
 def ship(*args) -> int:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ship_adapter", ROOT / "tools" / "ship_adapter.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main([str(a) for a in args])
+    return load_tool("ship_adapter").main([str(a) for a in args])
 
 
 @pytest.mark.slow

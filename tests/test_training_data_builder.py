@@ -3,7 +3,6 @@ made-up texts, so CI needs no real data): what the stage-1/stage-2 files hold, a
 `error: file:line: ...` (exit 2, nothing written) for each kind of bad source."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -13,11 +12,9 @@ import pytest
 
 from perank_jax import prompts
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers_tools import load_tool
 
-_spec = importlib.util.spec_from_file_location("build_training_data", ROOT / "tools" / "build_training_data.py")
-builder = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(builder)
+builder = load_tool("build_training_data")
 
 # ------------------------------------------------------------------ the synthetic mini folder
 _SUBJECTS = ["the river", "a small village", "the old library", "our school garden", "the city council",
