@@ -26,6 +26,11 @@ def check_feedback(weight: float, temperature: float) -> tuple[float, float]:
     return weight, temperature
 
 
+def feedback_fields(weight: float, temperature: float) -> dict:
+    """The config.json keys of a setting: both keys when it is on, none when weight is 0 (off is the default)."""
+    return dict(zip(FEEDBACK_KEYS, (float(weight), float(temperature)))) if weight > 0 else {}
+
+
 def feedback_query(q: np.ndarray, e: np.ndarray, weight: float, temperature: float) -> np.ndarray:
     """q' for one query: q [E], candidates e [n, E] (any norms; cosines are used). Returns a unit
     float32 vector; with weight 0 or no candidates, q normalised."""

@@ -9,7 +9,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from perank_jax.atomic import atomic_json
-from perank_jax.feedback import FEEDBACK_KEYS
+from perank_jax.feedback import feedback_fields
 from perank_jax.weights.io import save_safetensors_atomic
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import save_adapter, save_checkpoint
@@ -41,7 +41,7 @@ def export(run, params, out_dir: Path) -> Path:
                      query_token=m.query_token, hidden_size=proj.out_dim, model_type=run.decoder.config.model_type,
                      dtype="float16",
                      extra={"default_mode": m.default_mode, "query_scale": m.query_scale,
-                            **(dict(zip(FEEDBACK_KEYS, m.query_feedback)) if m.query_feedback[0] > 0 else {})})
+                            **feedback_fields(*m.query_feedback)})
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
     return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
                            encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,

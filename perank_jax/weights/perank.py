@@ -20,7 +20,7 @@ from flax import nnx
 
 from perank_jax.atomic import atomic_json
 from perank_jax.config import read_config_json
-from perank_jax.feedback import FEEDBACK_KEYS
+from perank_jax.feedback import feedback_fields
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.decoder import LoadedDecoder
 from perank_jax.models.projector import PREFIXES, Projector
@@ -86,9 +86,7 @@ def save_checkpoint(out_dir, decoder_model, projector: Projector, tokenizer, *, 
                 encoder_name=str(encoder_name), encoder_pooling=encoder_pooling,
                 encoder_max_length=int(encoder_max_length), torch_dtype="float32",
                 prompt_template=prompt_template, query_token=bool(query_token), query_scale=float(query_scale),
-                default_mode=default_mode)
-    if query_feedback[0] > 0:            # the candidate-aware query vector (perank_jax.feedback)
-        conf.update(zip(FEEDBACK_KEYS, map(float, query_feedback)))
+                default_mode=default_mode, **feedback_fields(*query_feedback))
     atomic_json(out / "config.json", conf)
     tokenizer.save_pretrained(out)
     return out
