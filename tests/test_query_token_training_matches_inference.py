@@ -43,13 +43,18 @@ class TableEncoder:
                          for t in texts])
 
 
+def decoder_dir(path, init_std):
+    """A tiny random decoder directory whose word-level tokenizer knows the compact prompt and QUERY."""
+    extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
+    return make_decoder_dir(path, make_tokenizer(extra_words=extra + QUERY.split()), hidden=32, layers=2,
+                            init_std=init_std)
+
+
 @pytest.fixture(scope="module", params=[(1.0, 0.0), (50.0, 0.0), (50.0, 1.0)],
                 ids=["query_scale_1", "query_scale_50", "query_scale_50_feedback"])
 def setup(tmp_path_factory, request):
     scale, weight = request.param
-    extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
-    tok = make_tokenizer(extra_words=extra + QUERY.split())
-    d = make_decoder_dir(tmp_path_factory.mktemp("dec"), tok, hidden=32, layers=2, init_std=0.3)
+    d = decoder_dir(tmp_path_factory.mktemp("dec"), init_std=0.3)
     dec = load_decoder(d)
     proj = Projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
     enc = TableEncoder()
@@ -124,9 +129,7 @@ def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_s
     from perank_jax.train.config import load_train_config
     from perank_jax.train.embeddings import save_table
     from tiny_train import write_jsonl
-    extra = prompts.compact_prompt("x", 2).replace(prompts.PLACEHOLDER, " ").split() + ["Query:", "Passages:"]
-    tok = make_tokenizer(extra_words=extra + QUERY.split())
-    dec_dir = make_decoder_dir(tmp_path / "dec", tok, hidden=32, layers=2)
+    dec_dir = decoder_dir(tmp_path / "dec", init_std=0.1)
     enc = TableEncoder()
     recs = [listwise_record(QUERY, TEXTS[i:] + TEXTS[:i], range(5), template="compact", query_token=True,
                             content_view=False) for i in range(4)]
