@@ -10,6 +10,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from perank_jax.data.trec import DataError, read_corpus, read_qrels, read_querie
 
 COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 SHARED = Path("/work/shared/data")          # the development machine's copy, where it exists
+FETCHED = Path(os.environ.get("PERANK_DATA_DOWNLOADS", "data/raw/downloads"))   # `perank data fetch` output
 LAYOUT = {
     "dl20": ["bm25.top100.candidates.jsonl", "docs.tsv", "qrels.txt", "queries.tsv", "run.ada2.top100.txt",
              "run.bm25.top100.txt", "run.bm25rm3.top100.txt", "run.splade_pp_ed.top100.txt", "run.tasb.top100.txt"],
@@ -177,3 +180,33 @@ def test_prepare_without_fetched_sources_says_to_fetch_first(tmp_path, capsys):
     assert code == 2 and "wiki/sample_data.jsonl: source file missing; run `perank data fetch` first" in err, err
     assert main(["data", "fetch", "--out", str(tmp_path / "raw"), "--sets", "dl21"]) == 2
     assert "--sets: unknown dl21" in capsys.readouterr().err
+
+
+BM25_RUNS = {"scifact/run.bm25.test.top100.txt", "scifact/run.bm25.train.top100.txt",
+             "nfcorpus/run.bm25.test.top100.txt"}
+
+
+def rounded_scores(path):
+    """Per query, the sorted scores at the development copy's 4 decimals (independent of tie order)."""
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        q, _, _, _, s, _ = line.split()
+        out.setdefault(q, []).append(round(float(s), 4) + 0.0)
+    return {q: sorted(v) for q, v in out.items()}
+
+
+@pytest.mark.skipif(not (SHARED.is_dir() and (FETCHED / "dl20").is_dir()),
+                    reason="needs the development copy and fetched sources (PERANK_DATA_DOWNLOADS=DIR/downloads)")
+def test_prepare_reproduces_the_development_copy_from_the_fetched_sources(tmp_path):
+    """Byte for byte, except the three BM25 runs: those have the same scores per query (tie order aside)."""
+    from perank_jax.data.prepare import prepare
+    from perank_jax.evaluate.bm25 import bm25_run
+    shutil.copytree(FETCHED, tmp_path / "downloads")
+    prepare(tmp_path, bm25=bm25_run)
+    for s, names in LAYOUT.items():
+        for n in names:
+            rel = f"{s}/{n}"
+            if rel in BM25_RUNS:
+                assert rounded_scores(tmp_path / rel) == rounded_scores(SHARED / rel), rel
+            else:
+                assert (tmp_path / rel).read_bytes() == (SHARED / rel).read_bytes(), rel
