@@ -183,6 +183,14 @@ def test_a_source_shorter_than_pinned_is_refused_and_nothing_kept(tmp_path, serv
     assert not (tmp_path / "out" / "downloads" / name).exists() and not list(tmp_path.rglob("*.part"))
 
 
+def test_a_source_longer_than_pinned_is_refused_after_reading_one_byte_too_many(tmp_path, server):
+    name = "dl20/a.json"
+    server.files[url_path(name)] = FILES[name] + b"x" * 10_000_000
+    with pytest.raises(FetchError, match=r"a.json: 45001 bytes with a sha256 other than the pinned"):
+        fetch_all(tmp_path / "out", manifest=manifest_for(FILES), mirror=base(server))
+    assert not (tmp_path / "out" / "downloads" / name).exists() and not list(tmp_path.rglob("*.part"))
+
+
 def test_a_missing_source_is_one_error_naming_the_url(tmp_path, server):
     files = dict(FILES, **{"wiki/gone.txt": b"never served"})
     manifest = manifest_for(files)

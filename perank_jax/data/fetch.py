@@ -141,15 +141,21 @@ def _open(url: str, offset: int):
     return resp, resumed
 
 
-def _download(url: str, part: Path, offset: int) -> None:
+def _download(url: str, part: Path, offset: int, limit: int) -> None:
     """Append the bytes of `url` from `offset` to `part` (restarting it when the server sends the
-    whole file). Errors propagate; what was written stays for the next attempt to resume."""
+    whole file), stopping once `part` holds `limit` bytes (a source longer than pinned cannot fill
+    the disk). Errors propagate; what was written stays for the next attempt to resume."""
     stream, resumed = _open(url, offset)
     if stream is None:
         return
+    size = offset if resumed else 0
     with stream, open(part, "ab" if resumed and offset else "wb") as out:
-        for block in iter(lambda: stream.read(CHUNK), b""):
+        while size < limit:
+            block = stream.read(min(CHUNK, limit - size))
+            if not block:
+                break
             out.write(block)
+            size += len(block)
 
 
 def fetch_file(f: SourceFile, dest: Path, mirror=None, attempts: int = 3,
@@ -173,7 +179,7 @@ def fetch_file(f: SourceFile, dest: Path, mirror=None, attempts: int = 3,
         if have < f.size:
             log(f"{f.name}: {'resuming at byte ' + str(have) if have else 'downloading'} {url}")
             try:
-                _download(url, part, have)
+                _download(url, part, have, limit=f.size + 1)
             except (OSError, http.client.HTTPException) as e:      # dropped connection, timeout, 5xx
                 last = e
                 continue
