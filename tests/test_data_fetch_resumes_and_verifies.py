@@ -7,8 +7,12 @@ the manifest pins it with real sizes and sha256s. Nothing here touches the netwo
 import hashlib
 import http.server
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -33,10 +37,12 @@ def manifest_for(files):
 
 
 class Mirror(http.server.ThreadingHTTPServer):
-    """Serves `files` (URL path -> bytes) with Range; `drop[path] = n` cuts the next reply after n bytes."""
+    """Serves `files` (URL path -> bytes) with Range; `drop[path] = n` cuts the next reply after n
+    bytes; paths in `slow` trickle out 1 KB every 50 ms."""
+    daemon_threads = True
 
     def __init__(self, files):
-        self.files, self.drop, self.requests = dict(files), {}, []
+        self.files, self.drop, self.slow, self.requests = dict(files), {}, set(), []
         super().__init__(("127.0.0.1", 0), Handler)
 
 
@@ -61,7 +67,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         cut = srv.drop.pop(self.path, None)
-        self.wfile.write(data[start:] if cut is None else data[start:start + cut])
+        body = data[start:] if cut is None else data[start:start + cut]
+        if self.path in srv.slow:
+            for i in range(0, len(body), 1024):
+                self.wfile.write(body[i:i + 1024])
+                self.wfile.flush()
+                time.sleep(0.05)
+        else:
+            self.wfile.write(body)
         if cut is not None:
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)      # the connection drops midway
@@ -127,6 +140,30 @@ def test_a_connection_dropped_midway_is_resumed_with_a_range_request(tmp_path, s
     fetch_all(tmp_path / "out", manifest=manifest_for(FILES), mirror=base(server))
     assert_verified(tmp_path / "out")
     assert [r for p, r in server.requests if p == url_path(name)] == [None, "bytes=10000-"]
+
+
+def test_ctrl_c_midway_exits_130_keeps_the_part_and_the_next_run_resumes_it(tmp_path, server):
+    """A real `perank data fetch` process interrupted by SIGINT while a file trickles in."""
+    name = "dl20/a.json"
+    server.slow.add(url_path(name))
+    (tmp_path / "m.json").write_text(json.dumps(manifest_for({name: FILES[name]})))
+    out = tmp_path / "out"
+    argv = ["data", "fetch", "--out", str(out), "--mirror", base(server), "--manifest", str(tmp_path / "m.json"),
+            "--download-only"]
+    proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *argv], stderr=subprocess.PIPE, text=True)
+    part = out / "downloads" / (name + ".part")
+    deadline = time.time() + 30
+    while not (part.exists() and part.stat().st_size > 4096) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    kept = part.stat().st_size
+    assert 0 < kept < len(FILES[name]) and not (out / "downloads" / name).exists()
+    server.slow.clear()
+    assert main(argv) == 0
+    assert (out / "downloads" / name).read_bytes() == FILES[name] and not part.exists()
+    assert server.requests[-1] == (url_path(name), f"bytes={kept}-")
 
 
 def test_a_part_file_left_by_an_earlier_run_is_resumed_not_restarted(tmp_path, server):

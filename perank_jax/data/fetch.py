@@ -151,7 +151,7 @@ def _download(url: str, part: Path, offset: int, limit: int) -> None:
     size = offset if resumed else 0
     with stream, open(part, "ab" if resumed and offset else "wb") as out:
         while size < limit:
-            block = stream.read(min(CHUNK, limit - size))
+            block = stream.read1(min(CHUNK, limit - size))      # what has arrived: progress is kept
             if not block:
                 break
             out.write(block)
