@@ -69,10 +69,11 @@ def output_cases(t):
         (["convert", str(t / "model.gguf"), str(t / "afile")], "is a file"),
         (["train", str(ROOT / "configs" / "tiny.stage2.yaml"), f"output_dir={t / 'afile'}"], "is a file"),
         (["tables", str(tables)], "is a file"),
+        (["data", "fetch", "--out", str(t / "afile")], "is a file"),
     ]
 
 
-@pytest.mark.parametrize("i", range(10))
+@pytest.mark.parametrize("i", range(11))
 def test_an_output_path_of_the_wrong_kind_is_refused_in_one_line_before_any_work(eval_files, capsys, i):
     argv, expect = output_cases(eval_files)[i]
     before = {p.name: p.read_bytes() for p in eval_files.iterdir() if p.is_file()}

@@ -5,7 +5,7 @@ functions (a lazy import still ties the two files together). Layers, bottom up:
 
   0 foundations  atomic, buckets, config, constants, interrupts, sharding
   1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback
-  2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records)
+  2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
   4 workflows    train/*, evaluate/*
   5 entry        cli, cli_args, the package's __init__ (the public API)

@@ -1,4 +1,4 @@
-"""tools/build_training_data.py on a synthetic mini data folder (the layout of ../shared/data,
+"""tools/build_training_data.py on a synthetic mini data folder (the layout `perank data fetch` prepares,
 made-up texts, so CI needs no real data): what the stage-1/stage-2 files hold, and one clear
 `error: file:line: ...` (exit 2, nothing written) for each kind of bad source."""
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Encoder throughput: passages/s of the JAX encoder vs HF transformers (torch) in one run.
 
     python tools/bench_encoder.py [--passages 128] [--batch-size 32] [--lengths 128 512]
-                                  [--models minilm mpnet] [--corpus ../shared/data/scifact/corpus.jsonl]
+                                  [--models minilm mpnet] [--corpus data/raw/scifact/corpus.jsonl]
 
 Passages are the first N documents of a BEIR corpus ("Title: ... Content: ..."), truncated at
 each max length. Both sides tokenise, sort by length, batch, run the model, mean-pool and
 L2-normalise; both get one untimed warm-up pass over the same passages (JAX compiles its
 length buckets there), then the best of `--repeats` timed passes is reported. The last column
 is the smallest cosine between the two sides' embeddings (a correctness check).
-The default --corpus is ../shared/data/scifact/corpus.jsonl; without ../shared, see docs/data.md.
+The default --corpus is data/raw/scifact/corpus.jsonl (`perank data fetch --out data/raw`, docs/data.md).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/scifact/corpus.jsonl"
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "raw" / "scifact" / "corpus.jsonl"
 
 
 def torch_encoder(d, max_length, batch_size):

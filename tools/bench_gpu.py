@@ -4,7 +4,7 @@
     python tools/bench_gpu.py --smoke     # a 2-layer, 256-wide model on CPU: checks the script end to end
 
 Self-contained, so it runs on a bare accelerator machine (jax, flax, transformers; nothing
-downloaded, no packaged weights, no ../shared data): a synthetic word-level tokenizer with
+downloaded, no packaged weights, no retrieval data): a synthetic word-level tokenizer with
 Mistral's chat template and the PE-Rank special tokens, random decoder and projector weights made
 on the device, and deterministic random 768-d passage vectors standing in for a precomputed
 embedding cache (so encoding costs nothing, as with `perank encode` done offline). Speed does not

@@ -15,7 +15,7 @@ One run prints one table. Rows:
       generated compared to (e)'s (tools/bench_textlist.py `textlist_latency`)
 Every JAX row prefills a query's shared prompt prefix once (perank_jax.prefix), so it processes
 fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
-../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see docs/data.md): top-20 in
+data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out data/raw`): top-20 in
 one window, and top-100 with the paper's sliding window (20, stride 10, bottom up: 9 windows).
 Latency covers encoding + projection + decoding (the paper's definition); compilation is
 measured apart (a warm-up query per row, and any compile later is subtracted). (c) reranks
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dl20" / "bm25.top100.candidates.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top100.candidates.jsonl"
 
 
 def build_smollm2_ranker(tmp: Path, dtype: str):

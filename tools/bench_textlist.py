@@ -6,8 +6,8 @@ weights (SmolLM2-135M-Instruct, float32, CPU by default), same token ids.
 
 Each query's prompt is the text-listwise window prompt (perank_jax.evaluate.textlist:
 perank_jax.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
-(`--data`, default ../shared/data/dl20/bm25.top100.candidates.jsonl; without ../shared see
-docs/data.md). JAX runs perank_jax.generate.greedy_generate, HF runs
+(`--data`, default data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out
+data/raw`, docs/data.md). JAX runs perank_jax.generate.greedy_generate, HF runs
 `model.generate(do_sample=False, max_new_tokens=N)` on the same ids; the two are timed one
 after the other per query (so machine load hits both alike) and their tokens compared (greedy:
 the same tokens; the table says where they first differ if they ever do). JAX compilation is
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dl20" / "bm25.top100.candidates.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top100.candidates.jsonl"
 
 
 @dataclass

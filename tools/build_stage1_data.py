@@ -1,12 +1,12 @@
 """Stage-1 (alignment) training records from a passage collection.
 
-    python tools/build_stage1_data.py --passages ../shared/data/wiki/passages.jsonl \
+    python tools/build_stage1_data.py --passages data/raw/wiki/passages.jsonl \
         --out data/stage1.wiki.jsonl [--limit 1000] [--max-words 100] [--seed 0]
 
 Input: any corpus perank_jax.data.trec.read_corpus reads (BEIR JSONL, {"id","contents"}
 JSONL, `docid<TAB>text` TSV); several --passages files are concatenated. Output: one
 text-reconstruction record per passage (see perank_jax.data.training_records).
-Without ../shared/data (a clone has none), docs/data.md says how to get the example's file.
+data/raw comes from `perank data fetch --out data/raw` (docs/data.md).
 """
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
 """Stage-2 (listwise) training records: query + candidate passages + teacher ranking.
 
 From judgements (e.g. SciFact train; candidates = BM25 top-n, relevant documents first):
-    python tools/build_stage2_data.py --run ../shared/data/scifact/run.bm25.train.top100.txt \
-        --queries ../shared/data/scifact/queries.train.tsv --qrels ../shared/data/scifact/qrels.train.txt \
-        --corpus ../shared/data/scifact/corpus.jsonl --title-format -n 20 --out data/stage2.scifact.jsonl
+    python tools/build_stage2_data.py --run data/raw/scifact/run.bm25.train.top100.txt \
+        --queries data/raw/scifact/queries.train.tsv --qrels data/raw/scifact/qrels.train.txt \
+        --corpus data/raw/scifact/corpus.jsonl --title-format -n 20 --out data/stage2.scifact.jsonl
 
 From a teacher's rankings (e.g. an LLM's reranking written as a TREC run) of candidate lists:
     python tools/build_stage2_data.py --requests candidates.jsonl --teacher-run teacher.txt -n 20 --out ...
 
 Never build training lists from the queries you evaluate on.
-Without ../shared/data (a clone has none), docs/data.md says how to get the example's files.
+data/raw comes from `perank data fetch --out data/raw` (docs/data.md).
 """
 from __future__ import annotations
 

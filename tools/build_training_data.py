@@ -1,8 +1,8 @@
 """Build every training file of the shipped recipe from the retrieval data, with one command.
 
-    python tools/build_training_data.py --data ../shared/data --out data/
+    python tools/build_training_data.py --data data/raw --out data/
 
-Where the data comes from (a clone has no ../shared): docs/data.md gives the folder layout,
+`perank data fetch --out data/raw` downloads and prepares the data folder; docs/data.md gives its layout,
 every file name and how to get it. The public sources are TREC DL 2020/2022 passage (topics and
 qrels from anserini-tools, BM25 / SPLADE++ runs and passage texts from rank_llm's
 history, or `ir_datasets` msmarco-passage/trec-dl-2020 and msmarco-passage-v2/trec-dl-2022
@@ -161,7 +161,8 @@ def embed_texts(records: list[dict], encoder: str, max_len: int, caches=()) -> t
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="the retrieval data folder")
+    p.add_argument("--data", default=str(ROOT / "data" / "raw"),
+                   help="the retrieval data folder (`perank data fetch --out data/raw`)")
     p.add_argument("--out", default="data", help="output folder")
     p.add_argument("--split", default=str(SPLIT), help="DL20 train/heldout split (JSON)")
     p.add_argument("-n", type=int, default=20, help="candidates per list")

@@ -46,9 +46,11 @@ def strictly_decreasing(scores: np.ndarray) -> np.ndarray:
 
 def bm25_run(corpus: Mapping[str, str], queries: Mapping[str, str], k: int = 100, k1: float = 0.9,
              b: float = 0.4, stemmer: str | None = "english", stopwords: str | None = "en",
-             n_threads: int = 1) -> dict[str, list[Hit]]:
+             n_threads: int = 1, fill: bool = False) -> dict[str, list[Hit]]:
     """Top-k BM25 hits per query, best first, with strictly decreasing scores; only documents that
-    match a query term count (a query that matches nothing gets no hits)."""
+    match a query term count (a query that matches nothing gets no hits), unless `fill`: then every
+    query gets k hits, unmatched documents (score 0) after the matches in corpus order, as the public
+    data's SciFact / NFCorpus runs have them (perank_jax/data/prepare.py)."""
     import bm25s
     if not corpus:
         raise ValueError("the corpus is empty")
@@ -67,7 +69,8 @@ def bm25_run(corpus: Mapping[str, str], queries: Mapping[str, str], k: int = 100
     run = {}
     for qid, idx, sc in zip(qids, np.asarray(docs), np.asarray(scores, dtype=np.float64)):
         order = np.lexsort((idx, -sc))  # score descending, ties by corpus position
-        order = order[sc[order] > 0]    # score 0 = no query term matched: not a hit (may leave none)
+        if not fill:
+            order = order[sc[order] > 0]    # score 0 = no query term matched: not a hit (may leave none)
         idx, sc = idx[order], strictly_decreasing(sc[order])
         run[qid] = [Hit(docids[j], float(s), r + 1) for r, (j, s) in enumerate(zip(idx, sc))]
     return run
