@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from perank_jax.cli_args import NONNEGATIVE, POSITIVE, check_outputs, mesh_shape, number, warn
+from perank_jax.cli_args import (NONNEGATIVE, POSITIVE, add_distributed, check_outputs, mesh_shape, number,
+                                 start_distributed, warn)
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
 
 
@@ -56,30 +57,38 @@ def _add_encode(sub):
                        "OUT/embeddings.npy (float32, memory-mappable) + docids.txt + metadata.json. "
                        "Interrupted runs resume from their finished chunks when rerun with the same "
                        "arguments.")
-    p.add_argument("--encoder", required=True,
-                   help="HF encoder directory (bert / mpnet / JinaBERT-v2) or a packaged name (packaged:minilm)")
+    p.add_argument("--model", default=None,
+                   help="PE-Rank checkpoint or adapter directory: the cache is made with its encoder and every "
+                        "setting its reranking checks (pooling, normalisation, max_length, dtype), so `perank rerank "
+                        "--model M --embeddings OUT` accepts it (default without --encoder: the shipped model)")
+    p.add_argument("--encoder", default=None,
+                   help="a plain HF encoder directory (bert / mpnet / JinaBERT-v2) or packaged name (packaged:minilm); "
+                        "with --model: where that model's encoder lies (as `perank rerank --encoder`)")
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
-    p.add_argument("--max-length", type=number(int, 2), default=512, help="encoder tokens per passage (paper: 512)")
+    p.add_argument("--max-length", type=number(int, 2), default=None,
+                   help="plain --encoder only: encoder tokens per passage (default 512, the paper's)")
     p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
-                   help="default: the model's sentence-transformers pooling config, else mean")
-    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
+                   help="plain --encoder only (default: its sentence-transformers pooling config, else mean)")
+    p.add_argument("--no-normalize", action="store_true", help="plain --encoder only: skip L2 normalisation")
     p.add_argument("--title-format", choices=("beir", "plain"), default="beir",
                    help="documents with a title: 'beir' = 'Title: {title} Content: {text}' (the "
                    "paper's BEIR formatting), 'plain' = '{title} {text}'")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="plain --encoder only (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed(p)
 
     def run(a):
         from perank_jax.data.embcache_build import build_embedding_cache
-        from perank_jax.weights.packaged import resolve_model_path
+        from perank_jax.passage_vectors import cache_encoder
         check_outputs(dirs=[a.out])
-        out = build_embedding_cache(
-            resolve_model_path(a.encoder), a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
-            chunk_size=a.chunk_size, title_format=a.title_format == "beir", pooling=a.pooling,
-            normalize=not a.no_normalize, dtype=a.dtype, progress=not a.quiet)
+        start_distributed(a)
+        encoder = cache_encoder(a.model, a.encoder, max_length=a.max_length, pooling=a.pooling,
+                                normalize=False if a.no_normalize else None, dtype=a.dtype)
+        out = build_embedding_cache(encoder, a.corpus, a.out, batch_size=a.batch_size, chunk_size=a.chunk_size,
+                                    title_format=a.title_format == "beir", progress=not a.quiet)
         print(f"wrote {out}")
     p.set_defaults(func=run)
 
