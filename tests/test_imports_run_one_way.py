@@ -21,7 +21,7 @@ LAYERS = [
     {"atomic", "buckets", "config", "constants", "interrupts", "sharding", "processes"},
     {"models", "prompts", "windows", "feedback"},
     {"weights", "data"},
-    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors"},
+    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
     {"train", "evaluate"},
     {"cli", "cli_args", "__init__"},
 ]
