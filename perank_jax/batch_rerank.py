@@ -8,17 +8,22 @@ from perank_jax.interrupts import check_interrupt
 from perank_jax.ranker import PERanker
 
 
-def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stride: int = 10,
-                    top_k: int | None = None, mode: str = "decode", batch_queries: int = 1,
-                    progress: bool = False):
-    """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
-    Nothing is written here, so a failure leaves no partial output behind."""
+def check_requests(requests) -> None:
+    """Refuse (DataError) a query without candidates or a candidate without text, before any work."""
     for r in requests:
         if not r.candidates:
             raise DataError(f"query {r.qid!r} has no candidates to rerank")
         for c in r.candidates:
             if not str(c.text).strip():
                 raise DataError(f"query {r.qid!r}: document {c.docid!r} has empty text (nothing to encode)")
+
+
+def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stride: int = 10,
+                    top_k: int | None = None, mode: str = "decode", batch_queries: int = 1,
+                    progress: bool = False):
+    """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
+    Nothing is written here, so a failure leaves no partial output behind."""
+    check_requests(requests)
     out, stats = [], []
     bar = None
     if progress:

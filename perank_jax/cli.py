@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from perank_jax.cli_args import NONNEGATIVE, POSITIVE, check_outputs, mesh_shape, number, warn
+from perank_jax.cli_args import (NONNEGATIVE, POSITIVE, add_distributed, check_outputs, mesh_shape, number,
+                                 start_distributed, warn)
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
 
 
@@ -56,30 +57,38 @@ def _add_encode(sub):
                        "OUT/embeddings.npy (float32, memory-mappable) + docids.txt + metadata.json. "
                        "Interrupted runs resume from their finished chunks when rerun with the same "
                        "arguments.")
-    p.add_argument("--encoder", required=True,
-                   help="HF encoder directory (bert / mpnet / JinaBERT-v2) or a packaged name (packaged:minilm)")
+    p.add_argument("--model", default=None,
+                   help="PE-Rank checkpoint or adapter directory: the cache is made with its encoder and every "
+                        "setting its reranking checks (pooling, normalisation, max_length, dtype), so `perank rerank "
+                        "--model M --embeddings OUT` accepts it (default without --encoder: the shipped model)")
+    p.add_argument("--encoder", default=None,
+                   help="a plain HF encoder directory (bert / mpnet / JinaBERT-v2) or packaged name (packaged:minilm); "
+                        "with --model: where that model's encoder lies (as `perank rerank --encoder`)")
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
-    p.add_argument("--max-length", type=number(int, 2), default=512, help="encoder tokens per passage (paper: 512)")
+    p.add_argument("--max-length", type=number(int, 2), default=None,
+                   help="plain --encoder only: encoder tokens per passage (default 512, the paper's)")
     p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
-                   help="default: the model's sentence-transformers pooling config, else mean")
-    p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
+                   help="plain --encoder only (default: its sentence-transformers pooling config, else mean)")
+    p.add_argument("--no-normalize", action="store_true", help="plain --encoder only: skip L2 normalisation")
     p.add_argument("--title-format", choices=("beir", "plain"), default="beir",
                    help="documents with a title: 'beir' = 'Title: {title} Content: {text}' (the "
                    "paper's BEIR formatting), 'plain' = '{title} {text}'")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="plain --encoder only (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_distributed(p)
 
     def run(a):
         from perank_jax.data.embcache_build import build_embedding_cache
-        from perank_jax.weights.packaged import resolve_model_path
+        from perank_jax.passage_vectors import cache_encoder
         check_outputs(dirs=[a.out])
-        out = build_embedding_cache(
-            resolve_model_path(a.encoder), a.corpus, a.out, batch_size=a.batch_size, max_length=a.max_length,
-            chunk_size=a.chunk_size, title_format=a.title_format == "beir", pooling=a.pooling,
-            normalize=not a.no_normalize, dtype=a.dtype, progress=not a.quiet)
+        start_distributed(a)
+        encoder = cache_encoder(a.model, a.encoder, max_length=a.max_length, pooling=a.pooling,
+                                normalize=False if a.no_normalize else None, dtype=a.dtype)
+        out = build_embedding_cache(encoder, a.corpus, a.out, batch_size=a.batch_size, chunk_size=a.chunk_size,
+                                    title_format=a.title_format == "beir", progress=not a.quiet)
         print(f"wrote {out}")
     p.set_defaults(func=run)
 
@@ -130,15 +139,19 @@ def _add_rerank(sub):
                    help="candidate-aware query vector: weight W >= 0 (0: off) and temperature T > 0 "
                         "(perank_jax.feedback; default: the checkpoint's config.json)")
     p.add_argument("--tag", default="perank")
+    add_distributed(p)
+    p.add_argument("--part-queries", type=POSITIVE, default=64,
+                   help="with --distributed: queries per resumable part (default 64; docs/scale.md)")
 
     def run(a):
-        import json
-        from perank_jax.data import trec, trec_write
-        from perank_jax.atomic import atomic_text
+        from perank_jax.data import trec
         from perank_jax.batch_rerank import rerank_requests
         from perank_jax.ranker import PERanker
+        from perank_jax.rerank_parts import rerank_in_parts, write_reranked
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
+        if a.distributed and a.out is None:
+            raise ValueError("--distributed needs --out (process 0 writes it from every process's parts)")
         if a.query_feedback is not None:
             from perank_jax.feedback import check_feedback
             check_feedback(*a.query_feedback)
@@ -149,6 +162,7 @@ def _add_rerank(sub):
         if a.window and a.stride >= a.window:
             warn(f"--stride {a.stride} >= --window {a.window}: windows do not overlap, so a passage can "
                  f"only move within its own window")
+        start_distributed(a)
         if not (a.requests or a.run or a.corpus or a.queries):
             a.requests = str(EXAMPLE_SET)
             print(f"no input given: reranking the example set {EXAMPLE_SET}")
@@ -170,22 +184,29 @@ def _add_rerank(sub):
         mesh = None
         if a.mesh:
             from perank_jax.sharding import make_mesh
-            mesh = make_mesh(a.mesh)
+            import jax
+            mesh = make_mesh(a.mesh, devices=jax.local_devices())     # each process: its own devices
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
                                           embeddings=cache, share_prefix=not a.no_share_prefix,
                                           query_scale=a.query_scale, query_feedback=a.query_feedback)
         mode = a.mode or ranker.config.get("default_mode") or "decode"
-        reranked, stats = rerank_requests(ranker, requests, window=a.window or None, stride=a.stride,
-                                          top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
-                                          progress=a.out is not None)
-        if a.out is None:
-            print_rankings(reranked, stats, a.show, mode)
-            return
-        if str(a.out).endswith(".jsonl"):
-            trec_write.write_requests(reranked, a.out)
+        kw = dict(window=a.window or None, stride=a.stride, top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
+                  progress=a.out is not None)
+        if a.distributed:
+            settings = {k: getattr(a, k) for k in ("model", "encoder", "depth", "title_format", "embeddings", "mesh",
+                                                   "no_share_prefix", "dtype", "query_scale", "query_feedback")}
+            got = rerank_in_parts(ranker, requests, a.out, stats_path, settings=settings, part_queries=a.part_queries,
+                                  tag=a.tag, **kw)
+            if got is None:
+                print("this process's parts are written; process 0 writes the outputs")
+                return
+            reranked, stats = got
         else:
-            trec_write.write_run({r.qid: r.candidates for r in reranked}, a.out, tag=a.tag, scores="given")
-        atomic_text(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
+            reranked, stats = rerank_requests(ranker, requests, **kw)
+            if a.out is None:
+                print_rankings(reranked, stats, a.show, mode)
+                return
+            write_reranked(reranked, stats, a.out, stats_path, tag=a.tag)
         lat = sum(s["latency_s"] for s in stats) / len(stats)
         cached = (f"; {sum(s['from_cache'] for s in stats)} passages from {a.embeddings}, "
                   f"{sum(s['encoded_on_the_fly'] for s in stats)} encoded on the fly") if cache else ""

@@ -59,3 +59,27 @@ def check_outputs(files=(), dirs=()) -> None:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def add_distributed(p) -> None:
+    """--distributed and the coordinator flags: every process runs the same command (perank_jax.processes)."""
+    g = p.add_argument_group("several processes (jax.distributed; as `perank train` with mesh.distributed=true)")
+    g.add_argument("--distributed", action="store_true",
+                   help="run as one of several processes (each runs the same command); a TPU pod slice or a "
+                        "SLURM job provides the coordinator, elsewhere give the three flags below")
+    g.add_argument("--coordinator-address", metavar="HOST:PORT", help="process 0's address, the same for all")
+    g.add_argument("--num-processes", type=number(int, 1), default=None, metavar="N")
+    g.add_argument("--process-id", type=number(int, 0), default=None, metavar="I", help="0 .. N-1")
+
+
+def start_distributed(a) -> None:
+    """Join the other processes when --distributed is given; the coordinator flags need it."""
+    given = [f for f in ("coordinator_address", "num_processes", "process_id") if getattr(a, f) is not None]
+    if not a.distributed:
+        if given:
+            raise ValueError(f"--{given[0].replace('_', '-')} needs --distributed")
+        return
+    if a.process_id is not None and a.num_processes is not None and a.process_id >= a.num_processes:
+        raise ValueError(f"--process-id {a.process_id} must be below --num-processes {a.num_processes}")
+    from perank_jax.processes import init_distributed
+    init_distributed(a.coordinator_address, a.num_processes, a.process_id)

@@ -15,6 +15,7 @@ import numpy as np
 
 from perank_jax.data.embcache import CacheError, EmbeddingCache, encoder_fingerprint, load_embedding_cache
 from perank_jax.weights.packaged import resolve_model_path
+from perank_jax.weights.perank import encoder_settings, load_checkpoint_encoder
 
 
 class EmbeddingMismatch(CacheError):
@@ -45,8 +46,8 @@ def _weight_dtype(encoder) -> str | None:
 
 def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) -> None:
     """Raise EmbeddingMismatch listing every difference between the cache and the ranker's encoder.
-    For an encoder object that is not a DenseEncoder, the checkpoint's encoder_name /
-    encoder_pooling / encoder_max_length stand in for what it cannot tell."""
+    For an encoder object that is not a DenseEncoder, the checkpoint's encoder_name and
+    `encoder_settings` stand in for what it cannot tell."""
     meta, enc = cache.metadata, cache.metadata.get("encoder") or {}
     made_by = f"{enc.get('name')!r} ({enc.get('path')})"
     diffs = []
@@ -55,18 +56,40 @@ def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) 
     src = _encoder_dir(encoder, config)
     if src is not None and encoder_fingerprint(src) != enc.get("fingerprint"):
         diffs.append(f"made by encoder {made_by}, the ranker encodes with {src}")
-    want = {"pooling": getattr(encoder, "pooling", None) or config.get("encoder_pooling"),
-            "normalize": getattr(encoder, "normalize", True),
-            "max_length": getattr(encoder, "max_length", None) or config.get("encoder_max_length") or 512,
+    conf = encoder_settings(config)
+    want = {"pooling": getattr(encoder, "pooling", None) or conf["pooling"],
+            "normalize": getattr(encoder, "normalize", conf["normalize"]),
+            "max_length": getattr(encoder, "max_length", None) or conf["max_length"],
             "dtype": _weight_dtype(encoder)}
     diffs += [f"{k} {meta.get(k)!r}, the ranker uses {v!r}" for k, v in want.items()
               if v is not None and meta.get(k) != v]
     if diffs:
-        how = (f"perank encode --encoder {src or '<the checkpoint encoder>'} --max-length {want['max_length']}"
-               + (f" --pooling {want['pooling']}" if want["pooling"] else "")
-               + ("" if want["normalize"] else " --no-normalize"))
         raise EmbeddingMismatch(f"{cache.directory}: embedding cache does not match the checkpoint's encoder: "
-                                f"{'; '.join(diffs)}; re-encode the corpus with `{how} ...`")
+                                f"{'; '.join(diffs)}; re-encode the corpus with `perank encode --model "
+                                "CHECKPOINT --corpus ... --out ...` (it takes the encoder and its settings from the "
+                                "checkpoint; add the --encoder given here, if any)")
+
+
+def cache_encoder(model=None, encoder=None, **settings):
+    """A loader (no arguments -> DenseEncoder) of the encoder `perank encode` makes a cache with; the
+    arguments are checked now, the weights loaded when it is called. With a PE-Rank checkpoint `model`
+    (the default when no plain `encoder` is given: the shipped model): the checkpoint's own encoder,
+    loaded as `PERanker.from_pretrained` loads it (`encoder` then only says where its weights lie, as
+    `perank rerank --encoder` does), so `check_cache_matches` accepts the cache by construction;
+    `settings` (max_length, pooling, normalize, dtype) are then refused: the model sets them.
+    With `encoder` alone: that encoder directory (or `packaged:` name) with `settings`."""
+    given = {k: v for k, v in settings.items() if v is not None}
+    if model is None and encoder is not None:
+        from perank_jax.weights.encoder import load_encoder
+        path = resolve_model_path(encoder)
+        return lambda: load_encoder(path, **given)
+    if given:
+        flags = ["--no-normalize" if k == "normalize" else "--" + k.replace("_", "-") for k in sorted(given)]
+        raise ValueError(f"{', '.join(flags)}: set by the model "
+                         f"({model or 'the shipped one'}), so that its reranking accepts the cache; give them only "
+                         "with a plain --encoder and no --model")
+    path = resolve_model_path(model or "packaged:perank")
+    return lambda: load_checkpoint_encoder(path, encoder_path=encoder)
 
 
 def encoder_identity(encoder) -> tuple:

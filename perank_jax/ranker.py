@@ -36,9 +36,8 @@ from perank_jax.passage_vectors import open_cache, passage_vectors
 from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
 from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
 from perank_jax.sharding import shard_rows
-from perank_jax.weights.encoder import load_encoder
 from perank_jax.weights.packaged import resolve_model_path
-from perank_jax.weights.perank import load_checkpoint, save_checkpoint
+from perank_jax.weights.perank import load_checkpoint, load_checkpoint_encoder, save_checkpoint
 from perank_jax.windows import sliding_windows
 
 @dataclass
@@ -139,17 +138,7 @@ class PERanker:
             conf = {**conf, FEEDBACK_KEYS[0]: w, FEEDBACK_KEYS[1]: t}
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
-        enc_src = resolve_model_path(encoder_path or conf.get("encoder_name"))
-        encoder_max_length = encoder_max_length or int(conf.get("encoder_max_length") or 512)
-        if not enc_src or not Path(enc_src).exists():
-            raise FileNotFoundError(f"{path}: encoder {enc_src!r} (config.json encoder_name) is not a local "
-                                    "directory; pass encoder_path= (--encoder) pointing to the encoder's HF directory")
-        encoder = load_encoder(enc_src, pooling=conf.get("encoder_pooling") or None, normalize=True,
-                               max_length=encoder_max_length, dtype="float32")
-        dim = getattr(encoder, "dim", conf["embedding_size"])
-        if dim != conf["embedding_size"]:
-            raise ValueError(f"encoder {enc_src} gives {dim}-d embeddings but the checkpoint's projector expects "
-                             f"embedding_size={conf['embedding_size']}")
+        encoder = load_checkpoint_encoder(path, conf, encoder_path, max_length=encoder_max_length)
         return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
 
     def save_pretrained(self, out_dir) -> Path:

@@ -226,12 +226,29 @@ NUMBER_CASES = [
     (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--b", "1.5"], "--b: 1.5 is out of range"),
     (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k1", "nan"], "--k1: nan is out of range"),
     (["generate", "--max-new-tokens", "0", "hello"], "--max-new-tokens: 0 is out of range"),
+    (["rerank", "--part-queries", "0"], "--part-queries: 0 is out of range"),
+    (["encode", "--corpus", "c", "--out", "o", "--num-processes", "0"], "--num-processes: 0 is out of range"),
+    (["rerank", "--process-id", "-1"], "--process-id: -1 is out of range"),
+    (["rerank", "--distributed", "--out", "x.trec", "--num-processes", "2", "--process-id", "2"],
+     "--process-id 2 must be below --num-processes 2"),
 ]
 
 
 @pytest.mark.parametrize("argv,expect", NUMBER_CASES, ids=[" ".join(a[:3]) for a, _ in NUMBER_CASES])
 def test_an_impossible_number_is_a_one_line_usage_error(argv, expect, capsys):
     one_line_error(capsys, main(argv), expect)
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["rerank", "--process-id", "1"], "--process-id needs --distributed"),
+    (["encode", "--corpus", "c", "--out", "o", "--coordinator-address", "h:1"], "--coordinator-address needs --distributed"),
+    (["rerank", "--distributed"], "--distributed needs --out"),
+], ids=["process-id", "coordinator", "no-out"])
+def test_distributed_flags_out_of_place_are_one_line_errors_before_any_work(argv, expect, capsys, tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(capsys, main(argv), expect)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("override,expect", [

@@ -18,10 +18,10 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
-    {"atomic", "buckets", "config", "constants", "interrupts", "sharding"},
+    {"atomic", "buckets", "config", "constants", "interrupts", "sharding", "processes"},
     {"models", "prompts", "windows", "feedback"},
     {"weights", "data"},
-    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors"},
+    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
     {"train", "evaluate"},
     {"cli", "cli_args", "__init__"},
 ]

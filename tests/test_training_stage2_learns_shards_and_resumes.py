@@ -9,6 +9,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers_processes import free_port
 from tiny_train import (
     make_decoder_dir,
     make_tokenizer,
@@ -183,13 +184,6 @@ def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
     assert p.read_text().count("\n") == 3                     # nothing rewritten
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_4_devices_each_equal_one_process_with_8(files, tmp_path):
     """jax.distributed on localhost (gloo CPU collectives): 2 processes x 4 fake devices, each
@@ -203,7 +197,7 @@ def test_two_processes_with_4_devices_each_equal_one_process_with_8(files, tmp_p
             f"data.embeddings={files / 'emb.npz'}", f"output_dir={tmp_path / 'mp'}", "data.buckets=[32,64]",
             "data.max_len=64", "optim.lr=1e-2", f"optim.max_steps={STEPS}", FAST]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    port = str(_free_port())
+    port = str(free_port())
     cmd = lambda out, pid, n, devs: [sys.executable, worker, str(out), str(pid), str(n), port, str(devs), *args]
     procs = [subprocess.Popen(cmd(tmp_path / "two.npz", i, 2, 4), env=env, cwd=os.getcwd(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

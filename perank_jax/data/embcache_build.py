@@ -29,6 +29,7 @@ from perank_jax.atomic import atomic_write, fresh_temp, target_mode
 from perank_jax.data.embcache import (CACHE_VERSION, EMB, IDS, META, PARTIAL, CacheError, DamagedCacheError,
                                       bad_chunks, describe_rows, encoder_fingerprint, open_embeddings,
                                       read_metadata, row_ranges, sha256_of)
+from perank_jax.processes import barrier, checked_here, gather_flags, rank, share
 
 
 def _atomic(path: Path, write) -> None:
@@ -62,8 +63,11 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
                           normalize: bool = True, dtype: str = "float32", progress: bool = True) -> Path:
     """Encode `corpus` into an embedding cache at `out_dir` (resumable; see module docstring).
 
-    `encoder` is an encoder directory or an already loaded `DenseEncoder` (whose own pooling,
-    normalize and max_length are then used)."""
+    `encoder` is an encoder directory, an already loaded `DenseEncoder` (whose own pooling,
+    normalize and max_length are then used) or a function returning one (called once the corpus
+    has been read, so bad input fails before the model loads).
+    Under jax.distributed (perank_jax.processes) every process runs this with the same arguments:
+    each encodes its share of the chunks still to do, and process 0 assembles the cache."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise CacheError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     docids, texts = _read_corpus(corpus, title_format)       # bad input fails before the model loads
@@ -71,6 +75,8 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         from perank_jax.weights.encoder import load_encoder
         encoder = load_encoder(encoder, pooling=pooling, normalize=normalize, max_length=max_length,
                                dtype=dtype)
+    elif not hasattr(encoder, "encode"):          # a loader
+        encoder = encoder()
     plan = {
         "version": CACHE_VERSION,
         "encoder": {"path": encoder.path, "name": encoder.name, "architecture": encoder.config.arch,
@@ -82,17 +88,25 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
                    "fingerprint": corpus_fingerprint(docids, texts)},
     }
     out = Path(out_dir)
-    if (out / META).exists():
-        if _reuse_or_repair(out, plan, encoder, docids, texts, batch_size, chunk_size):
+    index, count = rank()
+    finished = (out / META).exists()
+    if finished:
+        _refuse_other_run(out, read_metadata(out), plan)
+    barrier("encode:look")              # every process has looked before any of them changes anything
+    if finished:
+        whole = index == 0 and _reuse_or_repair(out, plan, encoder, docids, texts, batch_size, chunk_size)
+        if gather_flags([whole])[0]:    # process 0 checked (and repaired) the finished cache
             return out
     part = out / PARTIAL
     part.mkdir(parents=True, exist_ok=True)
-    if (part / "plan.json").exists():
+    planned = (part / "plan.json").exists()
+    if planned:
         diff = _plan_diff(_read_plan(part / "plan.json"), plan)
         if diff:
             raise CacheError(f"{part}: holds chunks of an interrupted run with other settings ({diff}); "
                              f"rerun with the same arguments, or delete {part}")
-    else:
+    barrier("encode:plan")
+    if not planned and index == 0:
         _write_json(part / "plan.json", plan)
 
     n, dim = len(docids), int(encoder.dim)
@@ -109,10 +123,14 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         except (OSError, ValueError, EOFError, UnicodeDecodeError):
             return False
 
-    todo = [c for c, s in enumerate(starts) if not done(c, min(chunk_size, n - s))]
+    finished = np.zeros(len(starts), bool)   # each process checks its share; all then know every chunk
+    for c in checked_here(len(starts), index, count):
+        finished[c] = done(c, min(chunk_size, n - starts[c]))
+    finished = gather_flags(finished)
+    todo = share([c for c in range(len(starts)) if not finished[c]], index, count)
     from tqdm.auto import tqdm
-    bar = tqdm(total=n, initial=n - sum(min(chunk_size, n - starts[c]) for c in todo),
-               desc=f"encode {Path(corpus).name}", unit="doc", disable=not progress)
+    bar = tqdm(total=sum(min(chunk_size, n - starts[c]) for c in todo), unit="doc", disable=not progress,
+               desc=f"encode {Path(corpus).name}" + (f" (process {index} of {count})" if count > 1 else ""))
     for c in todo:
         s = starts[c]
         emb = encoder.encode(texts[s: s + chunk_size], batch_size=batch_size).astype(np.float32)
@@ -123,7 +141,16 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         _atomic(chunk(c).with_suffix(".sha256"), lambda f: f.write(sha256_of(emb).encode()))
         bar.update(len(emb))
     bar.close()
+    barrier("encode:chunks")             # every chunk is written: process 0 assembles the cache
+    if index == 0:
+        _assemble(out, part, plan, docids, starts, chunk, dim)
+    barrier("encode:done")
+    return out
 
+
+def _assemble(out: Path, part: Path, plan: dict, docids, starts, chunk, dim: int) -> None:
+    """The finished cache from the checksummed chunks; metadata.json last, then .partial removed."""
+    n, chunk_size = len(docids), plan["chunk_size"]
     # assemble: embeddings and docids (temp + rename), then metadata.json last
     sha, chunk_sha = hashlib.sha256(), []
     tmp = fresh_temp(out / EMB)
@@ -152,7 +179,6 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     meta.pop("chunk_size")
     _write_json(out / META, meta)
     shutil.rmtree(part, ignore_errors=True)
-    return out
 
 
 def _checksums(rows: int, chunk_sha: list[str], ids: bytes) -> dict:
@@ -181,10 +207,7 @@ def _reuse_or_repair(out: Path, plan: dict, encoder, docids, texts, batch_size: 
     rewritten if it changed, and metadata.json is rewritten with fresh checksums. False when
     embeddings.npy itself is unreadable: metadata.json is then removed and the caller rebuilds."""
     meta = read_metadata(out)
-    diff = _plan_diff(meta, plan)
-    if diff:
-        raise CacheError(f"{out}: already holds a finished cache of a different run ({diff}); "
-                         "choose another --out or delete it")
+    _refuse_other_run(out, meta, plan)
     try:
         emb = open_embeddings(out, meta)
     except DamagedCacheError as e:
@@ -223,6 +246,13 @@ def _reuse_or_repair(out: Path, plan: dict, encoder, docids, texts, batch_size: 
     del emb
     _write_json(out / META, dict(meta, sha256=sha.hexdigest(), checksums=_checksums(rows, chunk_sha, ids)))
     return True
+
+
+def _refuse_other_run(out: Path, meta: dict, plan: dict) -> None:
+    diff = _plan_diff(meta, plan)
+    if diff:
+        raise CacheError(f"{out}: already holds a finished cache of a different run ({diff}); "
+                         "choose another --out or delete it")
 
 
 def _plan_diff(old: dict, new: dict) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 from perank_jax.constants import DTYPES
 from perank_jax.atomic import atomic_json
 from perank_jax.config import ConfigError
+from perank_jax.processes import init_distributed as start_processes
 from perank_jax.train import data as D
 from perank_jax.train.checkpointing import open_manager, restore_state, save_state
 from perank_jax.train.config import TrainConfig
@@ -37,9 +38,8 @@ from perank_jax.weights.packaged import resolve_model_path
 
 
 def init_distributed(mesh_cfg) -> None:
-    if mesh_cfg.distributed and not jax.distributed.is_initialized():
-        jax.distributed.initialize(coordinator_address=mesh_cfg.coordinator_address,
-                                   num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
+    if mesh_cfg.distributed:
+        start_processes(mesh_cfg.coordinator_address, mesh_cfg.num_processes, mesh_cfg.process_id)
 
 
 def resolve_mesh_shape(shape, n_devices: int) -> tuple[int, ...]:

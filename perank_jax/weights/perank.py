@@ -49,6 +49,35 @@ def load_checkpoint(path, dtype: str = "float32", mesh=None, allow_pickle: bool 
     return conf, decoder, projector
 
 
+def encoder_settings(conf: dict) -> dict:
+    """How a PE-Rank checkpoint (its config.json `conf`) encodes passages: the ONE source of the
+    encoder settings that `PERanker.from_pretrained` loads, `perank encode --model` writes a cache
+    with and the cache check (perank_jax.passage_vectors) compares: pooling (None: the encoder's
+    sentence-transformers config), L2 normalisation, max_length and the weight dtype."""
+    return {"pooling": conf.get("encoder_pooling") or None, "normalize": True,
+            "max_length": int(conf.get("encoder_max_length") or 512), "dtype": "float32"}
+
+
+def load_checkpoint_encoder(path, conf: dict | None = None, encoder_path=None, max_length: int | None = None):
+    """The DenseEncoder a PE-Rank checkpoint reranks with: `encoder_path` (a directory or `packaged:`
+    name), else config.json's `encoder_name`, loaded with `encoder_settings(conf)` (`max_length`
+    overrides its max_length); refused when it is not local or its dimension is not the projector's."""
+    from perank_jax.weights.encoder import load_encoder
+    conf = read_perank_config(path) if conf is None else conf
+    src = resolve_model_path(encoder_path or conf.get("encoder_name"))
+    if not src or not Path(src).exists():
+        raise FileNotFoundError(f"{path}: encoder {src!r} (config.json encoder_name) is not a local "
+                                "directory; pass encoder_path= (--encoder) pointing to the encoder's HF directory")
+    kw = encoder_settings(conf)
+    if max_length:
+        kw["max_length"] = int(max_length)
+    encoder = load_encoder(src, **kw)
+    if encoder.dim != conf["embedding_size"]:
+        raise ValueError(f"encoder {src} gives {encoder.dim}-d embeddings but the checkpoint's projector expects "
+                         f"embedding_size={conf['embedding_size']}")
+    return encoder
+
+
 def read_perank_config(path) -> dict:
     """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked."""
     cfg_path = Path(path) / "config.json"

@@ -1,0 +1,29 @@
+"""One process of the multi-process `perank encode` / `perank rerank` tests (helpers_processes.run_cli):
+`python mp_cli_worker.py PROCESS_ID NUM_PROCESSES PORT DIE_AFTER GLOB perank-args...` runs `perank
+ARGS --distributed` with the coordinator flags on one CPU device. DIE_AFTER > 0: the process
+SIGKILLs itself right after the DIE_AFTER-th file whose name matches GLOB is renamed into place
+(a hard death in the middle of the run, at a chosen point)."""
+import fnmatch
+import os
+import signal
+import sys
+
+pid, nproc, port, die_after, pattern = sys.argv[1:6]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+if int(die_after) > 0:
+    real_replace, seen = os.replace, []
+
+    def replace_then_die(src, dst, *a, **kw):
+        real_replace(src, dst, *a, **kw)
+        if fnmatch.fnmatch(os.path.basename(dst), pattern):
+            seen.append(dst)
+            if len(seen) == int(die_after):
+                os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = replace_then_die
+
+from perank_jax.cli import main  # noqa: E402
+
+sys.exit(main(sys.argv[6:] + ["--distributed", "--coordinator-address", f"localhost:{port}",
+                              "--num-processes", nproc, "--process-id", pid]))
