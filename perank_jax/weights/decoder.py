@@ -140,7 +140,7 @@ def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False
     if path.is_file() and path.suffix == ".gguf":
         from perank_jax.weights.gguf import GGUFSource
         source = GGUFSource(path)
-        cfg = DecoderConfig.from_hf(source.hf_config(), source=str(path))
+        cfg = source.config
         tokenizer, tokenizer_error = None, None
         try:
             tokenizer = source.tokenizer()
