@@ -118,7 +118,11 @@ class PERanker:
         `query_scale` (only for checkpoints with a query token).
         query_feedback: (weight, temperature) of the candidate-aware query vector (perank_jax.feedback)
         instead of config.json's `query_feedback_weight` / `_temperature` (query-token checkpoints only)."""
-        path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
+        resolved = resolve_model_path(path if path is not None else "packaged:perank")
+        if not resolved:
+            raise ValueError("the model path is empty (give a PE-Rank checkpoint or adapter directory, or no "
+                             "path for the shipped model)")
+        path = Path(resolved)
         conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
                                                    unroll=unroll)
         if decoder.tokenizer is None:
