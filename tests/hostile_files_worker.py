@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from perank_jax.config import ConfigError, apply_overrides, parse_yaml, read_config_json  # noqa: E402
 from perank_jax.models.decoder import DecoderConfig  # noqa: E402
+from perank_jax.models.encoder import EncoderConfig  # noqa: E402
 from perank_jax.train.config import TrainConfig  # noqa: E402
 from perank_jax.config import from_dict  # noqa: E402
 from perank_jax.weights.gguf import GGUFSource  # noqa: E402
@@ -66,6 +67,7 @@ def load_gguf(path: Path):
 def load_config_json(path: Path):
     conf = read_config_json(path.parent)
     DecoderConfig.from_hf({"model_type": "llama", **conf}, source=str(path))
+    EncoderConfig.from_hf({**conf, "model_type": "bert"}, source=str(path))
     check_perank_config(conf, str(path))
 
 

@@ -137,6 +137,20 @@ def test_decoder_config_values_are_checked_before_any_shape_is_built(tmp_path, e
     assert str(e.value).startswith(str(d / "config.json")) and expect in str(e.value), e.value
 
 
+@pytest.mark.parametrize("edit,expect", [({"num_hidden_layers": 10 ** 9}, "num_hidden_layers must be in [1, 256]"),
+                                         ({"num_attention_heads": 0}, "num_attention_heads must be in"),
+                                         ({"hidden_size": "384"}, "hidden_size must be an integer"),
+                                         ({"layer_norm_eps": float("nan")}, "layer_norm_eps must be in")])
+def test_encoder_config_values_are_checked_before_any_shape_is_built(tmp_path, edit, expect):
+    from perank_jax.weights.encoder import load_encoder
+    conf = {"model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, **edit}
+    (tmp_path / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(ValueError) as e:
+        load_encoder(tmp_path)
+    assert str(e.value).startswith(str(tmp_path / "config.json")) and expect in str(e.value), e.value
+
+
 @pytest.mark.parametrize("raw,expect", [(b"[1, 2]", "expected a JSON object at the top level, got list"),
                                         (b'{"x": "\xff"}', "not UTF-8 text"),
                                         (b"[" * 100000, "invalid JSON")])

@@ -29,15 +29,12 @@ from perank_jax.config import check_number, is_int
 from perank_jax.sharding import constrain
 
 
-
 class DecoderConfigError(ValueError):
     pass
 
 
-# THE limits of a decoder config (field: (HF config.json / GGUF-derived name, type, lo, hi)): every
-# value is checked against them before any shape is built, so a config from a stranger (10^9 layers,
-# zero or string head counts, rope_theta <= 0) is one error, never an unbounded allocation. The bounds
-# are generous: about 10x the largest public Llama / Mistral models.
+# THE limits of a decoder config (field: (HF name, type, lo, hi; floats: lo excluded)), checked before any
+# shape is built; generous (about 10x the largest public Llama / Mistral models).
 FIELD_LIMITS = {
     "vocab_size": ("vocab_size", int, 1, 1 << 24),
     "hidden_size": ("hidden_size", int, 1, 1 << 17),
