@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -101,8 +103,12 @@ def check_number(name: str, value, kind, lo, hi, error: type[Exception] = ValueE
         value = kind(value)
     except OverflowError:
         raise error(f"{name} is out of range, got {shown}") from None
-    if kind is float and not (lo < value <= hi) or kind is int and not (lo <= value <= hi):
-        raise error(f"{name} must be in {'(' if kind is float else '['}{lo}, {hi}], got {shown}")
+    if kind is int and not lo <= value <= hi:
+        raise error(f"{name} must be in [{lo}, {hi}], got {shown}")
+    if kind is float and not (lo < value <= hi and math.isfinite(value)):
+        bound = ("a finite number" if lo == -math.inf and hi >= sys.float_info.max
+                 else f"> {lo:g} and <= {hi:g}")
+        raise error(f"{name} must be {bound}, got {shown}")
     return value
 
 
