@@ -23,7 +23,7 @@ def _add_convert(sub):
     p.add_argument("out", help="output directory (config.json, model.safetensors, tokenizer files)")
 
     def run(a):
-        from perank_jax.weights.gguf import gguf_to_hf_dir
+        from perank_jax.weights.convert import gguf_to_hf_dir
         check_outputs(dirs=[a.out])
         out = gguf_to_hf_dir(a.gguf, a.out)
         print(f"wrote {out}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -24,16 +26,90 @@ class ConfigError(ValueError):
     pass
 
 
+# Limits on the text files a user may be handed (configs from strangers): stated once, here.
+MAX_CONFIG_BYTES = 16 << 20        # a config.json / YAML config / index file (real ones are < 1 MB)
+MAX_YAML_NODES = 100_000           # scalars + collections in one YAML document (after parsing)
+
+
+def read_json_object(path, error: type[Exception] = ValueError) -> dict:
+    """A JSON file whose top level is an object, as a dict; anything else (too large, not UTF-8, not
+    JSON, nested past Python's recursion limit, a list, NaN-free or not) is one `error` naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise error(f"{path}: {size} bytes is too large for a config file (limit {MAX_CONFIG_BYTES})")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except ValueError as e:     # JSONDecodeError, or an integer past Python's digit limit
+        raise error(f"{path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: invalid JSON (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
+    return data
+
+
 def read_config_json(directory, error: type[Exception] = ValueError, missing_error: type[Exception] | None = None,
                      expected: str = "a model directory") -> dict:
-    """`directory/config.json` as a dict; one clear error (naming the file) if it is missing or not JSON."""
+    """`directory/config.json` as a dict; one clear error (naming the file) if it is missing or not a JSON object."""
     path = Path(directory) / "config.json"
-    if not path.exists():
+    if not path.is_file():
         raise (missing_error or error)(f"{directory}: config.json not found (expected {expected})")
+    return read_json_object(path, error)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases (a "billion laughs" expands them without bound downstream) and
+    with at most MAX_YAML_NODES nodes; tags other than the standard ones stay refused (SafeLoader)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases (*name) are not allowed in configs (line {mark.line + 1})")
+        self._nodes = getattr(self, "_nodes", 0) + 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values")
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str):
+    """THE YAML reader of configs and `key=value` overrides: one ConfigError naming `where` for bad
+    syntax, aliases, unknown tags (e.g. !!python/object) or too many values."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: too large for a config (limit {MAX_CONFIG_BYTES} bytes)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: invalid JSON ({e})") from None
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML (nested too deeply)") from None
+
+
+def is_int(v) -> bool:
+    """A JSON integer (bools are not)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_number(name: str, value, kind, lo, hi, error: type[Exception] = ValueError):
+    """`value` as `kind` (int: a JSON integer; float: any finite JSON number) in [lo, hi] (for floats
+    lo excluded: every float limit here is a "> lo"), or one `error` naming the field."""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    ok_type = is_int(value) if kind is int else isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok_type:
+        raise error(f"{name} must be {'an integer' if kind is int else 'a number'}, got {shown}")
+    try:
+        value = kind(value)
+    except OverflowError:
+        raise error(f"{name} is out of range, got {shown}") from None
+    if kind is int and not lo <= value <= hi:
+        raise error(f"{name} must be in [{lo}, {hi}], got {shown}")
+    if kind is float and not (lo < value <= hi and math.isfinite(value)):
+        bound = ("a finite number" if lo == -math.inf and hi >= sys.float_info.max
+                 else f"> {lo:g} and <= {hi:g}")
+        raise error(f"{name} must be {bound}, got {shown}")
+    return value
 
 
 def _coerce(tp, value, where: str):
@@ -143,9 +219,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not of the form key=value")
         key, raw = ov.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = data
         parts = key.split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"override {ov!r}: key {key!r} has an empty part")
+        value = parse_yaml(raw, f"override {key}") if raw != "" else ""
+        node = data
         for p in parts[:-1]:
             child = node.get(p)
             child = dict(child) if isinstance(child, dict) else {}
@@ -158,11 +236,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: too large for a config (limit {MAX_CONFIG_BYTES} bytes)")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     data = apply_overrides(data, overrides or [])

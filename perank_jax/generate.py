@@ -23,6 +23,7 @@ from flax import nnx
 
 from perank_jax.buckets import TraceCounter, fine_bucket
 from perank_jax.models.decoder import init_cache
+from perank_jax.prompts import render_chat
 
 
 TRACES = TraceCounter()   # traces of the generation function, all decoders together
@@ -119,8 +120,7 @@ def chat_generate(model_path: str, prompt: str, max_new_tokens: int = 32, dtype:
     tok = dec.tokenizer
     if tok is None:
         raise ValueError(f"{model_path}: {dec.tokenizer_error or 'no tokenizer found next to the weights'}")
-    text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = render_chat(tok, prompt)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     out, n = greedy_generate(dec.graphdef, dec.state, [ids], max_new_tokens,
                              eos_ids_of(tok, dec.config), pad_id=tok.pad_token_id or 0)

@@ -9,7 +9,11 @@ holds any BOS).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import re
+import signal
+import threading
 from dataclasses import dataclass
 
 import jax.numpy as jnp
@@ -125,12 +129,69 @@ def text_prompt(query: str, texts: list[str]) -> str:
             f"anything else or explain.\n\n")
 
 
-def render_chat(tokenizer, user_content: str) -> str:
-    """The full prompt string: one user turn in the tokenizer's chat template + generation prompt."""
+# A chat template is code from the model's files: THE bounds of one render, whoever asks for it.
+TEMPLATE_SECONDS = 2.0          # real templates render in milliseconds
+TEMPLATE_CHARS = 4 << 20        # a rendered prompt longer than this is refused
+
+
+class _TemplateTimeout(BaseException):
+    """Raised into a render that ran past TEMPLATE_SECONDS (a BaseException, so no `except
+    Exception` inside jinja or transformers swallows it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise _TemplateTimeout in this thread after `seconds`: SIGALRM in the main thread (interrupts
+    pure-Python loops and CPython's long arithmetic), an asynchronous exception in any other thread."""
+    if threading.current_thread() is threading.main_thread():
+        def on_alarm(signum, frame):
+            raise _TemplateTimeout
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        old_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+            if old_timer[0]:                       # someone else's timer: give it back
+                signal.setitimer(signal.ITIMER_REAL, *old_timer)
+        return
+    tid = threading.get_ident()
+    timer = threading.Timer(seconds, lambda: ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(tid), ctypes.py_object(_TemplateTimeout)))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def render_messages(tokenizer, messages, **kw) -> str:
+    """THE render of a chat template: `tokenizer.apply_chat_template(messages, tokenize=False, **kw)`
+    within TEMPLATE_SECONDS and TEMPLATE_CHARS; any failure is one PromptError."""
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError("the tokenizer has no chat_template; PE-Rank prompts need the model's chat format")
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_content}],
-                                         add_generation_prompt=True, tokenize=False)
+    try:
+        with _time_limit(TEMPLATE_SECONDS):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, **kw)
+    except _TemplateTimeout:
+        raise PromptError(f"the chat template ran longer than {TEMPLATE_SECONDS:g} s (a loop without bound in "
+                          "the model's chat_template?); refused") from None
+    except MemoryError:
+        raise PromptError("the chat template ran out of memory (a loop without bound in the model's "
+                          "chat_template?); refused") from None
+    except Exception as e:  # jinja2 TemplateError (e.g. roles that do not alternate), RecursionError, ...
+        raise PromptError(f"the chat template cannot render these messages "
+                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+    if not isinstance(text, str) or len(text) > TEMPLATE_CHARS:
+        raise PromptError(f"the chat template rendered {len(text) if isinstance(text, str) else type(text).__name__}"
+                          f" characters (limit {TEMPLATE_CHARS}); refused")
+    return text
+
+
+def render_chat(tokenizer, user_content: str) -> str:
+    """The full prompt string: one user turn in the tokenizer's chat template + generation prompt."""
+    return render_messages(tokenizer, [{"role": "user", "content": user_content}], add_generation_prompt=True)
 
 
 # --- tokenisation ----------------------------------------------------------------------

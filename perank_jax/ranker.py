@@ -37,7 +37,8 @@ from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
 from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
 from perank_jax.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
-from perank_jax.weights.perank import load_checkpoint, load_checkpoint_encoder, save_checkpoint
+from perank_jax.weights.perank import (PERANK_FIELDS, check_perank_config, load_checkpoint, load_checkpoint_encoder,
+                                       save_checkpoint)
 from perank_jax.windows import sliding_windows
 
 @dataclass
@@ -70,13 +71,12 @@ class PERanker:
         self.projector = projector
         self.tokenizer = tokenizer
         self.encoder = encoder          # anything with .encode(list[str]) -> [n, E] array
-        self.config = dict(config or {})
+        self.config = check_perank_config(dict(config or {}), "PERanker config")   # typed, defaults filled
         self.placeholder_id, self.rank_id = add_special_tokens(tokenizer)
-        self.template = self.config.get("prompt_template") or "paper"
-        self.query_token = bool(self.config.get("query_token", False))
-        self.query_scale = float(self.config.get("query_scale", 1.0)) if self.query_token else 1.0
-        self.feedback = check_feedback(self.config.get(FEEDBACK_KEYS[0], 0.0) if self.query_token else 0.0,
-                                       self.config.get(FEEDBACK_KEYS[1], 0.01))
+        self.template = self.config["prompt_template"]
+        self.query_token = self.config["query_token"]
+        self.query_scale = self.config["query_scale"] if self.query_token else 1.0
+        self.feedback = (self.config[FEEDBACK_KEYS[0]] if self.query_token else 0.0, self.config[FEEDBACK_KEYS[1]])
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.share_prefix = share_prefix
@@ -118,7 +118,11 @@ class PERanker:
         `query_scale` (only for checkpoints with a query token).
         query_feedback: (weight, temperature) of the candidate-aware query vector (perank_jax.feedback)
         instead of config.json's `query_feedback_weight` / `_temperature` (query-token checkpoints only)."""
-        path = Path(resolve_model_path(path if path is not None else "packaged:perank"))
+        resolved = resolve_model_path(path if path is not None else "packaged:perank")
+        if not resolved:
+            raise ValueError("the model path is empty (give a PE-Rank checkpoint or adapter directory, or no "
+                             "path for the shipped model)")
+        path = Path(resolved)
         conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
                                                    unroll=unroll)
         if decoder.tokenizer is None:
@@ -127,9 +131,8 @@ class PERanker:
             if not conf.get("query_token"):
                 raise ValueError(f"{path}: a query scale applies only to a checkpoint with a query token "
                                  f"(config.json query_token is not true)")
-            if not query_scale > 0:
-                raise ValueError(f"query scale must be > 0, got {query_scale}")
-            conf = {**conf, "query_scale": float(query_scale)}
+            conf = {**conf, "query_scale": PERANK_FIELDS["query_scale"].check("query_scale", query_scale,
+                                                                             "query scale (--query-scale)")}
         if query_feedback is not None:
             if not conf.get("query_token"):
                 raise ValueError(f"{path}: query feedback applies only to a checkpoint with a query token "
@@ -144,7 +147,7 @@ class PERanker:
     def save_pretrained(self, out_dir) -> Path:
         return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
                                encoder_name=self.config.get("encoder_name", ""),
-                               encoder_pooling=self.config.get("encoder_pooling", "mean"),
+                               encoder_pooling=self.config["encoder_pooling"] or "mean",
                                encoder_max_length=int(self.config.get("encoder_max_length") or 512),
                                prompt_template=self.template, query_token=self.query_token,
                                query_scale=self.query_scale, default_mode=self.config.get("default_mode") or "decode",

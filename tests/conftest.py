@@ -37,7 +37,7 @@ def mpnet_dir(tmp_path_factory):
 def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
     """SmolLM2-135M-Instruct converted from the packaged GGUF into an HF directory
     (float32 dequantised safetensors + tokenizer with its ChatML chat template)."""
-    from perank_jax.weights.gguf import gguf_to_hf_dir
+    from perank_jax.weights.convert import gguf_to_hf_dir
     return gguf_to_hf_dir(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "hf")
 
 

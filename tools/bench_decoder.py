@@ -121,7 +121,7 @@ def main():
     else:
         path = a.model
         if path is None:
-            from perank_jax.weights.gguf import gguf_to_hf_dir
+            from perank_jax.weights.convert import gguf_to_hf_dir
             from perank_jax.weights.packaged import smollm2_gguf
             path = gguf_to_hf_dir(smollm2_gguf(), f"{tmp.name}/smollm2")
         dec, name, torch_path = load_decoder(path, dtype=a.dtype), str(a.model or "SmolLM2-135M-Instruct"), path

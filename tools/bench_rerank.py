@@ -47,7 +47,7 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     from perank_jax.ranker import PERanker
     from perank_jax.weights.perank import save_checkpoint
     from perank_jax.weights.decoder import load_decoder
-    from perank_jax.weights.gguf import gguf_to_hf_dir
+    from perank_jax.weights.convert import gguf_to_hf_dir
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)

@@ -59,7 +59,7 @@ def load_models(hf_dir: str | os.PathLike | None = None, torch: bool = True, dty
     SmolLM2 GGUF converted into a temporary directory, removed once both are loaded)."""
     from perank_jax.weights.decoder import load_decoder
     if hf_dir is None:
-        from perank_jax.weights.gguf import gguf_to_hf_dir
+        from perank_jax.weights.convert import gguf_to_hf_dir
         from perank_jax.weights.packaged import smollm2_gguf
         with tempfile.TemporaryDirectory(prefix="bench_textlist_") as tmp:
             return load_models(gguf_to_hf_dir(smollm2_gguf(), Path(tmp) / "smollm2"), torch, dtype)

@@ -21,6 +21,7 @@ import numpy as np
 
 DEFAULT_MEASURES = ("nDCG@1", "nDCG@5", "nDCG@10", "nDCG@20", "R@20", "R@100", "RR@10")
 _ALIASES = {"MRR": "RR"}
+MAX_CUTOFF = 2**31 - 1          # a C int inside pytrec_eval
 
 
 def parse_measures(names: Sequence[str] = DEFAULT_MEASURES) -> list:
@@ -32,9 +33,15 @@ def parse_measures(names: Sequence[str] = DEFAULT_MEASURES) -> list:
             if base == a or base.startswith(a + "("):
                 base = b + base[len(a):]
         try:
-            out.append(ir_measures.parse_measure(base + sep + rest))
+            m = ir_measures.parse_measure(base + sep + rest)
         except (ValueError, NameError, SyntaxError, TypeError) as e:
             raise ValueError(f"unknown measure {n!r} ({e})") from None
+        cutoff = m.params.get("cutoff")   # checked here: pytrec_eval aborts the process on a cutoff of 0
+        if cutoff is not None and not (isinstance(cutoff, int) and not isinstance(cutoff, bool)
+                                       and 1 <= cutoff <= MAX_CUTOFF):
+            raise ValueError(f"measure {n!r}: the cutoff after @ must be an integer in [1, {MAX_CUTOFF}], "
+                             f"got {cutoff!r}")
+        out.append(m)
     return out
 
 

@@ -25,12 +25,31 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perank_jax.models.attention import attention, self_attention, use_flash
+from perank_jax.config import check_number, is_int
 from perank_jax.sharding import constrain
-
 
 
 class DecoderConfigError(ValueError):
     pass
+
+
+# THE limits of a decoder config (field: (HF name, type, lo, hi; floats: lo excluded)), checked before any
+# shape is built; generous (about 10x the largest public Llama / Mistral models).
+FIELD_LIMITS = {
+    "vocab_size": ("vocab_size", int, 1, 1 << 24),
+    "hidden_size": ("hidden_size", int, 1, 1 << 17),
+    "intermediate_size": ("intermediate_size", int, 1, 1 << 20),
+    "num_layers": ("num_hidden_layers", int, 1, 1024),
+    "num_heads": ("num_attention_heads", int, 1, 1024),
+    "num_kv_heads": ("num_key_value_heads", int, 1, 1024),
+    "head_dim": ("head_dim", int, 2, 1024),
+    "rope_theta": ("rope_theta", float, 0.0, 1e12),
+    "rms_norm_eps": ("rms_norm_eps", float, 0.0, 1.0),
+    "sliding_window": ("sliding_window", int, 1, 1 << 24),
+    "max_position_embeddings": ("max_position_embeddings", int, 1, 1 << 24),
+}
+DERIVED = ("num_kv_heads", "head_dim")      # None: num_heads / hidden_size // num_heads
+OPTIONAL = ("sliding_window",)              # None: no sliding window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +71,21 @@ class DecoderConfig:
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self):
+        for name, (hf_name, kind, lo, hi) in FIELD_LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name in DERIVED:
+                continue
+            if value is None and name not in OPTIONAL:
+                raise DecoderConfigError(f"{hf_name} is required")
+            if value is not None:
+                object.__setattr__(self, name, check_number(hf_name, value, kind, lo, hi, DecoderConfigError))
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.head_dim is None:
+            hd = self.hidden_size // self.num_heads
+            object.__setattr__(self, "head_dim", check_number("head_dim (hidden_size // num_attention_heads)",
+                                                              hd, int, *FIELD_LIMITS["head_dim"][2:],
+                                                              DecoderConfigError))
         if self.num_heads % self.num_kv_heads:
             raise DecoderConfigError(
                 f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
@@ -69,6 +103,9 @@ class DecoderConfig:
         # rope: old style (rope_theta + rope_scaling) or transformers>=5 rope_parameters
         rp = hf.get("rope_parameters") or {}
         scaling = hf.get("rope_scaling")
+        for key, v in (("rope_parameters", rp), ("rope_scaling", scaling)):
+            if v is not None and not isinstance(v, dict):
+                raise DecoderConfigError(f"{source}: {key} must be a mapping, got {v!r}")
         rope_type = (rp.get("rope_type") if rp else None) or (
             (scaling.get("rope_type") or scaling.get("type")) if scaling else None) or "default"
         if rope_type != "default":
@@ -79,25 +116,36 @@ class DecoderConfig:
                 raise DecoderConfigError(f"{source}: {flag}=true is not supported")
         if hf.get("hidden_act", "silu") not in ("silu", "swish"):
             raise DecoderConfigError(f"{source}: hidden_act {hf.get('hidden_act')!r} is not supported (silu)")
+        lt = hf.get("layer_types")
+        if lt is not None and not (isinstance(lt, list) and all(isinstance(t, str) for t in lt)):
+            raise DecoderConfigError(f"{source}: layer_types must be a list of strings")
         if hf.get("layer_types") and any(t != "full_attention" and t != "sliding_attention"
                                         for t in hf["layer_types"]):
             raise DecoderConfigError(f"{source}: layer_types {set(hf['layer_types'])} not supported")
         if hf.get("layer_types") and len(set(hf["layer_types"])) > 1:
             raise DecoderConfigError(f"{source}: mixed per-layer attention types are not supported")
-        heads = hf["num_attention_heads"]
         sw = hf.get("sliding_window") if mt != "llama" else None
         if mt != "llama" and hf.get("use_sliding_window") is False:
             sw = None
-        return cls(
-            vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-            num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rope_theta=float(theta), rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            sliding_window=sw, tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-            model_type="mistral" if mt == "embed_mistral" else mt,
-            bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+        tie = hf.get("tie_word_embeddings", False)
+        if not isinstance(tie, bool):
+            raise DecoderConfigError(f"{source}: tie_word_embeddings must be true or false, got {tie!r}")
+        for key in ("bos_token_id", "eos_token_id"):
+            ids = hf.get(key)
+            if not (ids is None or is_int(ids) or isinstance(ids, list) and all(is_int(i) for i in ids)):
+                raise DecoderConfigError(f"{source}: {key} must be a token id or a list of them, got {ids!r}")
+        try:
+            return cls(
+                vocab_size=hf.get("vocab_size"), hidden_size=hf.get("hidden_size"),
+                intermediate_size=hf.get("intermediate_size"), num_layers=hf.get("num_hidden_layers"),
+                num_heads=hf.get("num_attention_heads"), num_kv_heads=hf.get("num_key_value_heads"),
+                head_dim=hf.get("head_dim"), rope_theta=theta, rms_norm_eps=hf.get("rms_norm_eps", 1e-5),
+                sliding_window=sw, tie_word_embeddings=tie,
+                max_position_embeddings=hf.get("max_position_embeddings", 32768),
+                model_type="mistral" if mt == "embed_mistral" else mt,
+                bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+        except DecoderConfigError as e:
+            raise DecoderConfigError(f"{source}: {e}") from None
 
     def to_hf(self) -> dict[str, Any]:
         arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"

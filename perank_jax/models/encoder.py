@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from perank_jax.config import check_number
 from perank_jax.constants import MASKED
 
 MPNET_PADDING_IDX = 1   # hard-coded in HF MPNetEmbeddings
@@ -40,6 +41,17 @@ _ACTS = {
     "relu": jax.nn.relu,
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
+}
+
+
+# THE limits of an encoder config.json (HF name: (type, lo, hi, default; None = required)), checked
+# before any shape is built (floats: lo excluded); generous, about 10x the largest public encoders.
+FIELD_LIMITS = {
+    "vocab_size": (int, 1, 1 << 24, None), "hidden_size": (int, 1, 1 << 16, None),
+    "num_hidden_layers": (int, 1, 256, None), "num_attention_heads": (int, 1, 1024, None),
+    "intermediate_size": (int, 1, 1 << 20, None), "max_position_embeddings": (int, 1, 1 << 24, 512),
+    "layer_norm_eps": (float, 0.0, 1.0, 1e-12), "type_vocab_size": (int, 0, 1 << 16, 2),
+    "pad_token_id": (int, 0, 1 << 24, 0), "relative_attention_num_buckets": (int, 1, 1 << 16, 32),
 }
 
 
@@ -103,18 +115,18 @@ class EncoderConfig:
             act = c.get("hidden_act", "gelu")
         if act not in _ACTS:
             raise EncoderError(f"{source}: hidden_act={act!r} unsupported ({sorted(_ACTS)})")
-        try:
-            cfg = cls(arch=arch, vocab_size=int(c["vocab_size"]), hidden_size=int(c["hidden_size"]),
-                      num_layers=int(c["num_hidden_layers"]), num_heads=int(c["num_attention_heads"]),
-                      intermediate_size=int(c["intermediate_size"]),
-                      max_position_embeddings=int(c.get("max_position_embeddings", 512)),
-                      hidden_act=act, layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
-                      type_vocab_size=0 if arch == "mpnet" else int(c.get("type_vocab_size", 2)),
-                      pad_token_id=int(c.get("pad_token_id") or 0),
-                      num_buckets=int(c.get("relative_attention_num_buckets", 32)),
-                      name=str(c.get("_name_or_path", "")))
-        except KeyError as e:
-            raise EncoderError(f"{source}: missing field {e.args[0]!r}") from None
+        v = {}
+        for key, (kind, lo, hi, default) in FIELD_LIMITS.items():
+            if c.get(key) is None and default is None:
+                raise EncoderError(f"{source}: missing field {key!r}")
+            v[key] = check_number(key, default if c.get(key) is None else c[key], kind, lo, hi,
+                                  lambda m: EncoderError(f"{source}: {m}"))
+        cfg = cls(arch=arch, vocab_size=v["vocab_size"], hidden_size=v["hidden_size"],
+                  num_layers=v["num_hidden_layers"], num_heads=v["num_attention_heads"],
+                  intermediate_size=v["intermediate_size"], max_position_embeddings=v["max_position_embeddings"],
+                  hidden_act=act, layer_norm_eps=v["layer_norm_eps"],
+                  type_vocab_size=0 if arch == "mpnet" else v["type_vocab_size"], pad_token_id=v["pad_token_id"],
+                  num_buckets=v["relative_attention_num_buckets"], name=str(c.get("_name_or_path", "")))
         if cfg.hidden_size % cfg.num_heads:
             raise EncoderError(f"{source}: hidden_size {cfg.hidden_size} is not a multiple of "
                                f"num_attention_heads {cfg.num_heads}")

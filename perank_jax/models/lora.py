@@ -22,6 +22,12 @@ def _split(shape, name):
     return math.prod(shape[1:1 + k]), math.prod(shape[1 + k:])
 
 
+def factor_shapes(weight_shape, name: str, rank: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The shapes of target `name`'s factors A [L, in, r] and B [L, r, out] for a stacked weight."""
+    d_in, d_out = _split(weight_shape, name)
+    return (weight_shape[0], d_in, rank), (weight_shape[0], rank, d_out)
+
+
 def init(decoder_params: dict, targets, rank: int, key) -> dict:
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")

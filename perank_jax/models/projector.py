@@ -26,7 +26,8 @@ from flax import nnx
 
 
 PREFIXES = ("model.projector.", "projector.")
-_MLP = re.compile(r"^mlp(\d+)x_gelu$")
+_MLP = re.compile(r"^mlp(\d{1,4})x_gelu$")
+MAX_MLP_LAYERS = 16
 
 
 def num_linears(kind: str) -> int:
@@ -35,10 +36,11 @@ def num_linears(kind: str) -> int:
         return 0
     if kind == "linear":
         return 1
-    m = _MLP.match(kind)
-    if m and int(m.group(1)) >= 1:
+    m = _MLP.match(kind) if isinstance(kind, str) else None
+    if m and 1 <= int(m.group(1)) <= MAX_MLP_LAYERS:
         return int(m.group(1))
-    raise ValueError(f"unknown projector_type {kind!r} (expected mlp<N>x_gelu, linear or identity)")
+    raise ValueError(f"unknown projector_type {kind!r} (expected mlp<N>x_gelu with 1 <= N <= {MAX_MLP_LAYERS}, "
+                     "linear or identity)")
 
 
 def layer_axes(i: int, n: int) -> tuple[str, str]:

@@ -29,7 +29,7 @@ import numpy as np
 from perank_jax.buckets import smallest_fitting
 from perank_jax.data.trec import DataError
 from perank_jax.feedback import feedback_query
-from perank_jax.prompts import PLACEHOLDER, RANK
+from perank_jax.prompts import PLACEHOLDER, RANK, render_messages
 VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
 
 
@@ -86,15 +86,8 @@ class Tokenised:
     label_mask: np.ndarray    # [L] bool, True on assistant-turn tokens (stage 1)
 
 
-def _render(tokenizer, messages, **kw) -> str:
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, **kw)
-    except Exception as e:  # jinja2 TemplateError (e.g. roles that do not alternate) and the like
-        raise ValueError(f"the chat template cannot render these messages ({type(e).__name__}: {e})") from None
-
-
 def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenised:
-    text = _render(tokenizer, messages)
+    text = render_messages(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=want_labels)
     ids = np.asarray(enc["input_ids"], np.int32)
     label_mask = np.zeros(len(ids), bool)
@@ -103,8 +96,8 @@ def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenis
         for k in range(len(messages)):
             if messages[k]["role"] != "assistant":
                 continue
-            prefix = _render(tokenizer, messages[:k], add_generation_prompt=True)
-            end = _render(tokenizer, messages[:k + 1])
+            prefix = render_messages(tokenizer, messages[:k], add_generation_prompt=True)
+            end = render_messages(tokenizer, messages[:k + 1])
             if not text.startswith(prefix) or not text.startswith(end):
                 raise ValueError("the chat template does not render turns as prefixes of the conversation")
             offs = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)

@@ -134,13 +134,15 @@ def load_decoder(path, dtype="float32", mesh=None, param_dtype=None, remat=False
                  ignore: Callable[[str], bool] = lambda k: False, unroll: bool = False) -> LoadedDecoder:
     """Load a Mistral/Llama decoder from an HF directory (safetensors) or a Llama-family GGUF file.
     unroll: unroll the layer scan (Decoder.unroll: faster steps, longer compiles)."""
+    if path is None or str(path) == "":      # Path("") would be the working directory
+        raise WeightError("the decoder path is empty (expected an HF model directory or a .gguf file)")
     path = Path(path)
     dtype = jnp.dtype(dtype)
     param_dtype = jnp.dtype(param_dtype) if param_dtype is not None else dtype
     if path.is_file() and path.suffix == ".gguf":
         from perank_jax.weights.gguf import GGUFSource
         source = GGUFSource(path)
-        cfg = DecoderConfig.from_hf(source.hf_config(), source=str(path))
+        cfg = source.config
         tokenizer, tokenizer_error = None, None
         try:
             tokenizer = source.tokenizer()

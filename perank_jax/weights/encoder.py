@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.constants import DTYPES
-from perank_jax.config import read_config_json
+from perank_jax.config import read_config_json, read_json_object
 from perank_jax.models.dense import DenseEncoder
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS
@@ -182,14 +182,11 @@ def pooling_from_dir(d: Path, hf_config: dict) -> str:
             for m in json.loads(modules.read_text()):
                 if str(m.get("type", "")).endswith("Pooling"):
                     pdir = d / m.get("path", "1_Pooling")
-        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+        except (ValueError, AttributeError, TypeError, RecursionError) as e:   # JSON, UTF-8, shape
             raise EncoderError(f"{modules}: not a valid sentence-transformers modules.json ({e})") from None
     cfg_file = pdir / "config.json"
     if cfg_file.exists():
-        try:
-            pc = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise EncoderError(f"{cfg_file}: invalid JSON ({e})") from None
+        pc = read_json_object(cfg_file, EncoderError)
         chosen = [name for key, name in (("pooling_mode_mean_tokens", "mean"),
                                          ("pooling_mode_cls_token", "cls"),
                                          ("pooling_mode_lasttoken", "last")) if pc.get(key)]

@@ -4,14 +4,11 @@ key names (so the one decoder key map in weights/decoder.py applies), q/k rows
 un-permuted back to HF's rotate-half layout, config and tokenizer from metadata."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from perank_jax.atomic import fresh_temp, replace_dir
 from perank_jax.weights.io import WeightError
 
 _NAMES = {
@@ -44,7 +41,10 @@ class GGUFSource:
 
     def __init__(self, path: str | os.PathLike):
         import gguf
+        from perank_jax.models.decoder import DecoderConfig
+        from perank_jax.weights.gguf_header import check_gguf_header
         self.path = Path(path)
+        check_gguf_header(self.path)     # every count and extent fits the file before the reader allocates
         try:
             self.reader = gguf.GGUFReader(str(self.path))
         except Exception as e:  # the gguf package raises assorted errors on corrupt files
@@ -58,15 +58,26 @@ class GGUFSource:
             if name is None:
                 raise WeightError(f"{self.path}: unexpected GGUF tensor {t.name!r}")
             self._tensors[name] = t
-        self.n_head = int(self._field("llama.attention.head_count"))
-        self.n_kv = int(self._field("llama.attention.head_count_kv") or self.n_head)
+        # THE decoder config rules (models.decoder.FIELD_LIMITS) apply to a GGUF's metadata as to a config.json
+        self.config = DecoderConfig.from_hf(self.hf_config(), source=f"{self.path} (metadata as an HF config)")
+        self.n_head, self.n_kv = self.config.num_heads, self.config.num_kv_heads
         self._cache: dict[str, np.ndarray] = {}
 
     def _field(self, key, default=None):
         f = self.reader.fields.get(key)
         if f is None:
             return default
-        v = f.contents()
+        try:
+            return f.contents()
+        except Exception as e:   # a damaged value (e.g. a string that is not UTF-8)
+            raise WeightError(f"{self.path}: GGUF metadata {key!r} is unreadable ({type(e).__name__})") from None
+
+    def _number(self, key, default=None):
+        """A numeric GGUF metadata value (bools and strings refused), or `default` when absent;
+        ranges are checked by DecoderConfig."""
+        v = self._field(key, default)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise WeightError(f"{self.path}: GGUF metadata {key!r} must be a number, got {str(v)[:40]!r}")
         return v
 
     @staticmethod
@@ -74,7 +85,7 @@ class GGUFSource:
         if name in _NAMES:
             return _NAMES[name]
         parts = name.split(".", 2)
-        if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK:
+        if len(parts) == 3 and parts[0] == "blk" and parts[1].isdecimal() and parts[2] in _BLOCK:
             return f"model.layers.{int(parts[1])}.{_BLOCK[parts[2]]}"
         return None
 
@@ -99,23 +110,28 @@ class GGUFSource:
         return w
 
     def hf_config(self) -> dict:
-        f = self._field
-        vocab = f("llama.vocab_size") or len(self.reader.fields["tokenizer.ggml.tokens"].data)
-        d = int(f("llama.embedding_length"))
+        """The metadata as an HF config.json dict (unchecked: DecoderConfig.from_hf checks it)."""
+        f, n = self._field, self._number
+        tokens = self.reader.fields.get("tokenizer.ggml.tokens")
+        vocab = n("llama.vocab_size") or (len(tokens.data) if tokens is not None else None)
+        d, heads = n("llama.embedding_length"), n("llama.attention.head_count")
+        head_dim = n("llama.rope.dimension_count")
+        if head_dim is None and isinstance(d, int) and isinstance(heads, int) and heads > 0:
+            head_dim = d // heads
         return {
             "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": int(vocab), "hidden_size": d,
-            "intermediate_size": int(f("llama.feed_forward_length")),
-            "num_hidden_layers": int(f("llama.block_count")),
-            "num_attention_heads": self.n_head, "num_key_value_heads": self.n_kv,
-            "head_dim": int(f("llama.rope.dimension_count") or d // self.n_head),
-            "rope_theta": float(f("llama.rope.freq_base", 10000.0)),
-            "rms_norm_eps": float(f("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-            "max_position_embeddings": int(f("llama.context_length", 2048)),
+            "vocab_size": vocab, "hidden_size": d,
+            "intermediate_size": n("llama.feed_forward_length"),
+            "num_hidden_layers": n("llama.block_count"),
+            "num_attention_heads": heads, "num_key_value_heads": n("llama.attention.head_count_kv") or heads,
+            "head_dim": head_dim,
+            "rope_theta": n("llama.rope.freq_base", 10000.0),
+            "rms_norm_eps": n("llama.attention.layer_norm_rms_epsilon", 1e-5),
+            "max_position_embeddings": n("llama.context_length", 2048),
             "tie_word_embeddings": "lm_head.weight" not in self._tensors,
-            "bos_token_id": f("tokenizer.ggml.bos_token_id"),
-            "eos_token_id": f("tokenizer.ggml.eos_token_id"),
-            "pad_token_id": f("tokenizer.ggml.padding_token_id"),
+            "bos_token_id": n("tokenizer.ggml.bos_token_id"),
+            "eos_token_id": n("tokenizer.ggml.eos_token_id"),
+            "pad_token_id": n("tokenizer.ggml.padding_token_id"),
             "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
             "torch_dtype": "float32",
         }
@@ -135,30 +151,13 @@ class GGUFSource:
         tok_dict, tok_config = group["tokenizer"], group["tokenizer_config"]
         if "tokens" not in tok_dict:
             raise WeightError(f"{self.path}: GGUF file has no tokenizer vocabulary")
-        for name, key in _SPECIAL_TOKENS.items():
-            tid = meta.get(f"tokenizer.ggml.{key}")
-            tok_config[name] = tok_dict["tokens"][tid] if tid is not None else None
-        backend, extra = convert_gguf_tokenizer(self._field("general.architecture"), tok_dict)
-        tok_config.update(extra)
-        return PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config)
-
-
-def gguf_to_hf_dir(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write an HF directory (config.json, float32 model.safetensors, tokenizer) from a GGUF file.
-
-    Written into a temporary sibling and renamed, so `out_dir` is complete or absent; an existing
-    `out_dir` is replaced only if it holds nothing but an earlier conversion's files."""
-    from perank_jax.weights.io import save_safetensors_atomic
-    src = GGUFSource(gguf_path)
-    out = Path(out_dir)
-    tmp = fresh_temp(out, directory=True)
-    try:
-        (tmp / "config.json").write_text(json.dumps(src.hf_config(), indent=2))
-        save_safetensors_atomic({k: src.get(k) for k in src.keys()}, tmp / "model.safetensors",
-                                metadata={"format": "pt", "source": Path(gguf_path).name})
-        src.tokenizer().save_pretrained(str(tmp))
-        replace_dir(tmp, out, ours=[p.name for p in tmp.iterdir()])
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        try:
+            for name, key in _SPECIAL_TOKENS.items():
+                tid = meta.get(f"tokenizer.ggml.{key}")
+                tok_config[name] = tok_dict["tokens"][tid] if tid is not None else None
+            backend, extra = convert_gguf_tokenizer(self._field("general.architecture"), tok_dict)
+            tok_config.update(extra)
+            return PreTrainedTokenizerFast(tokenizer_object=backend, **tok_config)
+        except Exception as e:  # a damaged vocabulary: out-of-range ids, bad merges, ...
+            raise WeightError(f"{self.path}: the GGUF tokenizer could not be built "
+                              f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None

@@ -4,6 +4,7 @@ directly onto its sharding (only the slices a device needs are read)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -12,6 +13,10 @@ from typing import Callable, Iterable
 import jax
 import ml_dtypes
 import numpy as np
+
+from perank_jax.config import read_json_object
+
+MAX_HEADER_BYTES = 100_000_000     # the safetensors library's own header limit
 
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -39,31 +44,34 @@ class WeightError(ValueError):
 
 
 class SafetensorsFile:
-    """Header-parsed safetensors file; tensors are np.memmap views (nothing read until sliced)."""
+    """A safetensors file whose header the `safetensors` library has validated (its `safe_open`:
+    a mapping of tensors with known dtypes, integer offsets that tile the data exactly, sizes that
+    match the shapes, the file neither truncated nor padded); tensors are np.memmap views of those
+    validated offsets, so nothing is read until sliced and each device reads only its own slice."""
 
     def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
         self.path = Path(path)
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read(8)
-                if len(raw) != 8:
-                    raise WeightError(f"{self.path}: truncated safetensors file (no header)")
-                (n,) = struct.unpack("<Q", raw)
-                size = self.path.stat().st_size
-                if n > size - 8:
-                    raise WeightError(f"{self.path}: corrupt safetensors header (length {n} > file size)")
-                header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise WeightError(f"{self.path}: corrupt safetensors header ({e})") from None
-        self.metadata = header.pop("__metadata__", {}) or {}
+            with safe_open(str(self.path), framework="numpy") as f:   # the library's checks, all of them
+                metadata = f.metadata() or {}
+        except OSError as e:
+            raise WeightError(f"{self.path}: cannot read ({e.strerror or e})") from None
+        except Exception as e:   # safetensors_rust.SafetensorError: one line naming the file
+            cut = _past_the_end(self.path)
+            where = f"tensor {cut!r} extends past the end of the file (truncated?); " if cut else ""
+            raise WeightError(f"{self.path}: not a valid safetensors file ({where}{_one_line(e)})") from None
+        with open(self.path, "rb") as f:    # the same header, now known to be well formed
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self.metadata = metadata
         self._base = 8 + n
         self._entries = header
         for k, e in header.items():
             if e["dtype"] not in _ST_DTYPES:
-                raise WeightError(f"{self.path}: tensor {k!r} has unsupported dtype {e['dtype']}")
-            start, end = e["data_offsets"]
-            if self._base + end > size:
-                raise WeightError(f"{self.path}: tensor {k!r} extends past the end of the file (truncated?)")
+                raise WeightError(f"{self.path}: tensor {k!r} has unsupported dtype {e['dtype']} "
+                                  f"(supported: {', '.join(_ST_DTYPES)})")
 
     def keys(self):
         return self._entries.keys()
@@ -74,14 +82,38 @@ class SafetensorsFile:
     def get(self, key: str) -> np.ndarray:
         e = self._entries[key]
         dtype = np.dtype(_ST_DTYPES[e["dtype"]])
-        start, end = e["data_offsets"]
+        start, _ = e["data_offsets"]
         shape = tuple(e["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        if end - start != count * dtype.itemsize:
-            raise WeightError(f"{self.path}: tensor {key!r} byte size does not match shape {shape}")
-        if count == 0:
+        if math.prod(shape) == 0:
             return np.zeros(shape, dtype)
         return np.memmap(self.path, dtype=dtype, mode="r", offset=self._base + start, shape=shape)
+
+    def finite(self, key: str) -> np.ndarray:
+        """Tensor `key` as float32, or a WeightError naming the file and tensor if it holds NaN / inf."""
+        a = np.asarray(self.get(key), np.float32)
+        if not np.all(np.isfinite(a)):
+            raise WeightError(f"{self.path}: tensor {key!r} contains NaN or Inf")
+        return a
+
+
+def _past_the_end(path: Path) -> str | None:
+    """For the message only, once the library has refused a file: the tensor whose data ends past the
+    end of the file (a truncated download), if the header is readable enough to tell."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                return None
+            header = json.loads(f.read(n))
+        end, key = max((e["data_offsets"][1], k) for k, e in header.items() if k != "__metadata__")
+        return key if 8 + n + end > size else None
+    except Exception:   # noqa: BLE001 - a header too damaged to tell: the library's message stands alone
+        return None
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 class SafetensorsCheckpoint:
@@ -95,10 +127,11 @@ class SafetensorsCheckpoint:
         files: list[Path] = []
         index = sorted(d.glob("*.safetensors.index.json"))
         if index:
-            try:
-                wm = json.loads(index[0].read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise WeightError(f"{index[0]}: not a valid safetensors index ({e})") from None
+            wm = read_json_object(index[0], WeightError).get("weight_map")
+            if not isinstance(wm, dict) or not all(isinstance(v, str) and v not in ("", "..") and Path(v).name == v
+                                                   for v in wm.values()):
+                raise WeightError(f"{index[0]}: not a valid safetensors index (`weight_map` must map tensor "
+                                  "names to shard file names in the same directory)")
             files = [d / f for f in sorted(set(wm.values()))]
             missing = [str(f) for f in files if not f.exists()]
             if missing:

@@ -12,25 +12,106 @@ config.json naming the base decoder and encoder (paths or `packaged:` names).
 """
 from __future__ import annotations
 
+import math
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from perank_jax.atomic import atomic_json
-from perank_jax.config import read_config_json
-from perank_jax.feedback import feedback_fields
+from perank_jax.config import check_number, read_config_json
+from perank_jax.constants import DECODE_MODES
+from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.decoder import LoadedDecoder
-from perank_jax.models.projector import PREFIXES, Projector
+from perank_jax.models.pooling import POOLINGS
+from perank_jax.models.projector import PREFIXES, Projector, num_linears
 from perank_jax.weights.projector import load_projector
-from perank_jax.prompts import add_special_tokens
+from perank_jax.prompts import TEMPLATES, add_special_tokens
 from perank_jax.weights.decoder import load_decoder, to_hf_tensors
-from perank_jax.weights.io import save_safetensors_atomic
+from perank_jax.weights.io import SafetensorsFile, save_safetensors_atomic
 from perank_jax.weights.packaged import resolve_model_path
 
 MODEL_TYPES = ("embed_mistral", "mistral", "llama")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One PE-Rank config.json field: its type, default (None: optional, null allowed) and allowed values.
+    A number is finite and in [lo, hi] (floats: lo excluded); rules other modules own (projector kinds,
+    feedback pairs) are checked by calling them in `check_perank_config`."""
+    kind: type                       # bool, int, float, str, or list (of str)
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()              # str / list items: the allowed values (empty: any)
+
+    def check(self, name: str, value, where: str):
+        if value is None:
+            return self.default
+        bad = f"{where}: field {name!r} must be "
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(bad + f"true or false (a JSON bool), got {value!r}")
+            return value
+        if self.kind in (int, float):
+            lo = -math.inf if self.lo is None else self.lo
+            hi = sys.float_info.max if self.hi is None else self.hi      # floats: finite always
+            try:
+                return check_number(repr(name), value, self.kind, lo, hi, ValueError)
+            except ValueError as e:
+                raise ValueError(f"{where}: field {e}") from None
+        items = value if self.kind is list else [value]
+        if self.kind is list and not isinstance(value, list):
+            raise ValueError(bad + f"a list, got {value!r}")
+        for v in items:
+            if not isinstance(v, str) or self.choices and v not in self.choices:
+                what = f"one of {list(self.choices)}" if self.choices else "a string"
+                raise ValueError(bad + (f"a list of {what}" if self.kind is list else what) + f", got {value!r}")
+        return list(value) if self.kind is list else value
+
+
+# THE PE-Rank fields of config.json (the HF decoder fields are models.decoder.FIELD_LIMITS'), read by
+# load_checkpoint and by PERanker for any config it is given; a later PERankConfig extends this table.
+PERANK_FIELDS = {
+    "perank_format": Field(str, None, choices=("adapter",)),
+    "projector_type": Field(str, "mlp2x_gelu"),                   # kinds: models.projector.num_linears
+    "embedding_size": Field(int, None, 1, 1 << 17),
+    "hidden_size": Field(int, None, 1, 1 << 17),
+    "base_decoder": Field(str, None),
+    "encoder_name": Field(str, ""),
+    "encoder_pooling": Field(str, None, choices=POOLINGS),
+    "encoder_max_length": Field(int, 512, 2, 1 << 20),
+    "prompt_template": Field(str, "paper", choices=tuple(TEMPLATES)),
+    "default_mode": Field(str, "decode", choices=DECODE_MODES),
+    "query_token": Field(bool, False),
+    "query_scale": Field(float, 1.0, 0.0, 1e6),
+    FEEDBACK_KEYS[0]: Field(float, 0.0),                           # ranges: feedback.check_feedback
+    FEEDBACK_KEYS[1]: Field(float, 0.01),
+    "lora_rank": Field(int, 0, 0, 4096),
+    "lora_alpha": Field(float, 16.0, 0.0, 1e6),
+    "lora_targets": Field(list, [], choices=tuple(lora_lib.IN_DIMS)),
+}
+
+
+def check_perank_config(conf: dict, where: str = "config") -> dict:
+    """`conf` with every PE-Rank field checked against PERANK_FIELDS and defaults filled in; one
+    ValueError naming `where` and the field otherwise. Other keys (the HF decoder's) pass unchanged."""
+    out = dict(conf)
+    for name, field in PERANK_FIELDS.items():
+        out[name] = field.check(name, conf.get(name), where)
+    try:
+        num_linears(out["projector_type"])
+        check_feedback(out[FEEDBACK_KEYS[0]], out[FEEDBACK_KEYS[1]])
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if out["lora_rank"] == 0 and out["lora_targets"] and out["perank_format"] == "adapter":
+        raise ValueError(f"{where}: lora_rank is 0 but lora_targets lists {out['lora_targets']}")
+    return out
 
 
 def load_checkpoint(path, dtype: str = "float32", mesh=None, allow_pickle: bool = False, unroll: bool = False):
@@ -79,17 +160,19 @@ def load_checkpoint_encoder(path, conf: dict | None = None, encoder_path=None, m
 
 
 def read_perank_config(path) -> dict:
-    """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked."""
+    """config.json of a PE-Rank checkpoint, with its PE-Rank fields checked (PERANK_FIELDS)."""
     cfg_path = Path(path) / "config.json"
     conf = read_config_json(path, ValueError, FileNotFoundError, expected="a PE-Rank checkpoint directory")
     if conf.get("model_type") not in MODEL_TYPES:
         raise ValueError(f"{cfg_path}: model_type {conf.get('model_type')!r} is not a PE-Rank decoder "
                          f"(expected one of {MODEL_TYPES})")
-    conf.setdefault("projector_type", "mlp2x_gelu")
-    if "embedding_size" not in conf:
+    conf = check_perank_config(conf, str(cfg_path))
+    if conf["embedding_size"] is None:
         if conf["projector_type"] != "identity":
             raise ValueError(f"{cfg_path}: field 'embedding_size' (the encoder's dimension) is required")
         conf["embedding_size"] = conf["hidden_size"]
+    if conf["perank_format"] == "adapter" and not conf["base_decoder"]:
+        raise ValueError(f"{cfg_path}: field 'base_decoder' is required in an adapter checkpoint")
     return conf
 
 
@@ -151,31 +234,39 @@ def save_adapter(out_dir, projector: Projector, lora: dict | None, *, base_decod
 
 
 def load_adapter(path, conf: dict, dtype: str = "float32", mesh=None, unroll: bool = False):
-    """(LoadedDecoder with the LoRA folded in, Projector) from an adapter directory."""
-    from safetensors.numpy import load_file
+    """(LoadedDecoder with the LoRA folded in, Projector) from an adapter directory (`conf`: its
+    checked config, read_perank_config). Every LoRA factor is checked before the merge: present,
+    the shape the base decoder and lora_rank imply, finite; each problem names the tensor."""
     path = Path(path)
-    base = resolve_model_path(conf.get("base_decoder"))
-    if not base:
-        raise ValueError(f"{path / 'config.json'}: field 'base_decoder' is required in an adapter checkpoint")
+    base = resolve_model_path(conf["base_decoder"])
     decoder = load_decoder(base, dtype=dtype, mesh=mesh, unroll=unroll)
-    if decoder.config.hidden_size != conf.get("hidden_size", decoder.config.hidden_size):
+    if decoder.config.hidden_size != (conf.get("hidden_size") or decoder.config.hidden_size):
         raise ValueError(f"{path / 'config.json'}: adapter made for hidden_size {conf['hidden_size']}, "
                          f"base decoder {base} has {decoder.config.hidden_size}")
     f = path / ADAPTER_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{f}: adapter weights missing")
-    tensors = load_file(str(f))
-    rank = int(conf.get("lora_rank") or 0)
+    tensors = SafetensorsFile(f)
+    rank, targets = conf["lora_rank"], conf["lora_targets"]
+    stray = sorted(k for k in tensors.keys() if k.startswith("lora.") and k.split(".")[1] not in targets)
+    if stray:
+        raise ValueError(f"{f}: tensor {stray[0]!r} is not one of config.json's lora_targets {targets}")
     if rank:
-        lora = {}
-        for name in conf.get("lora_targets") or []:
-            try:
-                lora[name] = {p: jnp.asarray(tensors[f"lora.{name}.{p}"], jnp.float32) for p in ("a", "b")}
-            except KeyError as e:
-                raise ValueError(f"{f}: tensor {e.args[0]!r} missing (config.json lists target {name!r})") from None
         state = decoder.state
         params = nnx.to_pure_dict(state)
-        merged = lora_lib.merge(params, lora, float(conf.get("lora_alpha", 16.0)), rank)
+        lora = {}
+        for name in targets:
+            shapes = lora_lib.factor_shapes(params[name].shape, name, rank)
+            lora[name] = {}
+            for part, want in zip(("a", "b"), shapes):
+                key = f"lora.{name}.{part}"
+                if key not in tensors.keys():
+                    raise ValueError(f"{f}: tensor {key!r} missing (config.json lists target {name!r})")
+                if tensors.shape(key) != want:
+                    raise ValueError(f"{f}: tensor {key!r} has shape {tensors.shape(key)}, expected {want} "
+                                     f"(lora_rank {rank} in config.json, base decoder {base})")
+                lora[name][part] = jnp.asarray(tensors.finite(key))
+        merged = lora_lib.merge(params, lora, conf["lora_alpha"], rank)
         nnx.replace_by_pure_dict(state, merged)
         nnx.update(decoder.model, state)
         decoder = LoadedDecoder(decoder.model, decoder.tokenizer, str(path), decoder.tokenizer_error)
