@@ -79,7 +79,7 @@ class ServerProcess:
                 return seen
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log_path.read_text()}")
-            time.sleep(0.05)
+            time.sleep(0.2)
         raise AssertionError(f"server not ready in {timeout} s (seen {seen}):\n{self.log_path.read_text()}")
 
     def stop(self) -> int:
