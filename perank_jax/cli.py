@@ -326,6 +326,8 @@ def _add_serve(sub):
                         "lists, but warm-up then covers only the common batch shapes)")
     b = p.add_argument_group("batching and limits")
     b.add_argument("--max-batch", type=POSITIVE, default=8, help="requests decoded together (1: batching off)")
+    b.add_argument("--passage-bucket", type=POSITIVE, default=8, help="windows padded to a multiple of this "
+                   "many passages: fewer compiled shapes (default 8)")
     b.add_argument("--max-wait-ms", type=number(float, 0), default=5.0,
                    help="wait this long after a first request for others to join its batch (default 5)")
     b.add_argument("--queue-size", type=POSITIVE, default=64, help="waiting requests; beyond: 503 (default 64)")
@@ -342,14 +344,12 @@ def _add_serve(sub):
     def run(a):
         from perank_jax.serve.server import run_server
         from perank_jax.serve.settings import ServeSettings
-        if a.window == 1:
-            raise ValueError("--window must be 0 (one window over all candidates) or >= 2")
-        settings = ServeSettings(window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode,
-                                 max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size,
-                                 deadline_s=a.deadline, max_body_bytes=a.max_body_bytes,
-                                 max_documents=a.max_documents, max_text_chars=a.max_text_chars,
-                                 max_query_tokens=a.max_query_tokens, drain_s=a.drain,
-                                 model_name=Path(a.model).name if a.model else "perank-shipped")
+        settings = ServeSettings(
+            window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
+            passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,
+            max_body_bytes=a.max_body_bytes, max_documents=a.max_documents, max_text_chars=a.max_text_chars,
+            max_query_tokens=a.max_query_tokens, drain_s=a.drain,
+            model_name=Path(a.model).name if a.model else "perank-shipped")
         run_server(settings, model=a.model, encoder=a.encoder, embeddings=a.embeddings, host=a.host, port=a.port,
                    mesh=a.mesh, dtype=a.dtype, share_prefix=a.share_prefix, log_level=a.log_level)
     p.set_defaults(func=run)

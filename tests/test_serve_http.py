@@ -35,7 +35,8 @@ def served(tiny_perank_dir_32, tmp_path_factory):
     try:
         server.wait_listening()
         first = call(server.base, "/health")[0]        # answered once the model is loaded: warm-up runs
-        ranker = PERanker.from_pretrained(tiny_perank_dir_32, share_prefix=False, embeddings=cache)
+        ranker = PERanker.from_pretrained(tiny_perank_dir_32, share_prefix=False, embeddings=cache,
+                                          passage_bucket=8)
         direct(ranker, "doc 1", [DOCS["d1"]] * WINDOW)  # compiles here while the server warms up
         yield server, ranker, [first] + server.health_statuses()
     finally:

@@ -54,7 +54,7 @@ def run_server(settings: ServeSettings, *, model=None, encoder=None, embeddings=
         from perank_jax.sharding import make_mesh
         mesh = make_mesh(mesh)
     ranker = PERanker.from_pretrained(model, encoder_path=encoder, dtype=dtype, mesh=mesh, embeddings=embeddings,
-                                      share_prefix=share_prefix)
+                                      share_prefix=share_prefix, passage_bucket=settings.passage_bucket)
     metrics = ServeMetrics()
     holder = {}
 

@@ -12,6 +12,7 @@ class ServeSettings:
     stride: int = 10
     top_k: int | None = None         # decode only the top k per window
     mode: str | None = None          # None: the checkpoint's default_mode
+    passage_bucket: int = 8          # windows padded to a multiple of this many passages (fewer shapes to warm)
     max_batch: int = 8               # requests decoded together (1: batching off)
     max_wait_ms: float = 5.0         # how long the scheduler waits to fill a batch after the first request
     queue_size: int = 64             # requests waiting (beyond it: 503 + Retry-After at once)
@@ -29,6 +30,7 @@ class ServeSettings:
                   ("stride", self.window is None or self.stride <= self.window, "must be <= window"),
                   ("top_k", self.top_k is None or self.top_k >= 1, "must be >= 1"),
                   ("mode", self.mode is None or self.mode in DECODE_MODES, f"must be one of {DECODE_MODES}"),
+                  ("passage_bucket", self.passage_bucket >= 1, "must be >= 1"),
                   ("max_batch", self.max_batch >= 1, "must be >= 1"),
                   ("max_wait_ms", self.max_wait_ms >= 0, "must be >= 0"),
                   ("queue_size", self.queue_size >= 1, "must be >= 1"),
