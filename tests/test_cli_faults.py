@@ -225,12 +225,31 @@ NUMBER_CASES = [
     (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--b", "1.5"], "--b: 1.5 is out of range"),
     (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k1", "nan"], "--k1: nan is out of range"),
     (["generate", "--max-new-tokens", "0", "hello"], "--max-new-tokens: 0 is out of range"),
+    (["serve", "--port", "70000"], "--port: 70000 is out of range"),
+    (["serve", "--max-batch", "0"], "--max-batch: 0 is out of range"),
+    (["serve", "--deadline", "0"], "--deadline: 0 is out of range"),
+    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms: -1 is out of range"),
+    (["serve", "--window", "1"], "serve setting window=1: must be >= 2"),
+    (["serve", "--window", "4", "--stride", "6"], "serve setting stride=6: must be <= window"),
 ]
 
 
 @pytest.mark.parametrize("argv,expect", NUMBER_CASES, ids=[" ".join(a[:3]) for a, _ in NUMBER_CASES])
 def test_an_impossible_number_is_a_one_line_usage_error(argv, expect, capsys):
     one_line_error(capsys, main(argv), expect)
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_before_the_model_loads(capsys):
+    pytest.importorskip("fastapi")
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        t = time.monotonic()
+        one_line_error(capsys, main(["serve", "--port", str(port), "--model", "/nonexistent"]),
+                       f"cannot listen on 127.0.0.1:{port}")
+        assert time.monotonic() - t < 30
 
 
 @pytest.mark.parametrize("override,expect", [

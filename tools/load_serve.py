@@ -8,8 +8,10 @@ queue size, stops the server with SIGTERM and prints one table:
 
     conc | on: req/s p50 p95 p99 batch errors | off: req/s p50 p95 p99 batch errors
 
-Requests are the packaged example set's queries (20 candidates each), every request made distinct
-(candidates shuffled, a request number appended), so no two requests share an encoding. Nothing
+Requests are the packaged example set's queries (20 candidates each, shuffled, the query numbered),
+sent by docid against an embedding cache of the example passages made by the model's encoder (the
+setting of a server in front of a corpus); `--texts` sends the texts instead, each request's made
+unique so no two requests share an encoding. Nothing
 here leaves the machine; every request is bounded by --timeout and every server is stopped.
 
     python tools/load_serve.py                          # shipped model, this CPU
@@ -23,6 +25,7 @@ import json
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,18 +34,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")    # this process and both servers share a GPU
 EXAMPLES = ROOT / "perank_jax" / "examples" / "example.jsonl"
 
 
-def make_requests(n: int, seed: int = 0) -> list[dict]:
+def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
+    """n distinct top-20 requests: queries numbered, candidates shuffled; by docid (`{"id"}`, from the
+    cache) or, with `texts`, as texts made unique per request (so no two requests share an encoding)."""
     rows = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
     rng, out = random.Random(seed), []
     for k in range(n):
         r = rows[k % len(rows)]
-        docs = [f"{c['text']} (#{k})" for c in r["candidates"][:20]]
+        docs = [f"{c['text']} (#{k})" if texts else {"id": c["docid"]} for c in r["candidates"][:20]]
         rng.shuffle(docs)
-        out.append({"query": r["query"], "documents": docs})
+        out.append({"query": f"{r['query']} ({k})", "documents": docs})
     return out
+
+
+def example_cache(encoder, out: Path) -> Path:
+    """An embedding cache of the example set's passages, made by the model's own encoder."""
+    from perank_jax.data.embcache_build import build_embedding_cache
+    rows = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
+    corpus = out / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": c["docid"], "text": c["text"]}) + "\n"
+                              for r in rows for c in r["candidates"]))
+    return build_embedding_cache(encoder, corpus, out / "cache", title_format=False, progress=False)
 
 
 def pct(xs, q):
@@ -50,15 +66,22 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def direct_latencies(args, bodies) -> list[float]:
+def direct_latencies(args, bodies, tmp: Path) -> list[float]:
+    """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles; sets
+    args.embeddings to an example-set cache when the requests go by docid and none was given."""
     from perank_jax.ranker import PERanker
-    ranker = PERanker.from_pretrained(args.model, embeddings=args.embeddings)
+    ranker = PERanker.from_pretrained(args.model)
+    if not args.texts:
+        args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))
+        ranker.use_embeddings(args.embeddings)
     mode = ranker.config.get("default_mode") or "decode"
     for timed in (False, True):                  # the first pass compiles every shape these requests need
         out = []
         for b in bodies:
+            docs = b["documents"]
+            ids = None if args.texts else [d["id"] for d in docs]
             t = time.perf_counter()
-            ranker.rerank(b["query"], b["documents"], window=20, stride=10, mode=mode)
+            ranker.rerank(b["query"], [""] * len(docs) if ids else docs, window=20, stride=10, mode=mode, docids=ids)
             out.append(time.perf_counter() - t)
     return out
 
@@ -71,6 +94,7 @@ class Server:
                "--queue-size", str(args.queue_size), "--log-level", "warning"]
         cmd += ["--model", args.model] if args.model else []
         cmd += ["--embeddings", args.embeddings] if args.embeddings else []
+        cmd += [x for arg in args.server_arg for x in arg.split()]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -187,9 +211,16 @@ def burst(server, bodies, timeout: float) -> str:
 
 
 def main(argv=None):
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        print(f"load_serve: skipped: the serve extra is not installed ({e}); pip install -e '.[serve]'")
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    p.add_argument("--embeddings", default=None)
+    p.add_argument("--embeddings", default=None, help="cache holding the example set's docids (default: built)")
+    p.add_argument("--texts", action="store_true", help="send passage texts (encoded per request) instead of ids")
     p.add_argument("--levels", default="1,4,8,16")
     p.add_argument("--per-level", type=int, default=32, help="requests per concurrency level (at least 2x it)")
     p.add_argument("--max-batch", type=int, default=8)
@@ -198,14 +229,17 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--ready-timeout", type=float, default=1200.0, help="seconds for a server's warm-up")
     p.add_argument("--no-burst", action="store_true")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARGS",
+                   help="more `perank serve` flags for both servers, e.g. '--max-documents 20'")
     a = p.parse_args(argv)
     levels = [int(x) for x in a.levels.split(",")]
     sizes = {c: max(a.per_level, 2 * c) for c in levels}
-    bodies = make_requests(sum(sizes.values()) + 2 * a.queue_size + 8)
-    print(f"direct PERanker.rerank: {a.per_level} requests ...", flush=True)
-    direct = direct_latencies(a, bodies[:a.per_level])
+    bodies = make_requests(sum(sizes.values()) + 2 * a.queue_size + 8, a.texts)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))       # stop the servers on the way out
     results, notes = {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"direct PERanker.rerank: {a.per_level} requests ...", flush=True)
+        direct = direct_latencies(a, bodies[:a.per_level], Path(tmp))
         for mb in (a.max_batch, 1):
             server = Server(a, mb, Path(tmp))
             try:
@@ -222,7 +256,8 @@ def main(argv=None):
             finally:
                 notes.append(f"max batch {mb}: exit status after SIGTERM {server.stop()}")
     cols = "req/s | p50 s | p95 s | p99 s | batch | err"
-    print(f"\n| conc | batching on (max {a.max_batch}): {cols} | batching off: {cols} |")
+    print(f"\nrequests: top-20 {'texts, encoded per request' if a.texts else 'by docid from an embedding cache'}")
+    print(f"| conc | batching on (max {a.max_batch}): {cols} | batching off: {cols} |")
     print("|---|" + "---|" * 12)
     for c in levels:
         cells = []
