@@ -153,7 +153,9 @@ def test_sigterm_drains_the_queued_requests_and_exits_0(served):
         return status, time.monotonic(), [r["index"] for r in got["results"]] if status == 200 else got
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(ask, i) for i in range(8)]
-        while metric(server.base, "perank_queue_depth") == 0:     # a batch runs, the next one waits
+        end = time.monotonic() + 60
+        while metric(server.base, "perank_queue_depth") == 0:     # a batch runs, the next ones wait
+            assert time.monotonic() < end and not all(f.done() for f in futures), "nothing was ever queued"
             time.sleep(0.005)
         sent = time.monotonic()
         server.proc.terminate()

@@ -191,7 +191,8 @@ def run_level(server, bodies, concurrency: int, timeout: float) -> dict:
 
 
 def burst(server, bodies, timeout: float) -> str:
-    """2 x queue size requests at once: every one answered (200 or 503), RSS before/after, then one more."""
+    """2 x queue size requests at once: the count of each status (200, 503 refused, 504 past the deadline;
+    0 = no answer), the server's RSS before and after, then the status of one more request."""
     rss0, codes, lock = server.rss_mb(), [], threading.Lock()
 
     def one(b):
@@ -205,8 +206,8 @@ def burst(server, bodies, timeout: float) -> str:
         th.join()
     after = request(server, "POST", "/v1/rerank", bodies[0], timeout)[0]
     n = len(bodies)
-    return (f"burst of {n}: {codes.count(200)} answered 200, {codes.count(503)} answered 503, "
-            f"{n - codes.count(200) - codes.count(503)} other; server RSS {rss0:.0f} -> {server.rss_mb():.0f} MB; "
+    counts = ", ".join(f"{codes.count(c)} x {c or 'no answer'}" for c in sorted(set(codes)))
+    return (f"burst of {n} (2 x queue size): {counts}; server RSS {rss0:.0f} -> {server.rss_mb():.0f} MB; "
             f"next request: {after}")
 
 

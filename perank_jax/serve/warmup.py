@@ -6,9 +6,9 @@ windows of at most `window` documents, so T and N take few values; the batches t
 have 1..max_batch requests, so B takes the powers of two up to max_batch. Warm-up runs one
 `rerank_batch` for every B and every (N, T) a window can reach (for each N, queries of growing length
 cross every T bucket on the way from the shortest to the longest query), then every encoder length
-bucket (texts of at most max_text_chars) and every projector row bucket the limits allow, and one request of `max_documents`
-documents. With the ranker's shared prefix (`--share-prefix`) a batch also has a prefix-table
-shape; only the combinations these runs produce are warmed.
+bucket a text of at most max_text_chars can reach, every projector row bucket the limits allow,
+and one request of `max_documents` documents. With the ranker's shared prefix (`--share-prefix`) a
+batch also has a prefix-table shape; only the combinations these runs produce are warmed.
 """
 from __future__ import annotations
 
