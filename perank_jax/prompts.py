@@ -237,8 +237,10 @@ def merge_placeholders(x, placeholder_mask, passages):
 def scale_query_slot(e, valid, scale: float):
     """Multiply the query's slot (row n_b, right after a list's n_b passages) of projected vectors
     e [B, n, D] by `scale`. The query opens the answer, so at scale >> 1 the residual stream of the
-    position that picks the first passage starts from the query and h . e_i begins as a similarity."""
+    position that picks the first passage starts from the query and h . e_i begins as a similarity.
+    numpy arrays (inference, one shape per doc count) stay on the host; jax arrays (training, in jit) don't."""
     if scale == 1.0:
         return e
-    slot = jnp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
-    return jnp.where(slot[..., None], e * jnp.asarray(scale, e.dtype), e)
+    xp = np if isinstance(e, np.ndarray) else jnp          # numpy in: computed on the host, nothing compiled
+    slot = xp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
+    return xp.where(slot[..., None], e * xp.asarray(scale, e.dtype), e)

@@ -231,6 +231,12 @@ NUMBER_CASES = [
     (["rerank", "--process-id", "-1"], "--process-id: -1 is out of range"),
     (["rerank", "--distributed", "--out", "x.trec", "--num-processes", "2", "--process-id", "2"],
      "--process-id 2 must be below --num-processes 2"),
+    (["serve", "--port", "70000"], "--port: 70000 is out of range"),
+    (["serve", "--max-batch", "0"], "--max-batch: 0 is out of range"),
+    (["serve", "--deadline", "0"], "--deadline: 0 is out of range"),
+    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms: -1 is out of range"),
+    (["serve", "--window", "1"], "serve setting window=1: must be >= 2"),
+    (["serve", "--window", "4", "--stride", "6"], "serve setting stride=6: must be <= window"),
 ]
 
 
@@ -249,6 +255,19 @@ def test_distributed_flags_out_of_place_are_one_line_errors_before_any_work(argv
     monkeypatch.chdir(tmp_path)
     one_line_error(capsys, main(argv), expect)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_before_the_model_loads(capsys):
+    pytest.importorskip("fastapi")
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        t = time.monotonic()
+        one_line_error(capsys, main(["serve", "--port", str(port), "--model", "/nonexistent"]),
+                       f"cannot listen on 127.0.0.1:{port}")
+        assert time.monotonic() - t < 30
 
 
 @pytest.mark.parametrize("override,expect", [

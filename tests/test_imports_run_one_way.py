@@ -7,7 +7,7 @@ functions (a lazy import still ties the two files together). Layers, bottom up:
   1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
-  4 workflows    train/*, evaluate/*
+  4 workflows    train/*, evaluate/*, serve/* (the HTTP rerank server)
   5 entry        cli, cli_args, the package's __init__ (the public API)
 
 A module may import its own layer or any layer below; an upward import, or a cycle between
@@ -22,7 +22,7 @@ LAYERS = [
     {"models", "prompts", "windows", "feedback"},
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
-    {"train", "evaluate"},
+    {"train", "evaluate", "serve"},
     {"cli", "cli_args", "__init__"},
 ]
 

@@ -155,3 +155,22 @@ def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_s
             train(replace(cfg, model=other))
     with pytest.raises(ConfigError, match=r"data_seed: 0 -> 1"):
         train(replace(cfg, data=replace(cfg.data, seed=1)))
+
+
+def test_the_query_slot_is_scaled_on_the_host_for_numpy_input_exactly_as_in_jit():
+    """Inference scales numpy rows (one shape per document count: nothing may compile per count);
+    training scales jax arrays inside jit. Same rule, same float32 result."""
+    import jax
+    import jax.numpy as jnp
+    from perank_jax.serve.metrics import compile_count, install_compile_listener
+    install_compile_listener()
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 11):
+        e = rng.normal(size=(2, n + 1, 4)).astype(np.float32)
+        valid = np.arange(n + 1)[None] < np.array([[n], [n - 1]])
+        before = compile_count()
+        host = scale_query_slot(e, valid, 3000.0)
+        assert isinstance(host, np.ndarray) and compile_count() == before
+        np.testing.assert_array_equal(host, np.asarray(jax.jit(scale_query_slot, static_argnums=2)(
+            jnp.asarray(e), jnp.asarray(valid), 3000.0)))
+        assert (host[0, n] == e[0, n] * np.float32(3000.0)).all() and (host[0, :n] == e[0, :n]).all()

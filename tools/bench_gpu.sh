@@ -8,7 +8,12 @@
 # `timeout`, 570 s in all. With $OUT set (the device tool), the whole log is also kept in $OUT/bench_gpu.log.
 #
 #   bash tools/bench_gpu.sh            # on the accelerator
-#   bash tools/bench_gpu.sh --smoke    # anywhere (CPU): tiny shapes, checks the script end to end
+#   bash tools/bench_gpu.sh --serve    # on the accelerator, a second call: `perank serve` under load
+#                                      # (tools/load_serve.py, shipped model, batching on vs off; needs the
+#                                      # serve extra already installed, else it says so and skips; 540 s cap)
+#   bash tools/bench_gpu.sh --smoke    # anywhere (CPU): tiny shapes, checks the script end to end (no serve row:
+#                                      # the server's warm-up takes minutes on a CPU; tests/test_serve_http.py
+#                                      # covers the server, docs/benchmarks.md has its CPU table)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -18,7 +23,9 @@ py="${PYTHON:-python3}"     # the accelerator image's python3 holds torch, jax a
 "$py" -c "import jax; print('jax', jax.__version__, jax.devices())"
 ref="$(mktemp -d)/torch.json"
 if [ -n "${OUT:-}" ]; then exec > >(tee "$OUT/bench_gpu.log") 2>&1; fi
-if [ "${1:-}" = "--smoke" ]; then
+if [ "${1:-}" = "--serve" ]; then
+  timeout 540 "$py" tools/load_serve.py --levels 1,4,8,16 --per-level 64 --max-batch 16 --queue-size 64
+elif [ "${1:-}" = "--smoke" ]; then
   timeout 600 "$py" tools/bench_gpu_torch.py --smoke --queries 1 --out "$ref"
   timeout 600 "$py" tools/bench_gpu.py --smoke --torch-json "$ref"
   timeout 600 "$py" tools/bench_train.py --model mistral7b --layers 1 --batch 1 --len-wo 64 --len-w 128 \
