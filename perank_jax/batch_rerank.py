@@ -4,7 +4,9 @@ docids, so a ranker with an embedding cache (`ranker.use_embeddings`) looks them
 from __future__ import annotations
 
 from perank_jax.data.trec import Candidate, DataError, Request
+from perank_jax.decode import NonFiniteScores
 from perank_jax.interrupts import check_interrupt
+from perank_jax.prompts import PromptError
 from perank_jax.ranker import PERanker
 
 
@@ -19,6 +21,12 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
         for c in r.candidates:
             if not str(c.text).strip():
                 raise DataError(f"query {r.qid!r}: document {c.docid!r} has empty text (nothing to encode)")
+    for r in requests:            # a query too long for the decoder: refused by name before any work
+        n = len(r.candidates)
+        try:
+            ranker.tokenized_prompt(r.query, min(window or n, n))
+        except PromptError as e:
+            raise DataError(f"query {r.qid!r}: {e}") from None
     out, stats = [], []
     bar = None
     if progress:
@@ -26,9 +34,12 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
         bar = tqdm(total=len(requests), desc="rerank", unit="query")
     for lo in range(0, len(requests), batch_queries):
         chunk = requests[lo:lo + batch_queries]
-        orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
-                                     window=window, stride=stride, top_k=top_k, mode=mode,
-                                     docids=[[c.docid for c in r.candidates] for r in chunk])
+        try:
+            orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
+                                         window=window, stride=stride, top_k=top_k, mode=mode,
+                                         docids=[[c.docid for c in r.candidates] for r in chunk])
+        except NonFiniteScores as e:
+            raise NonFiniteScores(e.detail, e.row, f"query {chunk[e.row].qid!r}") from None
         for r, order, st in zip(chunk, orders, ranker.last_stats):
             n = len(order)
             cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)

@@ -19,8 +19,8 @@ FEEDBACK_KEYS = ("query_feedback_weight", "query_feedback_temperature")
 def check_feedback(weight: float, temperature: float) -> tuple[float, float]:
     """(weight, temperature) as floats, or one ValueError naming the bad one (weight >= 0, temperature > 0)."""
     weight, temperature = float(weight), float(temperature)
-    if not weight >= 0:                          # NaN fails too
-        raise ValueError(f"query feedback weight must be >= 0, got {weight}")
+    if not (weight >= 0 and np.isfinite(weight)):          # NaN fails too
+        raise ValueError(f"query feedback weight must be a finite number >= 0, got {weight}")
     if not temperature > 0 or not np.isfinite(temperature):
         raise ValueError(f"query feedback temperature must be a finite number > 0, got {temperature}")
     return weight, temperature

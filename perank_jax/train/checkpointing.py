@@ -2,12 +2,33 @@
 metadata, restore the latest one exactly (same shardings), refusing one made with other data."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
 from perank_jax.config import ConfigError
+
+
+# settings that do not change what a step computes (how long, how often, where, how shown)
+NOT_TRAJECTORY = {"output_dir", "checkpoint", "mesh", "progress", "log_every", "eval_every", "optim.epochs",
+                  "optim.max_steps", "data.train", "data.eval"}
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def run_settings(cfg) -> dict:
+    """The TrainConfig settings a resumed run must share with its checkpoint (optim.lr,
+    data.embeddings, the model, the losses, ...): everything but NOT_TRAJECTORY. Lists become
+    tuples-as-lists so the JSON round trip compares equal."""
+    return {k: v for k, v in flat(asdict(cfg)).items()
+            if k not in NOT_TRAJECTORY and k.split(".")[0] not in NOT_TRAJECTORY}
 
 
 def open_manager(out_dir: Path, keep: int):
@@ -31,8 +52,12 @@ def restore_state(mngr, state, meta: dict, resume: bool = True):
     if step is None or not resume:
         return state, 0
     saved_meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if "settings" not in saved_meta:                     # a checkpoint from before settings were saved
+        meta = {k: v for k, v in meta.items() if k != "settings"}
+    meta, saved_meta = flat(meta), flat(saved_meta)
     keys = (set(meta) | set(saved_meta)) - {"step"}       # a setting only one side has differs too
-    changed = {k: (saved_meta.get(k), meta.get(k)) for k in sorted(keys) if saved_meta.get(k) != meta.get(k)}
+    changed = {k.removeprefix("settings."): (saved_meta.get(k), meta.get(k))
+               for k in sorted(keys) if saved_meta.get(k) != meta.get(k)}
     if changed:
         raise ConfigError(f"{mngr.directory}: checkpoint {step} was made with other data or settings "
                           f"({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
