@@ -285,14 +285,25 @@ def test_queries_and_corpus_from_pipes_are_read_once(t, capsys):
         fifos[name] = t / f"{name}.fifo"
         os.mkfifo(fifos[name])
 
+    done = threading.Event()
+
     def feed(name):
         with open(fifos[name], "w") as f:
             f.write((t / name).read_text())
+        while not done.wait(0.05):        # a reader opening the pipe again gets EOF, not a hang
+            try:
+                os.close(os.open(fifos[name], os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:               # ENXIO: nobody is reading
+                pass
     threads = [threading.Thread(target=feed, args=(n,), daemon=True) for n in fifos]
     for th in threads:
         th.start()
-    assert main(["retrieve", "--corpus", str(fifos["corpus.jsonl"]), "--queries", str(fifos["queries.tsv"]),
-                 "--out", str(t / "bm25.trec"), "--stemmer", "none"]) == 0, capsys.readouterr().err
+    try:
+        code = main(["retrieve", "--corpus", str(fifos["corpus.jsonl"]), "--queries", str(fifos["queries.tsv"]),
+                     "--out", str(t / "bm25.trec"), "--stemmer", "none"])
+    finally:
+        done.set()
+    assert code == 0, capsys.readouterr().err
     assert [ln.split()[:3] for ln in (t / "bm25.trec").read_text().splitlines()] == [["q1", "Q0", "d1"],
                                                                                     ["q2", "Q0", "d3"]]
 
