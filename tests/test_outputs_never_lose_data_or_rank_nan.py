@@ -349,3 +349,38 @@ def test_an_unwritable_output_directory_is_refused_before_the_work(t, capsys, mo
     monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
     one_line_error(capsys, main(["evaluate", "--qrels", str(t / "qrels.txt"), "--run", str(t / "run.trec"),
                                  "--json", str(ro / "res.json")]), f"cannot write into {ro}")
+
+
+def test_a_checkpoint_save_failing_in_the_background_is_reported_once_not_per_thread(monkeypatch):
+    """A full disk during `perank train` printed ~47 tracebacks (orbax threads logging the error,
+    tensorstore callbacks reporting "Event loop is closed" as unraisable) around the one error the
+    main thread raises. Checked by hand on a full 2 MB tmpfs: one line, exit 2."""
+    import asyncio
+    import logging
+    from perank_jax.train.checkpointing import quiet_failed_saves
+    loop = asyncio.new_event_loop()
+    loop.close()
+    try:
+        loop.call_soon_threadsafe(print)
+    except RuntimeError as e:
+        closed = e
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+
+    class Unraisable:
+        def __init__(self, e):
+            self.exc_type, self.exc_value, self.exc_traceback = type(e), e, e.__traceback__
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("absl").addHandler(handler)
+    try:
+        with quiet_failed_saves():
+            sys.unraisablehook(Unraisable(closed))                             # dropped
+            sys.unraisablehook(Unraisable(RuntimeError("something else")))    # passed on
+            for path in ("/x/orbax/checkpoint/future.py", "/x/mine.py"):
+                logging.getLogger("absl").handle(logging.LogRecord("absl", logging.ERROR, path, 1, "boom", (), None))
+    finally:
+        logging.getLogger("absl").removeHandler(handler)
+    assert seen == ["something else"]
+    assert [r.pathname for r in records] == ["/x/mine.py"]

@@ -2,6 +2,11 @@
 metadata, restore the latest one exactly (same shardings), refusing one made with other data."""
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +34,57 @@ def run_settings(cfg) -> dict:
     tuples-as-lists so the JSON round trip compares equal."""
     return {k: v for k, v in flat(asdict(cfg)).items()
             if k not in NOT_TRAJECTORY and k.split(".")[0] not in NOT_TRAJECTORY}
+
+
+class _QuietOrbaxThreads(logging.Filter):
+    def filter(self, record):
+        return not (record.levelno >= logging.ERROR and "/orbax/" in record.pathname.replace("\\", "/"))
+
+
+class _QuietOrbaxTasks(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for an orbax write task, logged when the task
+    is garbage-collected (often at exit, after the run has reported the error): dropped."""
+
+    def filter(self, record):
+        return not (record.levelno >= logging.ERROR and "orbax" in record.getMessage())
+
+
+_TASKS = _QuietOrbaxTasks()
+
+
+def _closed_loop_noise(tp, value, tb) -> bool:
+    """RuntimeError('Event loop is closed') raised in asyncio's call_soon_threadsafe: tensorstore
+    completing a write after orbax's save loop shut down (it only repeats an error already raised)."""
+    last = traceback.extract_tb(tb)[-1:] if tb is not None else []
+    return (tp is RuntimeError and str(value) == "Event loop is closed" and bool(last)
+            and last[0].filename.endswith(os.path.join("asyncio", "base_events.py")))
+
+
+def _unraisablehook(u):                 # tensorstore reports a failed callback as "unraisable"
+    if not _closed_loop_noise(u.exc_type, u.exc_value, u.exc_traceback):
+        _unraisablehook.previous(u)
+
+
+@contextmanager
+def quiet_failed_saves():
+    """A checkpoint save that fails in the background (a full disk) is reported ONCE: orbax logs it
+    from each of its threads with a traceback, tensorstore's callbacks report "Event loop is closed"
+    as unraisable exceptions (both dropped while this is active), asyncio logs its unretrieved
+    write tasks, possibly at exit (that filter stays installed and drops only those), and the same
+    error is raised in the main thread, where the CLI prints it as one line."""
+    quiet, logger = _QuietOrbaxThreads(), logging.getLogger("absl")
+    logger.addFilter(quiet)
+    if _TASKS not in logging.getLogger("asyncio").filters:
+        logging.getLogger("asyncio").addFilter(_TASKS)
+    previous = sys.unraisablehook
+    if previous is not _unraisablehook:
+        _unraisablehook.previous, sys.unraisablehook = previous, _unraisablehook
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+        if sys.unraisablehook is _unraisablehook:
+            sys.unraisablehook = previous
 
 
 def open_manager(out_dir: Path, keep: int):

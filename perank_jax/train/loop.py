@@ -28,7 +28,8 @@ from perank_jax.atomic import atomic_json
 from perank_jax.config import ConfigError
 from perank_jax.train import data as D
 from perank_jax.outputs import claim_dir, dir_lock
-from perank_jax.train.checkpointing import open_manager, restore_state, run_settings, save_state
+from perank_jax.train.checkpointing import (open_manager, quiet_failed_saves, restore_state, run_settings,
+                                             save_state)
 from perank_jax.train.config import TrainConfig
 from perank_jax.train.export import export
 from perank_jax.train.metrics_log import MetricsLog, plot_metrics
@@ -218,11 +219,12 @@ def fit(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) ->
     """`train`, keeping the live run and final state. The main process locks output_dir (a second
     run into it refuses) and claims it (a directory of other files named like ours is refused)."""
     init_distributed(cfg.mesh)
-    if jax.process_index() != 0:
-        return _fit(cfg, on_step)
-    with dir_lock(cfg.output_dir, "train"):
-        claim_dir(cfg.output_dir, "train", TRAIN_OUTPUTS, ours=("checkpoints",))
-        return _fit(cfg, on_step)
+    with quiet_failed_saves():
+        if jax.process_index() != 0:
+            return _fit(cfg, on_step)
+        with dir_lock(cfg.output_dir, "train"):
+            claim_dir(cfg.output_dir, "train", TRAIN_OUTPUTS, ours=("checkpoints",))
+            return _fit(cfg, on_step)
 
 
 def _fit(cfg: TrainConfig, on_step) -> Trained:
