@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -27,29 +28,68 @@ def target_mode(path, directory: bool = False) -> int:
 def atomic_path(path):
     """Yield a fresh temp file path next to `path` for the caller to write; on success it is given
     the mode the replaced file had (or the umask's default for a new file) and renamed to `path`;
-    on any error it is removed and `path` is untouched."""
+    on any error it is removed and `path` is untouched; an OSError that names no file (a full
+    disk: "No space left on device") is raised again naming `path`."""
     tmp = fresh_temp(path)
     try:
         yield str(tmp)
         os.chmod(tmp, target_mode(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:      # a full disk names the output it hit
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 
 def fresh_temp(path, directory: bool = False) -> Path:
     """A new, empty temp file (or directory) next to `path`, created by this call with a unique
-    name (`.NAME.<random>.tmp`), so no user file can be mistaken for it and removing it on error
-    can never delete anything this process did not make."""
+    name (`.NAME.<pid>-<random>.tmp`), so no user file can be mistaken for it and removing it on
+    error can never delete anything this process did not make. Temps of `path` left by a process
+    that no longer runs (killed with SIGKILL, a power cut) are removed first (`clean_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
+    prefix = f".{path.name}.{os.getpid()}-"
     if directory:
-        return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     return Path(tmp)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:                # e.g. EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temps(path) -> list[Path]:
+    """Remove the temp files/directories of `path` (fresh_temp's exact naming: `.NAME.<pid>-` and
+    8 random characters, `.tmp`) whose process is gone; a live run's temps and anything named
+    otherwise are never touched. Returns what was removed."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m and int(m.group(1)) != os.getpid() and not _running(int(m.group(1))):
+            p = path.parent / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def replace_dir(tmp_dir, out_dir, ours) -> None:

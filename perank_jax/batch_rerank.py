@@ -4,7 +4,9 @@ docids, so a ranker with an embedding cache (`ranker.use_embeddings`) looks them
 from __future__ import annotations
 
 from perank_jax.data.trec import Candidate, DataError, Request
+from perank_jax.decode import NonFiniteScores
 from perank_jax.interrupts import check_interrupt
+from perank_jax.prompts import PromptError
 from perank_jax.ranker import PERanker
 
 
@@ -24,25 +26,36 @@ def rerank_requests(ranker: PERanker, requests, *, window: int | None = 20, stri
     """Rerank perank_jax.data.trec.Request objects; returns (reranked Requests, per-query stat dicts).
     Nothing is written here, so a failure leaves no partial output behind."""
     check_requests(requests)
+    for r in requests:            # a query too long for the decoder: refused by name before any work
+        n = len(r.candidates)
+        try:
+            ranker.tokenized_prompt(r.query, min(window or n, n))
+        except PromptError as e:
+            raise DataError(f"query {r.qid!r}: {e}") from None
     out, stats = [], []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(requests), desc="rerank", unit="query")
-    for lo in range(0, len(requests), batch_queries):
-        chunk = requests[lo:lo + batch_queries]
-        orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
-                                     window=window, stride=stride, top_k=top_k, mode=mode,
-                                     docids=[[c.docid for c in r.candidates] for r in chunk])
-        for r, order, st in zip(chunk, orders, ranker.last_stats):
-            n = len(order)
-            cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)
-                     for rank, i in enumerate(order)]
-            out.append(Request(r.qid, r.query, cands))
-            stats.append({"qid": r.qid, **st.to_dict()})
+    try:
+        for lo in range(0, len(requests), batch_queries):
+            chunk = requests[lo:lo + batch_queries]
+            try:
+                orders = ranker.rerank_batch([r.query for r in chunk], [[c.text for c in r.candidates] for r in chunk],
+                                             window=window, stride=stride, top_k=top_k, mode=mode,
+                                             docids=[[c.docid for c in r.candidates] for r in chunk])
+            except NonFiniteScores as e:
+                raise NonFiniteScores(e.detail, e.row, f"query {chunk[e.row].qid!r}") from None
+            for r, order, st in zip(chunk, orders, ranker.last_stats):
+                n = len(order)
+                cands = [Candidate(r.candidates[i].docid, float(n - rank), r.candidates[i].text)
+                         for rank, i in enumerate(order)]
+                out.append(Request(r.qid, r.query, cands))
+                stats.append({"qid": r.qid, **st.to_dict()})
+            if bar is not None:
+                bar.update(len(chunk))
+            check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt Python dropped
+    finally:                                  # an error is printed on a line of its own
         if bar is not None:
-            bar.update(len(chunk))
-        check_interrupt()                 # a Ctrl-C whose KeyboardInterrupt Python dropped
-    if bar is not None:
-        bar.close()
+            bar.close()
     return out, stats

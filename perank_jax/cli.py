@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from perank_jax.cli_args import (NONNEGATIVE, POSITIVE, add_distributed, check_outputs, mesh_shape, number,
-                                 start_distributed, warn)
+from perank_jax.cli_args import (NONNEGATIVE, POSITIVE, add_distributed, mesh_shape, number, start_distributed, warn,
+                                 warn_cut)
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
+from perank_jax.outputs import check_outputs
 
 
 # --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
@@ -132,10 +133,10 @@ def _add_rerank(sub):
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
-    p.add_argument("--query-scale", type=number(float, 0, lo_open=True), default=None, metavar="F",
+    p.add_argument("--query-scale", type=number(float, 0, 1e6, lo_open=True), default=None, metavar="F",
                    help="factor on the query's own embedding (checkpoints with a query token; default: the "
                         "checkpoint's config.json, 3000 for the shipped model)")
-    p.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
+    p.add_argument("--query-feedback", type=number(float), nargs=2, default=None, metavar=("W", "T"),
                    help="candidate-aware query vector: weight W >= 0 (0: off) and temperature T > 0 "
                         "(perank_jax.feedback; default: the checkpoint's config.json)")
     p.add_argument("--tag", default="perank")
@@ -156,7 +157,8 @@ def _add_rerank(sub):
             from perank_jax.feedback import check_feedback
             check_feedback(*a.query_feedback)
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
-        check_outputs(files=[a.out, stats_path])
+        check_outputs(files=[a.out, stats_path], inputs={"--run": a.run, "--corpus": a.corpus,
+                                                         "--queries": a.queries, "--requests": a.requests})
         if a.window == 1:
             raise ValueError("--window must be 0 (one window over all candidates) or >= 2")
         if a.window and a.stride >= a.window:
@@ -174,11 +176,14 @@ def _add_rerank(sub):
             if a.run or a.corpus or a.queries:
                 raise ValueError("give either --requests or --run/--corpus/--queries, not both")
             requests = trec.read_requests(a.requests, title_format=a.title_format)
+            warn_cut([len(r.candidates) for r in requests], a.depth)
             requests = [trec.Request(r.qid, r.query, r.candidates[:a.depth]) for r in requests]
         else:
             if not (a.run and a.corpus and a.queries):
                 raise ValueError("--run, --corpus and --queries are all required (or use --requests)")
-            requests = trec.build_rerank_requests(trec.read_run(a.run), trec.read_queries(a.queries),
+            first = trec.read_run(a.run)
+            warn_cut([len(h) for h in first.values()], a.depth)
+            requests = trec.build_rerank_requests(first, trec.read_queries(a.queries),
                                                   trec.read_corpus(a.corpus, title_format=a.title_format),
                                                   k=a.depth)
         mesh = None
@@ -203,9 +208,13 @@ def _add_rerank(sub):
             reranked, stats = got
         else:
             reranked, stats = rerank_requests(ranker, requests, **kw)
-            if a.out is None:
-                print_rankings(reranked, stats, a.show, mode)
-                return
+        if getattr(ranker.encoder, "truncated", 0):
+            warn(f"{ranker.encoder.truncated} passages were longer than the encoder's max_length "
+                 f"({ranker.encoder.max_length} tokens) and were truncated before encoding")
+        if a.out is None:                      # (--distributed needs --out)
+            print_rankings(reranked, stats, a.show, mode)
+            return
+        if not a.distributed:                  # (process 0 of a distributed run has written them)
             write_reranked(reranked, stats, a.out, stats_path, tag=a.tag)
         lat = sum(s["latency_s"] for s in stats) / len(stats)
         cached = (f"; {sum(s['from_cache'] for s in stats)} passages from {a.embeddings}, "
@@ -261,7 +270,7 @@ def _add_retrieve(sub):
         from perank_jax.data.trec import read_corpus, read_queries
         from perank_jax.data.trec_write import write_run
         from perank_jax.evaluate.bm25 import bm25_run
-        check_outputs(files=[a.out])
+        check_outputs(files=[a.out], inputs={"--corpus": a.corpus, "--queries": a.queries})
         hits = bm25_run(read_corpus(a.corpus), read_queries(a.queries), k=a.k, k1=a.k1, b=a.b,
                         stemmer=a.stemmer, stopwords=None if a.stopwords == "none" else a.stopwords)
         empty = [q for q, h in hits.items() if not h]
@@ -293,7 +302,7 @@ def _add_evaluate(sub):
         from perank_jax.data.trec import read_qrels, read_run
         from perank_jax.evaluate.metrics import DEFAULT_MEASURES, evaluate, format_table, paired_test
         measures = a.measures or list(DEFAULT_MEASURES)
-        check_outputs(files=[a.json])
+        check_outputs(files=[a.json], inputs={"--qrels": a.qrels, "--run": a.run, "--run2": a.run2})
         qrels = read_qrels(a.qrels)
         evals = {}
         for key in ("run", "run2"):
@@ -447,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:               # --help (0) or a usage error, already printed (2)
         return e.code
-    from perank_jax.interrupts import latched_interrupts
+    from perank_jax.interrupts import Terminated, latched_interrupts
     try:
         with latched_interrupts():       # a Ctrl-C is never lost, even where Python drops it
             args.func(args)
@@ -455,10 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e) if isinstance(e, ValueError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"perank {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:     # Ctrl-C: 130; SIGTERM (interrupts.Terminated): 143
         resume = "; rerun the same command to resume from the last checkpoint" if args.command == "train" else ""
-        print(f"\nperank {args.command}: interrupted; no output was left half-written{resume}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"\nperank {args.command}: {what}; no output was left half-written{resume}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

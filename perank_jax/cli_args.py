@@ -1,24 +1,28 @@
 """Argument types and checks shared by the `perank` subcommands (perank_jax.cli).
 
 Each is an argparse `type=` or a pre-flight check that raises ValueError (printed by the CLI as one
-line, exit status 2) before any model loads or any output is written.
+line, exit status 2) before any model loads or any output is written. Output-path checks live in
+perank_jax.outputs.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 def number(kind, lo=None, hi=None, lo_open=False):
-    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN refused."""
+    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN and
+    infinities refused (a non-finite factor would turn every score into NaN or inf)."""
     def parse(text: str):
         try:
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if v in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
         if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else f"in [{lo}, {hi}]"
+            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else \
+                f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
             raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
         return v
     parse.__name__ = kind.__name__
@@ -40,21 +44,6 @@ def mesh_shape(text: str) -> tuple[int, int, int]:
                                              f"{'/'.join(MESH_AXES)} and SIZE >= 1, e.g. data=8")
         sizes[name.strip()] = int(value)
     return tuple(sizes[a] for a in MESH_AXES)
-
-
-def check_outputs(files=(), dirs=()) -> None:
-    """Refuse, before any work, an output file path that is a directory, an output directory that is
-    a file, or one path given for two outputs; create missing parent directories."""
-    seen = set()
-    for p, want_dir in [(Path(f), False) for f in files if f] + [(Path(d), True) for d in dirs if d]:
-        if p.exists() and p.is_dir() != want_dir:
-            raise ValueError(f"{p}: is a {'file' if want_dir else 'directory'}, expected an output "
-                             f"{'directory' if want_dir else 'file'} path")
-        key = p.resolve()
-        if key in seen:
-            raise ValueError(f"{p}: given for two outputs (e.g. --stats equal to --out)")
-        seen.add(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def warn(message: str) -> None:
@@ -83,3 +72,11 @@ def start_distributed(a) -> None:
         raise ValueError(f"--process-id {a.process_id} must be below --num-processes {a.num_processes}")
     from perank_jax.processes import init_distributed
     init_distributed(a.coordinator_address, a.num_processes, a.process_id)
+
+
+def warn_cut(counts, depth: int) -> None:
+    """Say once how many queries had candidates beyond --depth (they are neither reranked nor written)."""
+    cut = [c for c in counts if c > depth]
+    if cut:
+        warn(f"{len(cut)} of {len(counts)} queries have more than --depth {depth} candidates (up to {max(cut)}); "
+             f"only the first {depth} of each are reranked and written (raise --depth to keep more)")

@@ -33,6 +33,24 @@ from perank_jax.prompts import merge_placeholders
 
 
 
+class NonFiniteScores(ValueError):
+    """A window's passage scores hold NaN or inf, so no ranking can be made from them. `row` is the
+    batch row (the ranker turns it into the query), `detail` the message without the query."""
+
+    def __init__(self, detail: str, row: int | None = None, where: str = ""):
+        super().__init__(f"{where}: {detail}" if where else detail)
+        self.detail, self.row = detail, row
+
+
+NON_FINITE = ("the decoder's passage scores are NaN or inf (likely a NaN/inf weight in the checkpoint or adapter, "
+              "or an extreme query_scale / query_feedback); no ranking was written")
+
+
+def finite_rows(scores, available):
+    """[B] bool: every available passage's score is finite (masked ones are MASKED, finite)."""
+    return jnp.all(jnp.isfinite(scores) | ~available, axis=1)
+
+
 def passage_scores(h, passages, available):
     """h [B,D], passages [B,N,D], available [B,N] bool -> float32 [B,N] (MASKED where unavailable)."""
     s = jnp.einsum("bd,bnd->bn", h.astype(jnp.float32), passages.astype(jnp.float32))
@@ -67,7 +85,8 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
 def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode: str = "decode"):
     """The constrained decode after a prefill: h [B,D] is the last prompt token's state, `cache`
     holds the prompt and has room for steps - 1 more tokens, lengths [B] is the position of the
-    next token. Returns (chosen [B,steps] int32, first_scores [B,N] float32)."""
+    next token. Returns (chosen [B,steps] int32, first_scores [B,N] float32); a row whose scores
+    were NaN/inf at any step gets NaN first_scores, which `finish_order` refuses."""
     B, N = passages.shape[:2]
     first = passage_scores(h, passages, valid)
     if mode == "single_pass":
@@ -78,14 +97,14 @@ def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode:
         raise ValueError(f"unknown decode mode {mode!r} (expected one of {DECODE_MODES})")
     n_steps = jnp.minimum(valid.sum(axis=1).max(), steps)  # dynamic: the batch's real work
 
-    def pick(h, used):
+    def pick(h, used, ok):
         scores = passage_scores(h, passages, valid & ~used)
         idx = jnp.argmax(scores, axis=1).astype(jnp.int32)
-        return idx, used | jax.nn.one_hot(idx, N, dtype=bool)
+        return idx, used | jax.nn.one_hot(idx, N, dtype=bool), ok & finite_rows(scores, valid & ~used)
 
     def step(carry, s):
-        h, used, cache = carry
-        idx, used = pick(h, used)
+        h, used, ok, cache = carry
+        idx, used, ok = pick(h, used, ok)
         e = jnp.take_along_axis(passages, idx[:, None, None], axis=1).astype(h.dtype)   # [B,1,D]
 
         def advance(cache):
@@ -93,13 +112,13 @@ def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode:
             return h2[:, 0].astype(h.dtype), cache
 
         h, cache = jax.lax.cond(s + 1 < n_steps, advance, lambda c: (h, c), cache)
-        return (h, used, cache), idx
+        return (h, used, ok, cache), idx
 
-    used0 = jnp.zeros((B, N), bool)
-    (h, used, _), chosen = jax.lax.scan(step, (h, used0, cache), jnp.arange(steps - 1, dtype=jnp.int32))
-    last, _ = pick(h, used)
+    used0, ok0 = jnp.zeros((B, N), bool), jnp.ones((B,), bool)
+    (h, used, ok, _), chosen = jax.lax.scan(step, (h, used0, ok0, cache), jnp.arange(steps - 1, dtype=jnp.int32))
+    last, _, ok = pick(h, used, ok)
     chosen = jnp.concatenate([chosen.T, last[:, None]], axis=1) if steps > 1 else last[:, None]
-    return chosen, first
+    return chosen, jnp.where(ok[:, None], first, jnp.nan)
 
 
 def make_decode_fn(graphdef, counter: TraceCounter | None = None):
@@ -111,9 +130,14 @@ def make_decode_fn(graphdef, counter: TraceCounter | None = None):
     return jax.jit(counter.counted(fn) if counter is not None else fn, static_argnames=("steps", "mode"))
 
 
-def finish_order(chosen_row, n: int, k: int | None, mode: str) -> list[int]:
+def finish_order(chosen_row, n: int, k: int | None, mode: str, scores_row=None, row: int | None = None
+                 ) -> list[int]:
     """A permutation of range(n) from one row's decoded ids: the first min(k, n) decoded
-    passages, then the rest in first-stage order."""
+    passages, then the rest in first-stage order. THE place scores become a ranking: with the
+    row's first_scores, a NaN/inf among its n passages raises NonFiniteScores (never a ranking
+    that is only the input order in disguise)."""
+    if scores_row is not None and not np.isfinite(np.asarray(scores_row)[:n]).all():
+        raise NonFiniteScores(NON_FINITE, row)
     if mode == "single_pass":
         order = [int(i) for i in chosen_row if int(i) < n]
         return order[:n]

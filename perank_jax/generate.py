@@ -122,6 +122,11 @@ def chat_generate(model_path: str, prompt: str, max_new_tokens: int = 32, dtype:
         raise ValueError(f"{model_path}: {dec.tokenizer_error or 'no tokenizer found next to the weights'}")
     text = render_chat(tok, prompt)
     ids = tok(text, add_special_tokens=False)["input_ids"]
+    ctx = int(dec.config.max_position_embeddings)
+    if len(ids) + max_new_tokens > ctx:     # past the position table the output would be garbage
+        raise ValueError(f"the prompt is {len(ids)} tokens (with the chat template) and {max_new_tokens} new tokens "
+                         f"were asked for, over the model's context of {ctx} tokens; shorten the prompt or "
+                         "lower --max-new-tokens")
     out, n = greedy_generate(dec.graphdef, dec.state, [ids], max_new_tokens,
                              eos_ids_of(tok, dec.config), pad_id=tok.pad_token_id or 0)
     return tok.decode(out[0, :n[0]], skip_special_tokens=True)

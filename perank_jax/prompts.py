@@ -207,7 +207,7 @@ class TokenizedPrompt:
 def tokenize_prompt(tokenizer, text: str, num: int, placeholder_id: int,
                     max_length: int | None = None) -> TokenizedPrompt:
     """Tokenise a rendered prompt; check it holds exactly `num` placeholders and fits."""
-    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+    ids = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int32)
     ph = ids == placeholder_id
     if int(ph.sum()) != num:
         raise PromptError(f"prompt has {int(ph.sum())} {PLACEHOLDER} tokens, expected {num} (does the query or a "

@@ -29,7 +29,7 @@ from flax import nnx
 
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
-from perank_jax.decode import finish_order, make_decode_fn, pad_batch
+from perank_jax.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_query
 from perank_jax.models.projector import Projector, project
 from perank_jax.passage_vectors import open_cache, passage_vectors
@@ -196,6 +196,9 @@ class PERanker:
             raise ValueError(f"mode must be one of {DECODE_MODES}, got {mode!r}")
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_k is not None and mode == "single_pass":
+            raise ValueError(f"top_k={top_k} has no effect in single_pass mode (one pass ranks every passage): "
+                             "drop it (--top-k) or use mode decode")
         if len(queries) != len(passage_lists):
             raise ValueError(f"{len(queries)} queries but {len(passage_lists)} passage lists")
         if docids is None:
@@ -224,9 +227,13 @@ class PERanker:
                 keys = [(q, e - s) for q, s, e in chunk]
                 fed = [shared.remainder[k] if shared else prompts[k] for k in keys]
                 pv = [vecs[q][orders[q][s:e] + ([len(orders[q])] if self.query_token else [])] for q, s, e in chunk]
-                perms = self._decode_rows(fed, pv, [e - s for q, s, e in chunk], top_k, mode,
-                                          min_n=min(window or 0, max_n) + self.query_token,
-                                          prefix=None if kv is None else (kv, [shared.row_of[k] for k in keys]))
+                try:
+                    perms = self._decode_rows(fed, pv, [e - s for q, s, e in chunk], top_k, mode,
+                                              min_n=min(window or 0, max_n) + self.query_token,
+                                              prefix=None if kv is None else (kv, [shared.row_of[k] for k in keys]))
+                except NonFiniteScores as err:        # name the query (index `row` of this batch)
+                    q = chunk[err.row][0]
+                    raise NonFiniteScores(err.detail, q, f"query {queries[q][:80]!r}") from None
                 for (q, s, e), perm, p in zip(chunk, perms, fed):
                     window_ids = orders[q][s:e]
                     orders[q][s:e] = [window_ids[i] for i in perm]
@@ -309,9 +316,9 @@ class PERanker:
             args = (kv, *shard_rows((pidx, *arrays), self.mesh))
             key, fn = ("shared", kv.pos.shape, arrays[0].shape, N, steps, mode), self._decode_prefixed
         run = self._compile(key, fn, self.decoder.state, *args, steps=steps, mode=mode)
-        chosen, _ = run(self.decoder.state, *args)
-        chosen = np.asarray(chosen)
-        return [finish_order(chosen[b], n, top_k, mode) for b, n in enumerate(n_valid)]
+        chosen, first = run(self.decoder.state, *args)
+        chosen, first = np.asarray(chosen), np.asarray(first)
+        return [finish_order(chosen[b], n, top_k, mode, first[b], b) for b, n in enumerate(n_valid)]
 
 
 def _docid(p):

@@ -26,6 +26,7 @@ from perank_jax.batch_rerank import check_requests, rerank_requests
 from perank_jax.buckets import round_up
 from perank_jax.data import trec_write
 from perank_jax.data.trec import Candidate, DataError, Request
+from perank_jax.outputs import commit_files
 from perank_jax.processes import barrier, checked_here, gather_flags, rank, share
 
 PLAN_VERSION = 1
@@ -33,12 +34,14 @@ PLAN_VERSION = 1
 
 def write_reranked(reranked, stats, out, stats_path, tag: str = "perank") -> None:
     """The final outputs of `perank rerank`: a TREC run (scores as given), or rank_llm JSONL when
-    `out` ends in .jsonl, and the per-query stats JSONL sidecar; each written atomically."""
+    `out` ends in .jsonl, and the per-query stats JSONL sidecar, committed together (outputs.commit_files)."""
     if str(out).endswith(".jsonl"):
-        trec_write.write_requests(reranked, out)
+        write = lambda tmp: trec_write.write_requests(reranked, tmp)  # noqa: E731
     else:
-        trec_write.write_run({r.qid: r.candidates for r in reranked}, out, tag=tag, scores="given")
-    atomic_text(stats_path, "".join(json.dumps(s) + "\n" for s in stats))
+        write = lambda tmp: trec_write.write_run({r.qid: r.candidates for r in reranked}, tmp,  # noqa: E731
+                                                 tag=tag, scores="given")
+    commit_files([(out, write), (stats_path, lambda tmp: atomic_text(tmp, "".join(json.dumps(s) + "\n"
+                                                                                  for s in stats)))])
 
 
 def run_fingerprint(requests, settings: dict) -> str:

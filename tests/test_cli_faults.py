@@ -3,11 +3,12 @@ subprocess where signals are involved): nothing lost, nothing silently wrong, no
 
 One section per class of defect; a new command adds its cases to each section:
   1. outputs: wrong-kind paths refused before any work, user files never touched
-  2. interrupts: Ctrl-C exits 130 with outputs untouched (training: tests/test_training_stage2_...)
+  2. interrupts: Ctrl-C exits 130, SIGTERM 143, with outputs untouched (training: tests/test_training_stage2_...)
   3. impossible numbers: usage errors (exit 2, one line); suspicious ones warn
   4. results that would be silently wrong: refused or warned
   5. noise: a user sees only what concerns them
-Input-file errors naming file:line live in tests/test_input_errors_name_file_and_line.py, cache
+The second battery (outputs that are inputs, locks, NaN scores, pipes, ...) is
+tests/test_outputs_never_lose_data_or_rank_nan.py. Input-file errors naming file:line live in tests/test_input_errors_name_file_and_line.py, cache
 corruption in tests/test_embedding_cache_detects_corruption.py, file modes in
 tests/test_atomic_writes_keep_file_modes.py.
 """
@@ -105,12 +106,13 @@ def sigint_default():
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-@pytest.mark.parametrize("when", [
-    r"\b[1-9]\d*/400\b",                                    # queries are being reranked
-    r"0/400",       # the progress bar is up, the first compile runs (Ctrl-C used to be lost in
-                    # jax's _xla_gc_callback; perank_jax/interrupts.py latches it)
-], ids=["while-reranking", "during-first-compile"])
-def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank, when):
+@pytest.mark.parametrize("when,sig", [
+    (r"\b[1-9]\d*/400\b", signal.SIGINT),                   # queries are being reranked
+    (r"0/400", signal.SIGINT),  # the progress bar is up, the first compile runs (Ctrl-C used to be lost in
+                                # jax's _xla_gc_callback; perank_jax/interrupts.py latches it)
+    (r"\b[1-9]\d*/400\b", signal.SIGTERM),                  # `kill`: the same, exit 143
+], ids=["while-reranking", "during-first-compile", "sigterm-while-reranking"])
+def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank, when, sig):
     ckpt = tiny_perank[0]
     cand = [{"docid": f"d{i}", "doc": {"contents": f"passage number {i} " * 20}, "score": 100.0 - i}
             for i in range(40)]
@@ -128,11 +130,12 @@ def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched
         while proc.poll() is None and time.time() < deadline and not re.search(when, log.read_text()):
             time.sleep(0.05)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         proc.wait(timeout=120)
     text = log.read_text()
-    assert proc.returncode == 130, text[-3000:]
-    assert "interrupted" in text and "Traceback" not in text, text[-3000:]
+    assert proc.returncode == (130 if sig == signal.SIGINT else 143), text[-3000:]
+    assert ("interrupted" if sig == signal.SIGINT else "terminated (SIGTERM)") in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
     assert out.read_text() == "previous run\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.txt", "out.trec", "req.jsonl"]
 
@@ -211,7 +214,7 @@ NUMBER_CASES = [
     (["rerank", "--top-k", "0"], "--top-k: 0 is out of range"),
     (["rerank", "--batch-queries", "0"], "--batch-queries: 0 is out of range"),
     (["rerank", "--show", "-1"], "--show: -1 is out of range"),
-    (["rerank", "--query-scale", "0"], "--query-scale: 0 is out of range (must be > 0)"),
+    (["rerank", "--query-scale", "0"], "--query-scale: 0 is out of range (must be in (0, 1e+06])"),
     (["rerank", "--query-scale", "nan"], "--query-scale: nan is out of range"),
     (["rerank", "--query-feedback", "1"], "--query-feedback: expected 2 arguments"),
     (["rerank", "--query-feedback", "-1", "0.01"], "query feedback weight must be >= 0, got -1.0"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
-    {"atomic", "buckets", "config", "constants", "interrupts", "sharding", "processes"},
+    {"atomic", "buckets", "config", "constants", "interrupts", "outputs", "processes", "sharding"},
     {"models", "prompts", "windows", "feedback"},
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},

@@ -20,12 +20,14 @@ import json
 import os
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from perank_jax.atomic import atomic_write, fresh_temp, target_mode
+from perank_jax.outputs import claim_dir, dir_lock
 from perank_jax.data.embcache import (CACHE_VERSION, EMB, IDS, META, PARTIAL, CacheError, DamagedCacheError,
                                       bad_chunks, describe_rows, encoder_fingerprint, open_embeddings,
                                       read_metadata, row_ranges, sha256_of)
@@ -71,6 +73,17 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise CacheError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     docids, texts = _read_corpus(corpus, title_format)       # bad input fails before the model loads
+    # one writer per cache (process 0 holds the lock for a distributed run); a user's same-named files are refused
+    with (dir_lock(out_dir, "encode") if rank()[0] == 0 else nullcontext()):
+        claim_dir(out_dir, "encode", (EMB, IDS, META, PARTIAL), ours=(META, PARTIAL), mark=False)
+        return _encode_into(encoder, corpus, Path(out_dir), docids, texts, batch_size=batch_size,
+                            max_length=max_length, chunk_size=chunk_size, title_format=title_format,
+                            pooling=pooling, normalize=normalize, dtype=dtype, progress=progress)
+
+
+def _encode_into(encoder, corpus, out: Path, docids, texts, *, batch_size, max_length, chunk_size, title_format,
+                 pooling, normalize, dtype, progress) -> Path:
+    """build_embedding_cache's work, with `out` locked and claimed."""
     if isinstance(encoder, (str, os.PathLike)):
         from perank_jax.weights.encoder import load_encoder
         encoder = load_encoder(encoder, pooling=pooling, normalize=normalize, max_length=max_length,
@@ -87,7 +100,6 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         "corpus": {"path": str(Path(corpus).resolve()), "title_format": bool(title_format),
                    "fingerprint": corpus_fingerprint(docids, texts)},
     }
-    out = Path(out_dir)
     index, count = rank()
     finished = (out / META).exists()
     if finished:
@@ -141,6 +153,10 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
         _atomic(chunk(c).with_suffix(".sha256"), lambda f: f.write(sha256_of(emb).encode()))
         bar.update(len(emb))
     bar.close()
+    if encoder.truncated:
+        print(f"warning: {encoder.truncated} of the {sum(min(chunk_size, n - starts[c]) for c in todo)} "
+              f"documents encoded were longer than max_length={encoder.max_length} encoder tokens and were "
+              "truncated (their ends are not in the embeddings)", file=sys.stderr)
     barrier("encode:chunks")             # every chunk is written: process 0 assembles the cache
     if index == 0:
         _assemble(out, part, plan, docids, starts, chunk, dim)

@@ -15,6 +15,7 @@ The writers of the same formats are in perank_jax/data/trec_write.py.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -122,10 +123,14 @@ def _lines(path) -> Iterator[tuple[int, str]]:
     return iter_text_lines(path, skip_blank=True)
 
 
-def _is_jsonl(path) -> bool:
-    for _, line in _lines(path):
-        return line.lstrip().startswith("{")
-    raise DataError(f"{path}: file is empty")
+def _jsonl_lines(path) -> tuple[bool, Iterator[tuple[int, str]]]:
+    """(whether the file is JSONL, its non-blank lines), reading it ONCE: a pipe or `<(...)`
+    cannot be read a second time, so the first line is peeked, not re-read."""
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        raise DataError(f"{path}: file is empty")
+    return first[1].lstrip().startswith("{"), itertools.chain([first], lines)
 
 
 def _json(path, i, line) -> dict:
@@ -173,8 +178,8 @@ def doc_text(rec: Mapping, title_format: bool = False, path="<memory>", line=Non
 def read_queries(path) -> Sourced:
     """qid -> query text, from `qid<TAB>text` TSV or JSONL."""
     out = Sourced(path)
-    jsonl = _is_jsonl(path)
-    for i, line in _lines(path):
+    jsonl, lines = _jsonl_lines(path)
+    for i, line in lines:
         if jsonl:
             rec = _json(path, i, line)
             qid = _ident(_field(rec, ("qid", "_id", "id", "query_id"), path, i, "query id"), path, i, "query id")
@@ -247,9 +252,9 @@ def read_corpus(path, title_format: bool = False) -> Sourced:
     """docid -> text, from JSONL (`_id`/`docid`/`id`, optional `title`, `text`/`contents`)
     or TSV `docid<TAB>text`. See `doc_text` for `title_format`."""
     out = Sourced(path)
-    jsonl = _is_jsonl(path)
+    jsonl, rows = _jsonl_lines(path)
     lines = out.lines
-    for i, line in _lines(path):
+    for i, line in rows:
         if jsonl:
             rec = _json(path, i, line)
             docid = _ident(_field(rec, ("_id", "docid", "id", "doc_id"), path, i, "document id"), path, i,
@@ -318,6 +323,9 @@ def read_requests(path, title_format: bool = False) -> list[Request]:
             score = -(j + 1) if c.get("score") is None else _number(c["score"], path, i, f"candidates[{j}].score")
             rank = j + 1 if c.get("rank") is None else _number(c["rank"], path, i, f"candidates[{j}].rank", True)
             text = doc_text(c["doc"] if isinstance(c.get("doc"), dict) else c, title_format, path, i)
+            if not text.strip():
+                raise DataError(f"{_at(path, i)}: candidates[{j}]: document {docid!r} has empty text (query "
+                                f"{qid!r}; nothing to encode)")
             items.append((rank, j, Candidate(docid, float(score), text)))
         items.sort(key=lambda t: (t[0], t[1]))
         out.append(Request(qid, str(query), [t[2] for t in items]))
@@ -356,6 +364,10 @@ def build_rerank_requests(run: Mapping, queries: Mapping, corpus: Mapping, k: in
             text = corpus.get(docid)
             if text is None:
                 raise DataError(f"{where((qid, docid))}: docid {docid!r} (query {qid!r}) is not in the corpus {csrc}")
+            if not str(text).strip():
+                cw = getattr(corpus, "where", lambda key: csrc)
+                raise DataError(f"{cw(docid)}: document {docid!r} has empty text (a candidate of query {qid!r}; "
+                                "nothing to encode): fill it in or drop it from the run")
             cands.append(Candidate(docid, score, text))
         out.append(Request(qid, queries[qid], cands))
     return out

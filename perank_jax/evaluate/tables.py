@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from perank_jax.atomic import atomic_text, atomic_write
+from perank_jax.outputs import claim_dir, mark_dir
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.constants import DECODE_MODES
 from perank_jax.data.trec_write import write_run
@@ -268,9 +269,11 @@ def _joint(result):
 
 
 # --- the tables -----------------------------------------------------------------------------
+TABLES_OUTPUTS = ("tables.md", "tables.json", "latency_vs_candidates.png", "runs")
+
+
 def run_tables(cfg: TablesConfig, log=print) -> dict:
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_dir(cfg.out_dir, "tables", TABLES_OUTPUTS, mark=False)   # a user's tables.md is never replaced
     caches = {d.name: dataset_cache(d) for d in cfg.datasets}     # a bad cache fails before any work
     methods = Methods(cfg)
     methods.log = log
@@ -293,6 +296,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
             quality[m.name][dname] = evaluate(qrels, run, [cfg.measure]).aggregate[cfg.measure]
             per_query_costs[f"{dname}/{m.name}/top{cfg.depth}"] = as_dicts(costs)
             if cfg.write_runs:
+                mark_dir(out, "tables")
                 write_run(run, out / "runs" / f"{dname}.{m.name.replace('/', '_')}.top{cfg.depth}.trec",
                           tag=m.name.replace(" ", "_"))
             if table3_here:
@@ -311,6 +315,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
               "queries": {d: len(r) for d, (r, _) in data.items()}, "per_query_costs": per_query_costs}
     result["table2"] = table2_markdown(result)
     result["table3"] = table3_markdown(result)
+    mark_dir(out, "tables")
     atomic_text(out / "tables.json", json.dumps(result, indent=1, default=float))
     atomic_text(out / "tables.md", result["table2"] + "\n\n" + result["table3"] + "\n")
     plot_latency(result, out / "latency_vs_candidates.png")

@@ -42,6 +42,7 @@ class DenseEncoder:
         pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
         self.pad_id = config.pad_token_id if pad is None else int(pad)
         self.traces = TraceCounter()    # traces of the pooled forward (one per bucket used)
+        self.truncated = 0              # texts cut at max_length so far (callers report it once)
         graphdef, self._state = nnx.split(model)
 
         def pooled(state, ids, mask):
@@ -68,7 +69,13 @@ class DenseEncoder:
             return []
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                              add_special_tokens=True)
-        return [list(x) for x in enc["input_ids"]]
+        ids = [list(x) for x in enc["input_ids"]]
+        full = [i for i, x in enumerate(ids) if len(x) >= self.max_length]    # at the limit: cut?
+        if full:
+            whole = self.tokenizer([texts[i] for i in full], truncation=False, add_special_tokens=True,
+                                   verbose=False)
+            self.truncated += sum(len(x) > self.max_length for x in whole["input_ids"])
+        return ids
 
     def bucket(self, n: int) -> int:
         return smallest_fitting(n, self.buckets)

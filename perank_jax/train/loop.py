@@ -28,7 +28,9 @@ from perank_jax.atomic import atomic_json
 from perank_jax.config import ConfigError
 from perank_jax.processes import init_distributed as start_processes
 from perank_jax.train import data as D
-from perank_jax.train.checkpointing import open_manager, restore_state, save_state
+from perank_jax.outputs import claim_dir, dir_lock
+from perank_jax.train.checkpointing import (open_manager, quiet_failed_saves, restore_state, run_settings,
+                                             save_state)
 from perank_jax.train.config import TrainConfig
 from perank_jax.train.export import export
 from perank_jax.train.metrics_log import MetricsLog, plot_metrics
@@ -134,7 +136,8 @@ class Run:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.trainer = TrainStep(cfg, self.decoder.model, self.projector, self.mesh, self.total_steps)
         self.meta = {"data_fingerprint": _fingerprint(d.train), "data_seed": d.seed, "records": len(self.train_data),
-                     "global_batch": cfg.global_batch, "stage": cfg.stage, "total_steps": self.total_steps}
+                     "global_batch": cfg.global_batch, "stage": cfg.stage, "total_steps": self.total_steps,
+                     "settings": run_settings(cfg)}
         if cfg.model.query_feedback[0] > 0:         # it changes what the batches hold (absent = off, as before)
             self.meta["query_feedback"] = list(cfg.model.query_feedback)
 
@@ -208,16 +211,35 @@ def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) 
     return fit(cfg, on_step).summary
 
 
+# what a run writes into output_dir: a directory holding any of these is refused unless it is a run
+TRAIN_OUTPUTS = ("config.yaml", "metrics.jsonl", "metrics.png", "summary.json", "checkpoints", "export")
+
+
 def fit(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) -> Trained:
-    """`train`, keeping the live run and final state."""
+    """`train`, keeping the live run and final state. The main process locks output_dir (a second
+    run into it refuses) and claims it (a directory of other files named like ours is refused)."""
+    init_distributed(cfg.mesh)
+    with quiet_failed_saves():
+        if jax.process_index() != 0:
+            return _fit(cfg, on_step)
+        with dir_lock(cfg.output_dir, "train"):
+            claim_dir(cfg.output_dir, "train", TRAIN_OUTPUTS, ours=("checkpoints",))
+            return _fit(cfg, on_step)
+
+
+def _fit(cfg: TrainConfig, on_step) -> Trained:
     run = Run(cfg)
     out = run.out
     out.mkdir(parents=True, exist_ok=True)
+    mngr = open_manager(run.out, run.cfg.checkpoint.keep)
+    try:                              # a checkpoint of other settings is refused before config.yaml changes
+        state, start = restore_state(mngr, run.trainer.init_state(), run.meta, run.cfg.checkpoint.resume)
+    except BaseException:
+        mngr.close()
+        raise
     if run.main:
         from perank_jax.config import dump_yaml
         dump_yaml(cfg, out / "config.yaml")
-    mngr = open_manager(run.out, run.cfg.checkpoint.keep)
-    state, start = restore_state(mngr, run.trainer.init_state(), run.meta, run.cfg.checkpoint.resume)
     log = MetricsLog(out / "metrics.jsonl", start, run.main)
     every = cfg.checkpoint.every
     bar = None

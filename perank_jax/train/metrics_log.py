@@ -32,8 +32,13 @@ class MetricsLog:
 
     def write(self, rec: dict):
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            except OSError as e:                  # a full disk names the log it hit
+                if e.filename is not None:
+                    raise
+                raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
 
 def plot_metrics(log_path: Path, png_path: Path) -> None:
