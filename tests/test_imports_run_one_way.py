@@ -8,7 +8,7 @@ functions (a lazy import still ties the two files together). Layers, bottom up:
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
   4 workflows    train/*, evaluate/*, serve/* (the HTTP rerank server)
-  5 entry        cli, cli_args, the package's __init__ (the public API)
+  5 entry        cli/* (one module per group of subcommands, cli/args.py), the package's __init__ (the public API)
 
 A module may import its own layer or any layer below; an upward import, or a cycle between
 modules, fails with the offending edges named.
@@ -23,7 +23,7 @@ LAYERS = [
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
     {"train", "evaluate", "serve"},
-    {"cli", "cli_args", "__init__"},
+    {"cli", "__init__"},
 ]
 
 

@@ -1,0 +1,61 @@
+"""`perank serve`: the HTTP rerank server (perank_jax.serve) behind thin flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, mesh_shape, number)
+from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES
+
+
+# --- serve (issue 25: an HTTP rerank server) -----------------------------------------------
+def add_serve(sub):
+    p = sub.add_parser("serve", help="serve reranking over HTTP (/v1/rerank, /rerank, /health, /metrics), "
+                                     "batching concurrent requests; needs `pip install 'perank-jax[serve]'`",
+                       description="An HTTP rerank server (docs/serving.md). With no arguments: the shipped "
+                                   "model on http://127.0.0.1:8000, offline.")
+    p.add_argument("--model", default=None, help="PE-Rank checkpoint or adapter directory (default: the shipped one)")
+    p.add_argument("--encoder", help="encoder HF directory (default: config.json encoder_name)")
+    p.add_argument("--embeddings", metavar="CACHE",
+                   help="a `perank encode` cache: documents may then be sent as {\"id\"} alone")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
+    p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N")
+    p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
+    p.add_argument("--mode", choices=DECODE_MODES, default=None, help="default: the checkpoint's `default_mode`")
+    p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window; 0 = one window (default 20)")
+    p.add_argument("--stride", type=POSITIVE, default=10)
+    p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
+    p.add_argument("--share-prefix", action="store_true",
+                   help="prefill each query's prompt prefix once for all its windows (fewer tokens for long "
+                        "lists, but warm-up then covers only the common batch shapes)")
+    b = p.add_argument_group("batching and limits")
+    b.add_argument("--max-batch", type=POSITIVE, default=8, help="requests decoded together (1: batching off)")
+    b.add_argument("--passage-bucket", type=POSITIVE, default=8, help="windows padded to a multiple of this "
+                   "many passages: fewer compiled shapes (default 8)")
+    b.add_argument("--max-wait-ms", type=number(float, 0), default=5.0,
+                   help="wait this long after a first request for others to join its batch (default 5)")
+    b.add_argument("--queue-size", type=POSITIVE, default=64, help="waiting requests; beyond: 503 (default 64)")
+    b.add_argument("--deadline", type=number(float, 0, lo_open=True), default=30.0, metavar="SECONDS",
+                   help="a request not answered in time gets 504 (default 30)")
+    b.add_argument("--max-body-bytes", type=number(int, 64), default=2_000_000)
+    b.add_argument("--max-documents", type=POSITIVE, default=200)
+    b.add_argument("--max-text-chars", type=POSITIVE, default=20_000)
+    b.add_argument("--max-query-tokens", type=POSITIVE, default=64)
+    b.add_argument("--drain", type=number(float, 0), default=30.0, metavar="SECONDS",
+                   help="on SIGTERM: time to finish queued requests (default 30)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def run(a):
+        from perank_jax.serve.server import run_server
+        from perank_jax.serve.settings import ServeSettings
+        settings = ServeSettings(
+            window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
+            passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,
+            max_body_bytes=a.max_body_bytes, max_documents=a.max_documents, max_text_chars=a.max_text_chars,
+            max_query_tokens=a.max_query_tokens, drain_s=a.drain,
+            model_name=Path(a.model).name if a.model else "perank-shipped")
+        run_server(settings, model=a.model, encoder=a.encoder, embeddings=a.embeddings, host=a.host, port=a.port,
+                   mesh=a.mesh, dtype=a.dtype, share_prefix=a.share_prefix, log_level=a.log_level)
+    p.set_defaults(func=run)
+
+
