@@ -13,20 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from helpers_cli import one_line_error
 from perank_jax.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_TRAIN = str(ROOT / "configs" / "tiny.stage2.yaml")
-
-
-def one_line_error(capsys, code, expect):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert expect in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture()
