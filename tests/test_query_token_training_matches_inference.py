@@ -119,6 +119,19 @@ def test_isometric_linear_projector_keeps_the_encoders_inner_products():
         Projector("mlp2x_gelu", 6, 16).init_isometry(1.0)
 
 
+def test_isometric_start_of_a_wider_encoder_is_a_scaled_orthogonal_projection():
+    """768-d mpnet into a 576-d LLM: the kernel's columns are orthonormal (times the scale), so a
+    vector inside the kept subspace keeps its norm and no vector grows."""
+    p = Projector("linear", 16, 6, rngs=nnx.Rngs(0)).init_isometry(2.0, seed=1)
+    k = np.asarray(p.layers[0].kernel[...])
+    np.testing.assert_allclose(k.T @ k, 4.0 * np.eye(6), atol=1e-5)
+    x = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+    y = np.asarray(p(x))
+    assert np.all(np.linalg.norm(y, axis=1) <= 2.0 * np.linalg.norm(x, axis=1) + 1e-4)
+    inside = (k @ np.ones(6, np.float32)) / 4.0                    # a vector in the kept subspace
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(p(inside[None]))), 2.0 * np.linalg.norm(inside), rtol=1e-4)
+
+
 def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_settings(tmp_path):
     """`model.query_feedback` is a training setting that the adapter and the full export both carry,
     so what loads them ranks with the query vector it was trained on; its checkpoint resumes only

@@ -77,16 +77,18 @@ class Projector(nnx.Module):
     def init_isometry(self, scale: float, seed: int = 0) -> "Projector":
         """(`linear` only) Start from `scale` times a random isometry (kernel rows orthonormal, bias 0):
         projected vectors keep the encoder's geometry (inner products times scale^2), instead of
-        torch's uniform init. Returns self."""
+        torch's uniform init. When the embedding is wider than the LLM (in > out) the kernel's
+        columns are orthonormal instead: an orthogonal projection onto a random out-dim subspace,
+        scaled. Returns self."""
         if self.kind != "linear":
             raise ValueError(f"an isometric start needs the linear projector, not {self.kind!r}")
-        if self.in_dim > self.out_dim:
-            raise ValueError(f"no isometry from {self.in_dim} to {self.out_dim} dimensions")
-        g = np.random.default_rng(seed).standard_normal((self.out_dim, self.in_dim))
-        q, r = np.linalg.qr(g)                                   # q [out, in], orthonormal columns
+        wide = self.in_dim > self.out_dim      # e.g. 768-d mpnet into SmolLM2's 576: a random projection
+        shape = (self.in_dim, self.out_dim) if wide else (self.out_dim, self.in_dim)
+        g = np.random.default_rng(seed).standard_normal(shape)
+        q, r = np.linalg.qr(g)                                   # orthonormal columns
         q = q * np.sign(np.diag(r))[None, :]
         layer = self.layers[0]
-        layer.kernel[...] = jnp.asarray(scale * q.T, layer.kernel[...].dtype)
+        layer.kernel[...] = jnp.asarray(scale * (q if wide else q.T), layer.kernel[...].dtype)
         layer.bias[...] = jnp.zeros_like(layer.bias[...])
         return self
 
