@@ -137,7 +137,8 @@ def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(da
                                                                               minilm_dir, monkeypatch, capsys):
     """With `embeddings:` the PE-Rank and cosine methods read passage vectors from the cache (only
     the queries are encoded) and every run equals the one encoded on the fly; a cache another
-    encoder setting made (max_length 64) is not used, said once per method, and changes nothing."""
+    encoder setting made (max_length 64) is not used, said once per method, and changes nothing; with
+    a list of caches (one per encoder) each method takes the one its encoder made."""
     from perank_jax.data.embcache_build import build_embedding_cache
     from perank_jax.models.dense import DenseEncoder
 
@@ -153,11 +154,11 @@ def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(da
                {"name": "PE-Rank single pass", "kind": "perank", "checkpoint": str(tiny_perank_dir),
                 "encoder": str(minilm_dir), "mode": "single_pass"}]
     runs, logs = {}, {}
-    for label, cache in (("fly", None), ("cache", good), ("other", other)):
+    for label, cache in (("fly", None), ("cache", good), ("other", other), ("both", [other, good])):
         d = {"name": "tiny", "queries": str(dataset / "queries.tsv"), "run": str(dataset / "run.trec"),
              "corpus": str(dataset / "corpus.tsv"), "qrels": str(dataset / "qrels.txt"), "title_format": True}
         if cache:
-            d["embeddings"] = str(cache)
+            d["embeddings"] = [str(c) for c in cache] if isinstance(cache, list) else str(cache)
         cfg = {"datasets": [d], "methods": methods, "depth": N, "efficiency_depths": [], "window": 20,
                "stride": 10, "warmup": False, "batch_queries": 2, "out_dir": str(tmp_path / label)}
         (tmp_path / f"{label}.yaml").write_text(yaml.safe_dump(cfg))
@@ -165,14 +166,14 @@ def test_a_dataset_embedding_cache_serves_table2_without_changing_any_ranking(da
         assert main(["tables", str(tmp_path / f"{label}.yaml")]) == 0
         logs[label] = capsys.readouterr().err
         runs[label] = {p.name: p.read_text() for p in (tmp_path / label / "runs").iterdir()}
-        if label == "cache":
+        if label in ("cache", "both"):
             assert set(encoded) <= set(QUERIES.values()), "a passage was encoded although the cache holds it"
         else:
             assert len(set(encoded) - set(QUERIES.values())) == N
-    assert len(runs["fly"]) == 3 and runs["cache"] == runs["fly"] == runs["other"]
-    assert "not from the cache" not in logs["cache"]
+    assert len(runs["fly"]) == 3 and runs["cache"] == runs["fly"] == runs["other"] == runs["both"]
+    assert "not from a cache" not in logs["cache"] + logs["both"]
     for m in ("MiniLM cosine", "PE-Rank", "PE-Rank single pass"):
-        assert logs["other"].count(f"[tables] {m}: encodes on the fly, not from the cache") == 1
+        assert logs["other"].count(f"[tables] {m}: encodes on the fly, not from a cache") == 1
 
 
 def test_a_cache_encoded_in_another_title_format_is_refused_by_tables(dataset, tmp_path, minilm_dir, capsys):

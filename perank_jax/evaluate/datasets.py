@@ -21,8 +21,9 @@ class DatasetSpec:
     title_format: bool = False       # BEIR "Title: {title} Content: {text}"
     max_queries: int | None = None   # the first N queries of the run (None: all)
     split: str | None = None         # "file.json:key": only the qids listed under `key` (e.g. a held-out half)
-    embeddings: str | None = None    # a `perank encode` cache of the corpus: Table 2's PE-Rank and embedding
-                                     # methods whose encoder made it take passage vectors from it by docid
+    embeddings: str | list[str] | None = None  # `perank encode` caches of the corpus (one per encoder):
+                                     # Table 2's PE-Rank and embedding methods take passage vectors by
+                                     # docid from the one their encoder made
 
 
 def load_dataset(d: DatasetSpec):
@@ -43,21 +44,23 @@ def load_dataset(d: DatasetSpec):
     return reqs, {r.qid: qrels[r.qid] for r in reqs if r.qid in qrels}
 
 
-def dataset_cache(d: DatasetSpec):
-    """The dataset's `embeddings` cache (loaded and verified), or None; its documents must have
-    been encoded in the title format the dataset reads them with."""
+def dataset_cache(d: DatasetSpec) -> list:
+    """The dataset's `embeddings` caches (loaded and verified; [] without any); their documents must
+    have been encoded in the title format the dataset reads them with."""
     name = d.name
-    if not d.embeddings:
-        return None
+    paths = [d.embeddings] if isinstance(d.embeddings, str) else list(d.embeddings or [])
     from perank_jax.data.embcache import load_embedding_cache
-    cache = load_embedding_cache(d.embeddings, verify="lazy")
-    beir = cache.title_format
-    if beir != d.title_format:
-        raise ConfigError(f"dataset {name}: embeddings {d.embeddings} were encoded "
-                          f"{'with' if beir else 'without'} BEIR titles (perank encode --title-format "
-                          f"{'beir' if beir else 'plain'}); set the dataset's title_format: {str(beir).lower()} "
-                          "so passages encoded on the fly match them")
-    return cache
+    caches = []
+    for path in paths:
+        cache = load_embedding_cache(path, verify="lazy")
+        beir = cache.title_format
+        if beir != d.title_format:
+            raise ConfigError(f"dataset {name}: embeddings {path} were encoded "
+                              f"{'with' if beir else 'without'} BEIR titles (perank encode --title-format "
+                              f"{'beir' if beir else 'plain'}); set the dataset's title_format: {str(beir).lower()} "
+                              "so passages encoded on the fly match them")
+        caches.append(cache)
+    return caches
 
 
 def read_split(path) -> dict[str, list[str]]:

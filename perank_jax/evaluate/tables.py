@@ -130,7 +130,7 @@ class Methods:
     def __init__(self, cfg: TablesConfig):
         self.cfg, self._cache = cfg, {}
         self.embedding_memos: dict | None = None  # Table 2 only: one text -> vector memo per encoder
-        self.embedding_cache = None               # the dataset's EmbeddingCache, during Table 2 only
+        self.embedding_caches = []                # the dataset's EmbeddingCaches, during Table 2 only
         self.log = print
 
     def _load(self, key, fn):
@@ -199,22 +199,23 @@ class Methods:
         return perank
 
     def usable_cache(self, method: str, encoder, config: dict, dim: int):
-        """The dataset's embedding cache if `encoder` made it, else None (the method then encodes on
+        """The dataset's embedding cache that `encoder` made, else None (the method then encodes on
         the fly, as it must: another encoder's vectors would rank wrongly). Checked (encoder weights
-        fingerprinted) once per method and cache, not per query; a mismatch is said once."""
-        cache = self.embedding_cache
-        if cache is None:
-            return None
-        key = ("cache usable", method, str(cache.directory))
+        fingerprinted) once per method and cache, not per query; no match is said once."""
+        key = ("cache usable", method, tuple(str(c.directory) for c in self.embedding_caches))
         if key not in self._cache:
             from perank_jax.passage_vectors import EmbeddingMismatch, check_cache_matches
-            try:
-                check_cache_matches(cache, encoder, config, dim)
-                self._cache[key] = True
-            except EmbeddingMismatch as e:
-                self._cache[key] = False
-                self.log(f"[tables] {method}: encodes on the fly, not from the cache ({e})")
-        return cache if self._cache[key] else None
+            self._cache[key], why = None, []
+            for cache in self.embedding_caches:
+                try:
+                    check_cache_matches(cache, encoder, config, dim)
+                    self._cache[key] = cache
+                    break
+                except EmbeddingMismatch as e:
+                    why.append(str(e))
+            if self._cache[key] is None and why:
+                self.log(f"[tables] {method}: encodes on the fly, not from a cache ({'; '.join(why)})")
+        return self._cache[key]
 
     def _perank(self, m: MethodSpec):
         from perank_jax.ranker import PERanker
@@ -289,7 +290,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
         table3_here = (dname == eff_name and cfg.efficiency_queries is None and cfg.batch_queries == 1
                        and cfg.depth in cfg.efficiency_depths)
         methods.embedding_memos = None if table3_here else {}
-        methods.embedding_cache = None if table3_here else caches[dname]
+        methods.embedding_caches = [] if table3_here else caches[dname]
         for m in cfg.methods:
             log(f"[tables] {dname}: {m.name} on top-{cfg.depth} of {len(reqs)} queries")
             run, costs = rerank_all(built[m.name], reqs, cfg.depth, cfg.warmup, cfg.batch_queries)
@@ -301,7 +302,7 @@ def run_tables(cfg: TablesConfig, log=print) -> dict:
                           tag=m.name.replace(" ", "_"))
             if table3_here:
                 efficiency[m.name][cfg.depth] = summarize(costs)
-    methods.embedding_memos = methods.embedding_cache = None
+    methods.embedding_memos, methods.embedding_caches = None, []
     eff_reqs = data[eff_name][0][:cfg.efficiency_queries] if cfg.efficiency_queries else data[eff_name][0]
     for depth in cfg.efficiency_depths:
         for m in cfg.methods:
