@@ -135,3 +135,26 @@ def test_k2_shared_prefix_and_batched_queries_equal_the_plain_path_compiled_once
     shared.rerank_batch(QUERIES[::-1], [PASSAGES[1:] + PASSAGES[:1], PASSAGES[2:] + PASSAGES[:2], PASSAGES],
                         window=4, stride=2)
     assert (shared.compile_count, shared.traces.count) == (compiled, traces)
+
+
+class WrongShapeProjector(TwoTokenProjector):
+    """Declares k = 2 but returns one vector per passage of the wrong width."""
+
+    def __call__(self, passages, query=None):
+        return passages @ self.w[...]
+
+
+class IntProjector(TwoTokenProjector):
+    def __call__(self, passages, query=None):
+        return super().__call__(passages).astype(jnp.int32)
+
+
+@pytest.mark.parametrize("cls,message", [
+    (WrongShapeProjector, r"projector WrongShapeProjector returned shape \(3, 1, 16\) dtype float32 for 3 passages; "
+                          r"expected shape \(3, 2, 8\)"),
+    (IntProjector, r"projector IntProjector returned shape \(3, 2, 8\) dtype int32 .*a float dtype")])
+def test_a_projector_returning_the_wrong_shape_or_dtype_is_refused_naming_it(cls, message):
+    from perank_jax.models.projector import project
+    graph, state = nnx.split(cls(4, 8))
+    with pytest.raises(ValueError, match=message):
+        project(graph, state, np.zeros((3, 4), np.float32))
