@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.constants import DECODE_MODES, MASKED
+from perank_jax.constants import DECODE_MODES
 from perank_jax.models.decoder import init_cache
 from perank_jax.perank_model import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
 

@@ -20,7 +20,6 @@ docs/method.md says why the mean.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

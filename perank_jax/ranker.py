@@ -30,7 +30,7 @@ from flax import nnx
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
 from perank_jax.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_query
+from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
 from perank_jax.perank_model import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, project
 from perank_jax.passage_vectors import open_cache, passage_vectors
