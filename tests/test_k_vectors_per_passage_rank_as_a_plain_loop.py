@@ -39,19 +39,26 @@ class TwoTokenProjector(Projector):
         return (passages @ self.w[...]).reshape(passages.shape[0], K, self.out_dim)
 
 
-@pytest.fixture(scope="module", params=[(False, 1.0), (True, 5.0)], ids=["no_query_slot", "query_slot"])
-def rankers(request, tiny_perank_dir_32):
-    """(plain ranker: whole prompts, shared-prefix ranker) over the tiny checkpoint's decoder with
-    the k = 2 projector."""
-    query_token, scale = request.param
-    base = PERanker.from_pretrained(tiny_perank_dir_32, encoder=HashEncoder(32))
-    proj = TwoTokenProjector(32, base.decoder.config.hidden_size)
-    conf = {"query_token": query_token, "query_scale": scale}
-    make = lambda share: PERanker(base.decoder, proj, base.tokenizer, HashEncoder(32), config=conf,  # noqa: E731
-                                  length_bucket=128, passage_bucket=8, share_prefix=share)
-    model = base.decoder.model
-    forward = jax.jit(lambda x, pos, mask: model.forward(x, pos, mask)[0])      # the reference's, no cache
-    return make(False), make(True), forward
+@pytest.fixture(scope="module")
+def base(tiny_perank_dir_32):
+    """(the tiny checkpoint's ranker, the reference's forward pass: no cache, one compiled shape)."""
+    ranker = PERanker.from_pretrained(tiny_perank_dir_32, encoder=HashEncoder(32))
+    model = ranker.decoder.model
+    return ranker, jax.jit(lambda x, pos, mask: model.forward(x, pos, mask)[0])
+
+
+def k2_ranker(base, query_token: bool, share_prefix: bool = False) -> PERanker:
+    """The tiny checkpoint's decoder with the k = 2 projector (query slot scaled by 5 when on)."""
+    ranker = base[0]
+    return PERanker(ranker.decoder, TwoTokenProjector(32, ranker.decoder.config.hidden_size), ranker.tokenizer,
+                    HashEncoder(32), config={"query_token": query_token, "query_scale": 5.0 if query_token else 1.0},
+                    length_bucket=128, passage_bucket=8, share_prefix=share_prefix)
+
+
+@pytest.fixture(scope="module")
+def rankers(base):
+    """(plain ranker: whole prompts, shared-prefix ranker, reference forward), k = 2 with the query slot."""
+    return k2_ranker(base, True), k2_ranker(base, True, share_prefix=True), base[1]
 
 
 def reference_window(ranker, fwd, query, texts, steps, single_pass=False):
@@ -107,6 +114,11 @@ def test_k2_rankings_equal_the_plain_loop(rankers, kw):
     assert got == reference(plain, fwd, QUERIES[0], PASSAGES, **kw)
 
 
+def test_k2_rankings_without_a_query_slot_equal_the_plain_loop(base):
+    plain = k2_ranker(base, False)
+    assert plain.rerank(QUERIES[1], PASSAGES) == reference(plain, base[1], QUERIES[1], PASSAGES)
+
+
 def test_k2_prompts_hold_k_placeholders_per_slot_and_count_them(rankers):
     plain = rankers[0]
     slots = 3 + plain.query_token
@@ -120,8 +132,6 @@ def test_k2_prompts_hold_k_placeholders_per_slot_and_count_them(rankers):
 
 def test_k2_shared_prefix_and_batched_queries_equal_the_plain_path_compiled_once_per_bucket(rankers):
     plain, shared, _ = rankers
-    if not plain.query_token:
-        pytest.skip("the query-slot case covers the shared and batched paths (one set of compilations)")
     lists = [PASSAGES, PASSAGES[::-1], PASSAGES[3:] + PASSAGES[:3]]
     for kw in ({"window": 4, "stride": 2}, {"window": 4, "stride": 2, "mode": "single_pass"}):
         one_by_one = [plain.rerank(q, ps, **kw) for q, ps in zip(QUERIES, lists)]
