@@ -115,3 +115,23 @@ def test_a_query_using_projector_gets_the_same_query_vector_in_training_and_at_i
     (seen,) = P.QUERIES_SEEN
     n = len(rec["extra_texts"]) + bool(extra)                          # the projected rows (padding after)
     np.testing.assert_allclose(seen[:n], rows[0][:n], rtol=1e-6, atol=1e-7)
+
+
+def test_k2_training_records_hold_k_placeholders_per_slot_and_keep_their_labels():
+    """Stage 1 and stage 2 records with k = 2: each <PLACEHOLDER> becomes two, nothing else moves
+    (the stage-1 loss still covers exactly the assistant's tokens), and each slot's k positions
+    are consecutive."""
+    from perank_jax.train import data as D
+    from tiny_train import stage1_records
+    tok = make_tokenizer()
+    ph = tok.convert_tokens_to_ids("<PLACEHOLDER>")
+    for stage, recs in ((1, stage1_records(3)[0]), (2, stage2_records(3)[0])):
+        embed = lambda texts: np.zeros((len(texts), 16), np.float32)           # noqa: E731
+        kw = dict(max_len=256, max_passages=5, use_content_view=False)
+        one, two = (D.prepare(recs, tok, stage, embed, tokens_per_passage=k, **kw) for k in (1, 2))
+        for a, b in zip(*(p.views["main" if stage == 1 else "wo"] for p in (one, two))):
+            assert len(b.ph_pos) == 2 * len(a.ph_pos) and (b.ph_pos[1::2] == b.ph_pos[::2] + 1).all()
+            keep = np.ones(len(b.ids), bool)
+            keep[b.ph_pos[1::2]] = False                                        # drop each slot's second token
+            assert (b.ids[keep] == a.ids).all() and (b.label_mask[keep] == a.label_mask).all()
+            assert (b.ids[b.ph_pos] == ph).all() and b.label_mask.sum() == a.label_mask.sum()
