@@ -168,3 +168,20 @@ def test_a_projector_returning_the_wrong_shape_or_dtype_is_refused_naming_it(cls
     graph, state = nnx.split(cls(4, 8))
     with pytest.raises(ValueError, match=message):
         project(graph, state, np.zeros((3, 4), np.float32))
+
+
+def test_k2_ranks_the_same_from_the_embedding_cache(tiny_perank_dir_32, tmp_path):
+    import json
+    from perank_jax.data.embcache_build import build_embedding_cache
+    loaded = PERanker.from_pretrained(tiny_perank_dir_32)                  # its own tiny BERT encoder
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(PASSAGES)))
+    cache = build_embedding_cache(loaded.encoder, corpus, tmp_path / "cache", batch_size=8, progress=False)
+    ranker = PERanker(loaded.decoder, TwoTokenProjector(32, loaded.decoder.config.hidden_size), loaded.tokenizer,
+                      loaded.encoder, config=loaded.config, length_bucket=128, passage_bucket=8)
+    docids = [f"d{i}" for i in range(len(PASSAGES))]
+    encoded = ranker.rerank(QUERIES[0], PASSAGES, docids=docids, window=4, stride=2)
+    ranker.use_embeddings(cache)
+    assert ranker.rerank(QUERIES[0], PASSAGES, docids=docids, window=4, stride=2) == encoded
+    assert ranker.last_stats[0].from_cache == len(PASSAGES) and ranker.last_stats[0].encoded_on_the_fly == 0
+    assert ranker.compile_count == 1
