@@ -1,14 +1,15 @@
 """Dynamic constrained decoding over passage embeddings, compiled once per bucket.
 
 One call ranks a batch of windows (rows). Row b has a right-padded prompt of
-`lengths[b]` tokens whose placeholder positions take the row's projected passage
-vectors e_1..e_n (n = valid[b].sum()). Then:
+`lengths[b]` tokens whose placeholder positions take the row's projected slots
+e [N, k, D] (k placeholders per slot; n = valid[b].sum() of them are candidates). Then:
 
     prefill the prompt once (KV cache)
     lax.scan over the decode steps:
-        scores_i = h . e_i          (h: final-normed hidden state of the last token; float32)
+        scores_i = h . key_i        (h: final-normed hidden state of the last token; float32;
+                                     key_i the mean of passage i's k vectors, perank_model)
         masked argmax over the passages not yet emitted (-1e9 for the others)
-        feed the chosen e_i as the next input embedding at position lengths[b] + step
+        feed the chosen key_i as the next input embedding at position lengths[b] + step
 
 Modes: "decode" (a full permutation: n steps), top_k (k steps; the rest keep their
 first-stage order), "single_pass" (everything ranked by the first step's scores).
@@ -27,10 +28,9 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.constants import DECODE_MODES, MASKED
+from perank_jax.constants import DECODE_MODES
 from perank_jax.models.decoder import init_cache
-from perank_jax.prompts import merge_placeholders
-
+from perank_jax.perank_model import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
 
 
 class NonFiniteScores(ValueError):
@@ -51,17 +51,11 @@ def finite_rows(scores, available):
     return jnp.all(jnp.isfinite(scores) | ~available, axis=1)
 
 
-def passage_scores(h, passages, available):
-    """h [B,D], passages [B,N,D], available [B,N] bool -> float32 [B,N] (MASKED where unavailable)."""
-    s = jnp.einsum("bd,bnd->bn", h.astype(jnp.float32), passages.astype(jnp.float32))
-    return jnp.where(available, s, MASKED)
-
-
 def prefill(model, ids, prompt_mask, ph_mask, passages, cache_len: int):
-    """Embed the prompt, overwrite placeholders, run it once; return (h_last [B,D], cache)."""
+    """Embed the prompt with its placeholders replaced by the slots passages [B,N,k,D], run it once;
+    return (h_last [B,D], cache, lengths)."""
     B, T = ids.shape
-    x = model.embed(jnp.where(ph_mask, 0, ids))
-    x = merge_placeholders(x, ph_mask, passages.astype(x.dtype))
+    x = embed_prompt(model, ids, ph_mask, passages)
     positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     cache = init_cache(model.cfg, B, cache_len, x.dtype, mesh=model.mesh)
     h, cache = model.forward(x, positions, prompt_mask, cache, prefill=True)   # a prompt from 0, empty cache
@@ -73,22 +67,24 @@ def prefill(model, ids, prompt_mask, ph_mask, passages, cache_len: int):
 def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int, mode: str = "decode"):
     """Pure decoding for one bucket (call inside jit).
 
-    ids, prompt_mask, ph_mask [B,T]; passages [B,N,D] (projected); valid [B,N] bool.
-    Returns (chosen [B,steps] int32, first_scores [B,N] float32). In "single_pass" mode
+    ids, prompt_mask, ph_mask [B,T]; passages [B,N,k,D] (projected slots; [B,N,D] means k = 1);
+    valid [B,N] bool. Returns (chosen [B,steps] int32, first_scores [B,N] float32). In "single_pass" mode
     `chosen` is the full argsort of the first scores (steps = N).
     """
     T = ids.shape[1]
+    passages = as_slots(passages)
     h, cache, lengths = prefill(model, ids, prompt_mask, ph_mask, passages, T + max(steps - 1, 1))
-    return decode_steps(model, h, cache, lengths, passages, valid, steps=steps, mode=mode)
+    return decode_steps(model, h, cache, lengths, passage_keys(passages), valid, steps=steps, mode=mode)
 
 
-def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode: str = "decode"):
+def decode_steps(model, h, cache, lengths, keys, valid, *, steps: int, mode: str = "decode"):
     """The constrained decode after a prefill: h [B,D] is the last prompt token's state, `cache`
     holds the prompt and has room for steps - 1 more tokens, lengths [B] is the position of the
-    next token. Returns (chosen [B,steps] int32, first_scores [B,N] float32); a row whose scores
+    next token, keys [B,N,D] the passages' keys (perank_model.passage_keys). Returns
+    (chosen [B,steps] int32, first_scores [B,N] float32); a row whose scores
     were NaN/inf at any step gets NaN first_scores, which `finish_order` refuses."""
-    B, N = passages.shape[:2]
-    first = passage_scores(h, passages, valid)
+    B, N = keys.shape[:2]
+    first = passage_scores(h, keys, valid)
     if mode == "single_pass":
         # stable descending sort: ties keep first-stage order; invalid passages go last
         order = jnp.argsort(-first, axis=1, stable=True).astype(jnp.int32)
@@ -98,14 +94,14 @@ def decode_steps(model, h, cache, lengths, passages, valid, *, steps: int, mode:
     n_steps = jnp.minimum(valid.sum(axis=1).max(), steps)  # dynamic: the batch's real work
 
     def pick(h, used, ok):
-        scores = passage_scores(h, passages, valid & ~used)
+        scores = passage_scores(h, keys, valid & ~used)
         idx = jnp.argmax(scores, axis=1).astype(jnp.int32)
         return idx, used | jax.nn.one_hot(idx, N, dtype=bool), ok & finite_rows(scores, valid & ~used)
 
     def step(carry, s):
         h, used, ok, cache = carry
         idx, used, ok = pick(h, used, ok)
-        e = jnp.take_along_axis(passages, idx[:, None, None], axis=1).astype(h.dtype)   # [B,1,D]
+        e = rank_inputs(keys, idx[:, None]).astype(h.dtype)                             # [B,1,D]
 
         def advance(cache):
             h2, cache = model.forward(e, (lengths + s)[:, None], jnp.ones((B, 1), bool), cache)
@@ -153,21 +149,21 @@ def pad_batch(prompts, passage_vecs, *, length_bucket: int = 64, passage_bucket:
               batch_bucket: int = 1, min_passages: int = 0, dtype=np.float32, n_valid=None):
     """Pad rows to bucket shapes.
 
-    prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, D] arrays, one per placeholder
-    of the prompt; only the first n_valid[b] (default: all) are candidates (a query slot after
-    them fills its placeholder but is never ranked).
-    Returns numpy (ids, prompt_mask, ph_mask, passages, valid) with B, T, N rounded up.
+    prompts: list of TokenizedPrompt; passage_vecs: list of [n_b, k, D] (or [n_b, D]: k = 1) arrays,
+    one slot per k placeholders of the prompt; only the first n_valid[b] (default: all) are
+    candidates (a query slot after them fills its placeholders but is never ranked).
+    Returns numpy (ids, prompt_mask, ph_mask, passages [B,N,k,D] or [B,N,D], valid), B, T, N rounded up.
     Padding rows get a 1-token prompt and no valid passages.
     """
     n_max = max(max(len(p) for p in passage_vecs), min_passages)
-    D = passage_vecs[0].shape[1]
+    tail = passage_vecs[0].shape[1:]                       # (D,) or (k, D)
     B = round_up(len(prompts), batch_bucket)
     T = round_up(max(len(p) for p in prompts), length_bucket)
     N = round_up(n_max, passage_bucket) if passage_bucket else n_max
     ids = np.zeros((B, T), np.int32)
     pm = np.zeros((B, T), bool)
     ph = np.zeros((B, T), bool)
-    pv = np.zeros((B, N, D), dtype)
+    pv = np.zeros((B, N, *tail), dtype)
     valid = np.zeros((B, N), bool)
     pm[:, 0] = True
     for b, (p, v) in enumerate(zip(prompts, passage_vecs)):

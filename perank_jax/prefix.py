@@ -28,7 +28,8 @@ from flax import nnx
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.decode import decode_steps
 from perank_jax.models.decoder import KVCache, init_cache
-from perank_jax.prompts import TokenizedPrompt, merge_placeholders
+from perank_jax.perank_model import as_slots, embed_prompt, passage_keys
+from perank_jax.prompts import TokenizedPrompt
 
 
 class PrefixKV(NamedTuple):
@@ -102,7 +103,8 @@ def prefill_prefixes(model, ids, mask) -> PrefixKV:
 def decode_after_prefix(model, kv: PrefixKV, pidx, ids, prompt_mask, ph_mask, passages, valid, *,
                         steps: int, mode: str = "decode"):
     """decode_rows for prompts split at their first placeholder: row b continues prefix table
-    row pidx[b] with its remainder ids/prompt_mask/ph_mask [B, T]. Same outputs as decode_rows."""
+    row pidx[b] with its remainder ids/prompt_mask/ph_mask [B, T]; passages [B, N, k, D] (or
+    [B, N, D]) as in decode_rows. Same outputs as decode_rows."""
     B, T = ids.shape
     Tp = kv.pos.shape[1]
     k, v = jnp.take(kv.k, pidx, axis=1), jnp.take(kv.v, pidx, axis=1)
@@ -112,13 +114,13 @@ def decode_after_prefix(model, kv: PrefixKV, pidx, ids, prompt_mask, ph_mask, pa
     cache = KVCache(k=jax.lax.dynamic_update_slice(empty.k, k, (0, 0, 0, 0, 0)),
                     v=jax.lax.dynamic_update_slice(empty.v, v, (0, 0, 0, 0, 0)),
                     pos=empty.pos.at[:, :Tp].set(pos), index=jnp.asarray(Tp, jnp.int32))
-    x = model.embed(jnp.where(ph_mask, 0, ids))
-    x = merge_placeholders(x, ph_mask, passages.astype(x.dtype))
+    passages = as_slots(passages)
+    x = embed_prompt(model, ids, ph_mask, passages)
     positions = plen[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
     h, cache = model.forward(x, positions, prompt_mask, cache)
     rem = prompt_mask.sum(axis=1).astype(jnp.int32)
     h_last = jnp.take_along_axis(h, (rem - 1)[:, None, None], axis=1)[:, 0]
-    return decode_steps(model, h_last, cache, plen + rem, passages, valid, steps=steps, mode=mode)
+    return decode_steps(model, h_last, cache, plen + rem, passage_keys(passages), valid, steps=steps, mode=mode)
 
 
 def make_prefix_fns(graphdef, decode_counter: TraceCounter | None = None,

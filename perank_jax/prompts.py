@@ -198,24 +198,35 @@ def render_chat(tokenizer, user_content: str) -> str:
 @dataclass
 class TokenizedPrompt:
     ids: np.ndarray            # [T] int32
-    placeholder: np.ndarray    # [T] bool, exactly `num` True entries, in passage order
+    placeholder: np.ndarray    # [T] bool, k True entries per slot (passages, then any query slot), in order
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
 
+def expand_placeholders(ids: np.ndarray, placeholder_id: int, k: int, *aligned: np.ndarray):
+    """Each placeholder token becomes k consecutive ones (a slot of k input vectors); arrays in
+    `aligned` ([T], per token) are repeated alike. Returns the new ids (and aligned arrays).
+    THE rule of k > 1, for training records and inference prompts alike."""
+    reps = np.where(ids == placeholder_id, k, 1) if k != 1 else None
+    out = [a if reps is None else np.repeat(a, reps) for a in (ids, *aligned)]
+    return out[0] if not aligned else tuple(out)
+
+
 def tokenize_prompt(tokenizer, text: str, num: int, placeholder_id: int,
-                    max_length: int | None = None) -> TokenizedPrompt:
-    """Tokenise a rendered prompt; check it holds exactly `num` placeholders and fits."""
+                    max_length: int | None = None, per_slot: int = 1) -> TokenizedPrompt:
+    """Tokenise a rendered prompt; check it holds exactly `num` placeholders (one per slot), expand
+    each to `per_slot` tokens (expand_placeholders) and check the result fits."""
     ids = np.asarray(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=np.int32)
     ph = ids == placeholder_id
     if int(ph.sum()) != num:
         raise PromptError(f"prompt has {int(ph.sum())} {PLACEHOLDER} tokens, expected {num} (does the query or a "
                           f"passage contain the literal text {PLACEHOLDER!r}?)")
+    ids = expand_placeholders(ids, placeholder_id, per_slot)
     if max_length is not None and len(ids) > max_length:
         raise PromptError(f"prompt for {num} passages is {len(ids)} tokens, over the limit of {max_length}; "
                           f"use a smaller window or a shorter query")
-    return TokenizedPrompt(ids, ph)
+    return TokenizedPrompt(ids, ids == placeholder_id)
 
 
 def strip_special(text: str) -> str:
@@ -226,21 +237,10 @@ def strip_special(text: str) -> str:
 # --- the placeholder merge (static shapes) ------------------------------------------------
 def merge_placeholders(x, placeholder_mask, passages):
     """x [B,T,D] embedded prompt, placeholder_mask [B,T] bool, passages [B,N,D]:
-    the k-th placeholder of row b takes passages[b, k]; other positions are unchanged."""
+    the c-th placeholder of row b takes passages[b, c]; other positions are unchanged."""
     n = passages.shape[1]
     k = jnp.cumsum(placeholder_mask.astype(jnp.int32), axis=1) - 1            # [B,T]
     k = jnp.clip(k, 0, max(n - 1, 0))
     picked = jnp.take_along_axis(passages, k[:, :, None], axis=1)             # [B,T,D]
     return jnp.where(placeholder_mask[:, :, None], picked.astype(x.dtype), x)
 
-
-def scale_query_slot(e, valid, scale: float):
-    """Multiply the query's slot (row n_b, right after a list's n_b passages) of projected vectors
-    e [B, n, D] by `scale`. The query opens the answer, so at scale >> 1 the residual stream of the
-    position that picks the first passage starts from the query and h . e_i begins as a similarity.
-    numpy arrays (inference, one shape per doc count) stay on the host; jax arrays (training, in jit) don't."""
-    if scale == 1.0:
-        return e
-    xp = np if isinstance(e, np.ndarray) else jnp          # numpy in: computed on the host, nothing compiled
-    slot = xp.arange(e.shape[1])[None, :] == valid.sum(-1)[:, None]
-    return xp.where(slot[..., None], e * xp.asarray(scale, e.dtype), e)

@@ -30,11 +30,12 @@ from flax import nnx
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
 from perank_jax.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_query
+from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+from perank_jax.perank_model import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, project
 from perank_jax.passage_vectors import open_cache, passage_vectors
 from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
-from perank_jax.prompts import add_special_tokens, build_prompt, scale_query_slot, strip_special, tokenize_prompt
+from perank_jax.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
 from perank_jax.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import (PERANK_FIELDS, check_perank_config, load_checkpoint, load_checkpoint_encoder,
@@ -46,7 +47,7 @@ class RerankStats:
     """Accounting for one query (the paper's Table 3 columns)."""
     n_passages: int
     windows: int
-    processed_tokens: int     # LLM prompt tokens prefilled (a passage = 1 token): whole prompts, or with a
+    processed_tokens: int     # LLM prompt tokens prefilled (a passage = k tokens): whole prompts, or with a
                               # shared prefix each distinct prefix once plus every window's remainder
     generated_tokens: int     # decode steps summed over windows
     latency_s: float          # wall time of the whole rerank, encoding included, compile excluded
@@ -77,6 +78,8 @@ class PERanker:
         self.query_token = self.config["query_token"]
         self.query_scale = self.config["query_scale"] if self.query_token else 1.0
         self.feedback = (self.config[FEEDBACK_KEYS[0]] if self.query_token else 0.0, self.config[FEEDBACK_KEYS[1]])
+        self.tokens_per_passage = int(getattr(projector, "tokens_per_passage", 1))   # k placeholders per slot
+        self.uses_query = bool(getattr(projector, "uses_query", False))
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.share_prefix = share_prefix
@@ -155,7 +158,8 @@ class PERanker:
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:
-        """The full chat-formatted prompt text for one window (exactly what is tokenised)."""
+        """The full chat-formatted prompt text for one window (exactly what is tokenised; each
+        placeholder then becomes `tokens_per_passage` tokens, prompts.expand_placeholders)."""
         return build_prompt(self.tokenizer, query, len(passages), self.template, self.query_token)
 
     def tokenized_prompt(self, query: str, num: int):
@@ -164,7 +168,7 @@ class PERanker:
         if key not in self._prompts:
             text = build_prompt(self.tokenizer, query, num, self.template, self.query_token)
             self._prompts[key] = tokenize_prompt(self.tokenizer, text, num + self.query_token, self.placeholder_id,
-                                                 self.max_length)
+                                                 self.max_length, self.tokens_per_passage)
             if len(self._prompts) > 4096:
                 self._prompts.pop(next(iter(self._prompts)))
         return self._prompts[key]
@@ -208,7 +212,7 @@ class PERanker:
         passage_lists = [[_text(p) for p in ps] for ps in passage_lists]
         t0 = time.perf_counter()
         self._compile_s = 0.0
-        vecs, got = self._embed_all(passage_lists, queries if self.query_token else None, docids)
+        vecs, got = self._embed_all(passage_lists, queries if self.query_token or self.uses_query else None, docids)
         orders = [list(range(len(ps))) for ps in passage_lists]
         plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
                  for ps in passage_lists]
@@ -250,32 +254,38 @@ class PERanker:
 
     def _embed_all(self, passage_lists, queries=None, docids=None):
         """Encoder vectors (cache by docid, memo by text, else encoded) projected once; returns
-        per-query [n, D] numpy arrays and {"seconds", "on_the_fly", "from_cache"} (the encoding
-        part). With `queries`, each query's own projected embedding is appended as row n (its slot)."""
+        per-query [n (+1), k, D] numpy slots and {"seconds", "on_the_fly", "from_cache"} (the encoding
+        part). With `queries`, each query's vector (perank_model.list_inputs: candidate-aware
+        with feedback) goes to a projector that uses it and, with a query token, fills row n (its slot)."""
         extra = [strip_special(q) for q in queries] if queries is not None else None
         emb, on_the_fly, from_cache, seconds = passage_vectors(
             self.encoder, passage_lists, docids, self.embeddings, self.embedding_memo, extra)
         got = {"seconds": seconds, "on_the_fly": on_the_fly, "from_cache": from_cache}
-        if queries is not None and self.feedback[0] > 0:            # the query's vector, candidate-aware
-            for e in emb:
-                e[-1] = feedback_query(e[-1], e[:-1], *self.feedback)
-        sizes = [len(e) for e in emb]
-        n = sum(sizes)
-        if not n:
-            return [np.zeros((0, 1), np.float32) for _ in passage_lists], got
-        flat = np.concatenate(emb)
-        padded = np.zeros((round_up(n, 128), flat.shape[1]), np.float32)
-        padded[:n] = flat
-        proj = np.asarray(project(self._proj_graph, self._proj_state, padded))[:n]
+        lists = [list_inputs(e[:-1], e[-1], slot=self.query_token, feedback=self.feedback) if queries is not None
+                 else (e, None) for e in emb]
+        sizes = [len(rows) for rows, _ in lists]
+        if not sum(sizes):
+            return [np.zeros((0, self.tokens_per_passage, 1), np.float32) for _ in passage_lists], got
+        flat = np.concatenate([rows for rows, _ in lists])
+        qflat = np.concatenate([np.broadcast_to(q, rows.shape) for rows, q in lists]) if self.uses_query else None
+        proj = self.project_rows(flat, qflat)
         out, i = [], 0
         for size in sizes:
             rows = proj[i:i + size]
-            if queries is not None:                                 # the query's slot (last row)
+            if self.query_token:                                    # the query's slot (last row)
                 valid = np.arange(size)[None] < size - 1
                 rows = np.asarray(scale_query_slot(rows[None], valid, self.query_scale))[0]
             out.append(rows)
             i += size
         return out, got
+
+    def project_rows(self, encoded: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
+        """Encoder rows [n, E] (and each row's query vector [n, E], for a projector that uses it)
+        -> projected [n, k, D] numpy; rows padded to a multiple of 128 (one compile per 128 rows)."""
+        n = len(encoded)
+        padded = lambda a: np.pad(np.asarray(a, np.float32), ((0, round_up(max(n, 1), 128) - n), (0, 0)))  # noqa: E731
+        q = padded(queries) if queries is not None and self.uses_query else None
+        return np.asarray(project(self._proj_graph, self._proj_state, padded(encoded), q))[:n]
 
     def _batch_bucket(self, n: int) -> int:
         """Rows per call rounded up: a power of two, and a multiple of the mesh's data axis."""

@@ -4,7 +4,7 @@ Every `import` / `from ... import` in every module counts, including the lazy on
 functions (a lazy import still ties the two files together). Layers, bottom up:
 
   0 foundations  atomic, buckets, config, constants, interrupts, sharding
-  1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback
+  1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback, perank_model
   2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
   3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
   4 workflows    train/*, evaluate/*, serve/* (the HTTP rerank server)
@@ -19,7 +19,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
     {"atomic", "buckets", "config", "constants", "interrupts", "outputs", "processes", "sharding"},
-    {"models", "prompts", "windows", "feedback"},
+    {"models", "prompts", "windows", "feedback", "perank_model"},
     {"weights", "data"},
     {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
     {"train", "evaluate", "serve"},

@@ -19,8 +19,7 @@ from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
 from perank_jax.constants import MASKED
-from perank_jax.prompts import scale_query_slot
-from perank_jax.train.step import listwise_logits
+from perank_jax.perank_model import listwise_logits, scale_query_slot
 from perank_jax.weights.decoder import load_decoder
 
 from tiny_train import make_decoder_dir, make_tokenizer

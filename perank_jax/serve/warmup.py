@@ -16,10 +16,8 @@ import logging
 import time
 
 import numpy as np
-from flax import nnx
 
 from perank_jax.buckets import round_up
-from perank_jax.models.projector import project
 
 log = logging.getLogger("perank.serve")
 
@@ -77,11 +75,11 @@ def _warm_encoder(encoder, max_text_chars: int) -> None:
 
 
 def _warm_projector(ranker, settings) -> None:
-    graph, state = nnx.split(ranker.projector)
     rows = settings.max_batch * (settings.max_documents + int(ranker.query_token))
     dim = int(ranker.projector.in_dim)
     for n in range(128, round_up(rows, 128) + 1, 128):
-        np.asarray(project(graph, state, np.zeros((n, dim), np.float32)))
+        zeros = np.zeros((n, dim), np.float32)
+        ranker.project_rows(zeros, zeros)
 
 
 def warm_up(ranker, settings, mode: str, log_fn=log.info) -> dict:

@@ -13,6 +13,10 @@ Record formats (the reference's):
             "ranking": [...], "extra_texts": [...]}
            the assistant turn becomes n <RANK> slots; `ranking` is the teacher's order
            (passage indices, 0- or 1-based, a permutation).
+  either stage may carry "query_text": the query, whose encoder vector a projector with
+  `uses_query` receives; in stage 2 it also fills the query slot (model.query_token).
+With a projector of k tokens per passage, every <PLACEHOLDER> of a record becomes k
+(prompts.expand_placeholders, as at inference).
 
 Under multi-host training every process prepares (and so validates) all records, and each
 feeds only its contiguous share of every global batch (`process_rows`).
@@ -28,8 +32,8 @@ import numpy as np
 
 from perank_jax.buckets import smallest_fitting
 from perank_jax.data.trec import DataError
-from perank_jax.feedback import feedback_query
-from perank_jax.prompts import PLACEHOLDER, RANK, render_messages
+from perank_jax.perank_model import list_inputs
+from perank_jax.prompts import PLACEHOLDER, RANK, expand_placeholders, render_messages
 VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
 
 
@@ -81,12 +85,12 @@ def read_jsonl(path: str | Path) -> list[Record]:
 @dataclass
 class Tokenised:
     ids: np.ndarray           # [L] int32, the chat-templated conversation
-    ph_pos: np.ndarray        # [k] positions of <PLACEHOLDER> in order
+    ph_pos: np.ndarray        # [slots * k] positions of <PLACEHOLDER> in order
     rank_pos: np.ndarray      # [n] positions of <RANK> slots (stage 2)
     label_mask: np.ndarray    # [L] bool, True on assistant-turn tokens (stage 1)
 
 
-def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenised:
+def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool, per_slot: int = 1) -> Tokenised:
     text = render_messages(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=want_labels)
     ids = np.asarray(enc["input_ids"], np.int32)
@@ -105,6 +109,7 @@ def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool) -> Tokenis
             start = len(prefix)
         if start is None or not label_mask.any():
             raise ValueError("no assistant-turn tokens to learn from")
+    ids, label_mask = expand_placeholders(ids, ph_id, per_slot, label_mask)
     return Tokenised(ids, np.flatnonzero(ids == ph_id).astype(np.int32),
                      np.flatnonzero(ids == rank_id).astype(np.int32), label_mask)
 
@@ -134,7 +139,10 @@ class Prepared:
     source: str = ""
     lengths: dict[str, np.ndarray] = field(default_factory=dict)
     n_passages: list[int] = field(default_factory=list)   # per record; text_idx may add the query's row
-    query_token: bool = False                 # stage 2 records carry `query_text` (one more slot)
+    query_token: bool = False                 # stage 2 prompts hold the query's slot (row n_b of text_idx)
+    query_idx: list[int] = field(default_factory=list)    # per record: the query's row of `table` (records
+                                                          # with `query_text`), else empty
+    tokens_per_passage: int = 1               # k placeholders per slot
 
     def __len__(self):
         return len(self.text_idx)
@@ -151,16 +159,19 @@ def _check_messages(messages, where):
 
 
 def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[list[str]], np.ndarray],
-            max_len: int, max_passages: int, use_content_view: bool = True, source: str = "data") -> Prepared:
-    """Validate and tokenise every record, then embed; raises DataError naming the first bad records."""
+            max_len: int, max_passages: int, use_content_view: bool = True, source: str = "data",
+            tokens_per_passage: int = 1, query_slot: bool | None = None) -> Prepared:
+    """Validate and tokenise every record, then embed; raises DataError naming the first bad records.
+    tokens_per_passage: the projector's k. query_slot: whether stage-2 prompts get the query's slot
+    (None: when the records carry `query_text`)."""
     ph_id, rank_id = perank_token_ids(tokenizer)
     views: dict[str, list[Tokenised]] = {"main": []} if stage == 1 else {"wo": []}
     if stage == 2 and use_content_view:
         views["w"] = []
     errors: list[str] = []
     texts: dict[str, int] = {}
-    text_idx, rankings, owners, n_passages = [], [], {}, []
-    query_token = None
+    text_idx, rankings, owners, n_passages, query_idx = [], [], {}, [], []
+    query_token, slot = None, False
 
     for i, rec in enumerate(records):
         line = getattr(rec, "line", None) or i + 1
@@ -175,18 +186,20 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
             n = len(extra)
             if n > max_passages:
                 raise ValueError(f"{n} extra_texts exceed max_passages={max_passages}")
-            q_text = rec.get("query_text") if stage == 2 else None
+            q_text = rec.get("query_text")
             if q_text is not None and (not isinstance(q_text, str) or not q_text.strip()):
                 raise ValueError("'query_text' must be a non-empty string")
             if query_token is None:
                 query_token = q_text is not None
             if (q_text is not None) != query_token:
                 raise ValueError("'query_text' must be present in every record or in none")
-            slots = n + (1 if q_text is not None else 0)
+            slot = stage == 2 and q_text is not None and query_slot is not False
+            slots = n + (1 if slot else 0)
             toks = {}
             if stage == 1:
                 _check_messages(rec.get("messages"), "'messages'")
-                toks["main"] = _tokenise(tokenizer, rec["messages"], ph_id, rank_id, want_labels=True)
+                toks["main"] = _tokenise(tokenizer, rec["messages"], ph_id, rank_id, want_labels=True,
+                                         per_slot=tokens_per_passage)
             else:
                 ranking = rec.get("ranking")
                 if ranking is None:
@@ -201,17 +214,17 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                     raise ValueError(f"ranking {ranking} is not a permutation of the {n} extra_texts")
                 for v in views:
                     _check_messages(rec.get(VIEWS[v]), repr(VIEWS[v]))
-                    toks[v] = _tokenise(tokenizer, _rank_messages(rec[VIEWS[v]], n, q_text is not None),
-                                        ph_id, rank_id, False)
+                    toks[v] = _tokenise(tokenizer, _rank_messages(rec[VIEWS[v]], n, slot),
+                                        ph_id, rank_id, False, tokens_per_passage)
                     if len(toks[v].rank_pos) != n:
                         raise ValueError(f"{VIEWS[v]}: {len(toks[v].rank_pos)} {RANK} tokens after templating, "
                                          f"expected {n} (does the prompt itself contain {RANK}?)")
                 rankings.append(r.astype(np.int32))
             for v, t in toks.items():
                 name = "messages" if v == "main" else VIEWS[v]
-                if len(t.ph_pos) != slots:
+                if len(t.ph_pos) != slots * tokens_per_passage:
                     raise ValueError(f"{name}: extra_texts count {n}{' + the query' if slots > n else ''} != "
-                                     f"{len(t.ph_pos)} {PLACEHOLDER} tokens")
+                                     f"{len(t.ph_pos) // tokens_per_passage} {PLACEHOLDER} tokens")
                 if len(t.ids) > max_len:
                     raise ValueError(f"{name}: over-long record, {len(t.ids)} tokens > max_len={max_len}")
         except ValueError as e:
@@ -228,7 +241,9 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                 texts[t] = len(texts)
                 owners[texts[t]] = (i, line)
             rows.append(texts[t])
-        text_idx.append(np.asarray(rows, np.int32))
+        if q_text is not None:
+            query_idx.append(rows[-1])
+        text_idx.append(np.asarray(rows[:n + (1 if slot else 0)], np.int32))
     if errors:
         (line, i, first), rest = errors[0], errors[1:]
         more = (f"; {len(rest)}{'+' if len(errors) >= 10 else ''} more bad record(s): "
@@ -249,7 +264,8 @@ def prepare(records: Sequence[dict], tokenizer, stage: int, embed: Callable[[lis
                         f"({len(bad)} passage(s) in {len(recs)} record(s), e.g. lines {[r[1] for r in recs[:5]]}); "
                         "nothing was trained (check the embedding source)")
     lengths = {v: np.asarray([len(t.ids) for t in ts]) for v, ts in views.items()}
-    return Prepared(stage, views, text_idx, rankings, table, source, lengths, n_passages, bool(query_token))
+    return Prepared(stage, views, text_idx, rankings, table, source, lengths, n_passages, bool(slot), query_idx,
+                    tokens_per_passage)
 
 
 # ----------------------------------------------------------------------------- order & batches
@@ -283,23 +299,29 @@ def process_rows(global_batch: int, process_index: int, process_count: int) -> s
 
 def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passages: int,
             seq_len: dict[str, int] | None = None, pad_id: int = 0,
-            query_feedback: tuple[float, float] = (0.0, 0.01)) -> dict[str, np.ndarray]:
+            query_feedback: tuple[float, float] = (0.0, 0.01), query_vector: bool = False) -> dict[str, np.ndarray]:
     """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
     smallest bucket holding the longest record. Padded passages/positions are marked invalid
-    (positions point one past the end, so scatters drop them). With a query slot and a feedback
-    weight > 0, the slot holds the candidate-aware query over the record's passages, as at inference."""
+    (positions point one past the end, so scatters drop them). A record's encoder rows and query
+    vector come from perank_model.list_inputs, as at inference: with a query slot and a
+    feedback weight > 0, the slot holds the candidate-aware query over the record's passages.
+    query_vector: add "query" [B, E], the vector a projector with `uses_query` receives."""
+    if query_vector and not prep.query_idx:
+        raise DataError(f"{prep.source}: the projector uses the query, but the records carry no 'query_text'")
     B, n = len(idx), max_passages + (1 if prep.query_token else 0)   # + the query's slot (never valid)
     d = prep.table.shape[1]
     emb = np.zeros((B, n, d), np.float32)
+    query = np.zeros((B, d), np.float32)
     valid = np.zeros((B, n), bool)
     for r, i in enumerate(idx):
-        k = len(prep.text_idx[i])
-        emb[r, :k] = prep.table[prep.text_idx[i]]
-        valid[r, :prep.n_passages[i]] = True
-        if prep.query_token and query_feedback[0] > 0:
-            m = prep.n_passages[i]
-            emb[r, m] = feedback_query(emb[r, m], emb[r, :m], *query_feedback)
-    out = {"emb": emb, "valid": valid}
+        m = prep.n_passages[i]
+        q = prep.table[prep.query_idx[i]] if prep.query_idx else None
+        rows, q = list_inputs(prep.table[prep.text_idx[i][:m]], q, slot=prep.query_token, feedback=query_feedback)
+        emb[r, :len(rows)] = rows
+        valid[r, :m] = True
+        if q is not None:
+            query[r] = q
+    out = {"emb": emb, "valid": valid, **({"query": query} if query_vector else {})}
     if prep.stage == 2:
         ranking = np.zeros((B, n), np.int32)
         for r, i in enumerate(idx):
@@ -309,7 +331,7 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
         T = (seq_len or {}).get(v) or smallest_fitting(int(prep.lengths[v][idx].max()), buckets)
         ids = np.full((B, T), pad_id, np.int32)
         mask = np.zeros((B, T), bool)
-        ph_pos = np.full((B, n), T, np.int32)     # positions (T = none), unlike inference's [B, T] ph_mask
+        ph_pos = np.full((B, n * prep.tokens_per_passage), T, np.int32)   # positions (T = none), k per slot
         rank_pos = np.full((B, n), T, np.int32)
         labels = np.zeros((B, T), bool)
         for r, i in enumerate(idx):
@@ -324,7 +346,7 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
             labels[r, :L] = t.label_mask
         special = np.zeros_like(mask)
         for pos in (ph_pos, rank_pos):
-            rows = np.repeat(np.arange(B), n)
+            rows = np.repeat(np.arange(B), pos.shape[1])
             keep = pos.reshape(-1) < T
             special[rows[keep], pos.reshape(-1)[keep]] = True
         pre = "" if v == "main" else f"{v}_"

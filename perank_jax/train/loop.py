@@ -119,15 +119,23 @@ class Run:
             if cfg.model.projector_isometry:
                 self.projector.init_isometry(cfg.model.projector_isometry, cfg.seed)
         d = cfg.data
-        kw = dict(max_len=d.max_len, max_passages=d.max_passages, use_content_view=d.use_content_view)
+        self.uses_query = bool(getattr(self.projector, "uses_query", False))
+        kw = dict(max_len=d.max_len, max_passages=d.max_passages, use_content_view=d.use_content_view,
+                  tokens_per_passage=int(getattr(self.projector, "tokens_per_passage", 1)),
+                  query_slot=cfg.stage == 2 and cfg.model.query_token)
         self.train_data = D.prepare(list(D.read_jsonl(d.train)), self.tokenizer, cfg.stage, embed,
                                     source=d.train, **kw)
         self.eval_data = (D.prepare(list(D.read_jsonl(d.eval)), self.tokenizer, cfg.stage, embed, source=d.eval, **kw)
                           if d.eval else None)
         for prep in (self.train_data, self.eval_data):
-            if prep is not None and cfg.stage == 2 and prep.query_token != cfg.model.query_token:
-                raise ConfigError(f"{prep.source}: records {'carry' if prep.query_token else 'lack'} 'query_text' but "
+            has_query = prep is not None and bool(prep.query_idx)
+            if prep is not None and cfg.stage == 2 and has_query != cfg.model.query_token and \
+                    not (has_query and self.uses_query):
+                raise ConfigError(f"{prep.source}: records {'carry' if has_query else 'lack'} 'query_text' but "
                                   f"model.query_token is {cfg.model.query_token}; build the data and the config alike")
+            if prep is not None and self.uses_query and not has_query:
+                raise ConfigError(f"{prep.source}: the projector {type(self.projector).__name__} uses the query, but "
+                                  "the records carry no 'query_text'; build them with the query")
         self.order = D.Order(len(self.train_data), cfg.global_batch, d.seed)
         if self.order.steps_per_epoch == 0:
             raise ConfigError(f"{d.train}: {len(self.train_data)} records are fewer than global_batch {cfg.global_batch}")
@@ -143,7 +151,7 @@ class Run:
 
     def batch(self, prep, idx) -> dict:
         local = D.collate(prep, idx, self.cfg.data.buckets, self.cfg.data.max_passages, pad_id=self.pad_id,
-                          query_feedback=tuple(self.cfg.model.query_feedback))
+                          query_feedback=tuple(self.cfg.model.query_feedback), query_vector=self.uses_query)
         self.last_tokens = int(sum(v.sum() for k, v in local.items() if k.endswith("mask")))  # real tokens, all views
         return self.trainer.global_batch({k: v[self.rows] for k, v in local.items()})
 

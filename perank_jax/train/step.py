@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from perank_jax.buckets import TraceCounter
 from perank_jax.models import lora as lora_lib
-from perank_jax.prompts import merge_placeholders, scale_query_slot
+from perank_jax.perank_model import hidden_states, listwise_logits, project_lists, scale_query_slot
 from perank_jax.sharding import logical_to_spec, named_sharding
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
 
@@ -91,41 +91,7 @@ def make_optimizer(optim, total_steps: int):
 _tree_norm = optax.tree.norm if hasattr(optax, "tree") and hasattr(optax.tree, "norm") else optax.global_norm
 
 
-# ----------------------------------------------------------------------------- the model maths
-def _positions_mask(pos, T):
-    B = pos.shape[0]
-    return jnp.zeros((B, T), bool).at[jnp.arange(B)[:, None], pos].set(True, mode="drop")
-
-
-def _hidden(dec, e, ids, mask, ph_pos, rank_pos=None, ranking=None):
-    """Final hidden states of one prompt view, placeholders (and teacher-forced <RANK> slots,
-    which take the gold passages in ranking order) overwritten by projected passages."""
-    T = ids.shape[1]
-    x = merge_placeholders(dec.embed(ids), _positions_mask(ph_pos, T), e)
-    if rank_pos is not None:
-        ranked = jnp.take_along_axis(e, ranking[..., None], axis=1)
-        x = merge_placeholders(x, _positions_mask(rank_pos, T), ranked)
-    positions = jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
-    h, _ = dec.forward(x, positions, mask)
-    return h
-
-
-def rank_logits(h, e, rank_pos):
-    """L[b, j, i] = h(state before <RANK> slot j) . e_i, in float32."""
-    idx = jnp.clip(rank_pos - 1, 0, h.shape[1] - 1)
-    rows = jnp.take_along_axis(h, idx[..., None], axis=1)
-    return jnp.einsum("bnd,bmd->bnm", rows, e.astype(rows.dtype), preferred_element_type=jnp.float32)
-
-
-def listwise_logits(dec, e, batch, view: str = "wo"):
-    """L[b, j, i] of one prompt view ("wo": embedding-only, "w": with content) with teacher-forced
-    <RANK> slots; e [B, n, D] are the projected passages (plus the query's slot, if any)."""
-    p = view + "_"
-    h = _hidden(dec, e, batch[p + "ids"], batch[p + "mask"], batch[p + "ph_pos"], batch[p + "rank_pos"],
-                batch["ranking"])
-    return rank_logits(h, e, batch[p + "rank_pos"])
-
-
+# ----------------------------------------------------------------------------- the loss
 class StepFns:
     """Holds the graphdefs and options; `loss(params, frozen, batch)` is pure."""
 
@@ -141,14 +107,12 @@ class StepFns:
             dec_params = lora_lib.merge(dec_params, params["lora"], self.lora_cfg.alpha, self.lora_cfg.rank)
         return dec_params
 
-    def modules(self, params, frozen):
-        return nnx.merge(self.dec_gd, self.decoder_params(params, frozen)), nnx.merge(self.proj_gd, params["projector"])
-
     def loss(self, params, frozen, batch):
-        dec, proj = self.modules(params, frozen)
-        e = proj(batch["emb"])
+        """The stage's loss and metrics; the model maths is perank_jax.perank_model's, as in decoding."""
+        dec = nnx.merge(self.dec_gd, self.decoder_params(params, frozen))
+        e = project_lists(self.proj_gd, params["projector"], batch["emb"], batch.get("query"))   # [B, n, k, H]
         if self.stage == 1:
-            h = _hidden(dec, e, batch["ids"], batch["mask"], batch["ph_pos"])
+            h = hidden_states(dec, e, batch["ids"], batch["mask"], batch["ph_pos"])
             loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
             return loss, {"loss": loss, "tokens": count}
         valid, ranking = batch["valid"], batch["ranking"]
