@@ -31,13 +31,9 @@ import numpy as np
 def build(smoke: bool, device: str):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
-    if smoke:
-        cfg = MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6)
-    else:
-        cfg = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
-                            rms_norm_eps=1e-5, max_position_embeddings=32768)
+
+    from perank_jax.models.presets import decoder_preset
+    cfg = MistralConfig.from_dict(decoder_preset("tiny-mistral" if smoke else "mistral-7b").to_hf())
     dt = torch.float32 if smoke else torch.bfloat16
     torch.manual_seed(0)
     with torch.device(device):                       # initialised on the device, never on the host
