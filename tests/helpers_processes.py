@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+THEN = "--then"         # separates the commands of one launch (run one after the other in the same processes)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -18,6 +20,7 @@ def free_port() -> int:
 def run_cli(args: list[str], n: int = 2, die: tuple[int, int, str] | None = None, timeout: float = 300,
             compile_cache=None):
     """Run `perank ARGS --distributed` as n processes; returns [(exit status, output)] by process id.
+    ARGS may chain commands with THEN: one launch runs them in turn (the output says `command I exited CODE`).
     die=(process id, k, glob): that process SIGKILLs itself after renaming its k-th file matching
     glob into place; the others are then killed too, as a job scheduler does when a task dies.
     compile_cache: a folder for jax's persistent compilation cache, shared by the launches of a test
