@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from helpers_processes import free_port
-from tiny_train import (
+from fixtures import (
     make_decoder_dir,
     make_tokenizer,
     stage2_records,

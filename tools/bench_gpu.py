@@ -37,7 +37,13 @@ WORDS = ("I will provide you with {num} passages , each with a special token rep
          "enclosed in [ ] . Rank the passages based on their relevance to the search query : "
          "Search Query Passage Query Rank Answer only with the ranking results , do not say any word or "
          "explain . the a of to in is what how why when does do where who which").split()
-PRESET, SMOKE_PRESET = "mistral-7b", "tiny-mistral"      # configs/models/*.yaml
+PRESET, SMOKE_PRESET, ENCODER = "mistral-7b", "tiny-mistral", "jina-v2-base"     # configs/models/*.yaml
+
+
+def encoder_dim() -> int:
+    """The width of the paper's encoder (jina-embeddings-v2-base): the stand-in passage vectors' size."""
+    from perank_jax.models.presets import encoder_preset
+    return encoder_preset(ENCODER).hidden_size
 
 
 def synthetic_tokenizer():
@@ -82,7 +88,7 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
     cfg = decoder_preset(SMOKE_PRESET if smoke else PRESET)
     dt = jnp.dtype(dtype)
     model = random_decoder(cfg, dt, unroll=unroll)      # made on the device, never on the host
-    proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = Projector("mlp2x_gelu", encoder_dim(), cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
 
@@ -143,7 +149,7 @@ def rerank_rows(dec, proj, queries: int, depths=(20, 100), batches=(1, 8)):
         if depth not in depths:
             continue
         for batch in batches:
-            ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
+            ranker = PERanker(dec, proj, tok, RandomVectors(encoder_dim()), batch_size=max(16, 2 * batch))
             timed_q = -(-max(queries, batch) // batch) * batch                 # whole batches only
             qs = [f"what is the query number {q} about" for q in range(timed_q + batch)]
             lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(timed_q + batch)]

@@ -51,7 +51,9 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)
-    proj = Projector("mlp2x_gelu", 384, dec.config.hidden_size, rngs=nnx.Rngs(0))
+    from perank_jax.models.presets import encoder_preset
+    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
+                     rngs=nnx.Rngs(0))
     ck = save_checkpoint(tmp / "perank", dec.model, proj, dec.tokenizer, encoder_name=str(minilm_dir()))
     return PERanker.from_pretrained(ck, dtype=dtype), Path(hf)
 
@@ -61,7 +63,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     (Mistral's is not available offline) and MiniLM as the encoder."""
     import jax.numpy as jnp
     from flax import nnx
-    from perank_jax.models.presets import decoder_preset, random_decoder
+    from perank_jax.models.presets import decoder_preset, encoder_preset, random_decoder
     from perank_jax.weights.encoder import load_encoder
     from perank_jax.models.projector import Projector
     from perank_jax.ranker import PERanker
@@ -73,7 +75,8 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     cfg = decoder_preset("mistral-7b", layers=layers)
     model = random_decoder(cfg, dt)                     # made on the device, never on the host
     dec = LoadedDecoder(model, tok)
-    proj = Projector("mlp2x_gelu", 384, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, cfg.hidden_size, rngs=nnx.Rngs(0),
+                     dtype=dt, param_dtype=dt)
     return PERanker(dec, proj, tok, load_encoder(minilm_dir())), None
 
 
