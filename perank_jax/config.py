@@ -238,6 +238,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 MAX_INCLUDE_DEPTH = 8              # `base:` includes nested deeper than this are refused (a config is not a program)
+MAX_INCLUDES = 64                  # files one config may include in all (a fan-out of includes grows exponentially)
 INCLUDE_KEY = "base"
 
 
@@ -262,16 +263,18 @@ def merge(base: dict, top: dict) -> dict:
     return out
 
 
-def resolve_includes(data, path: Path, chain: tuple[Path, ...] = ()):
+def resolve_includes(data, path: Path, chain: tuple[Path, ...] = (), count: list[int] | None = None):
     """`data` (parsed from `path`) with every `base: FILE` (or a list of files, later ones winning) in
     any mapping replaced by that file's mapping, the including mapping's own keys merged over it
     (`merge`). FILE is relative to the including file. A missing file, a cycle, an include nested past
-    MAX_INCLUDE_DEPTH or an included file that is not a mapping is one ConfigError naming the file."""
+    MAX_INCLUDE_DEPTH, more than MAX_INCLUDES includes in all or an included file that is not a mapping
+    is one ConfigError naming the file."""
+    count = [0] if count is None else count
     if isinstance(data, list):
-        return [resolve_includes(v, path, chain) for v in data]
+        return [resolve_includes(v, path, chain, count) for v in data]
     if not isinstance(data, dict):
         return data
-    data = {k: resolve_includes(v, path, chain) for k, v in data.items()}
+    data = {k: resolve_includes(v, path, chain, count) for k, v in data.items()}
     if INCLUDE_KEY not in data:
         return data
     refs = data.pop(INCLUDE_KEY)
@@ -286,6 +289,9 @@ def resolve_includes(data, path: Path, chain: tuple[Path, ...] = ()):
                               f"{' -> '.join(str(p) for p in (*chain, path.resolve(), target))})")
         if len(chain) + 1 >= MAX_INCLUDE_DEPTH:
             raise ConfigError(f"{path}: {INCLUDE_KEY} {ref} nests includes deeper than {MAX_INCLUDE_DEPTH}")
+        count[0] += 1
+        if count[0] > MAX_INCLUDES:
+            raise ConfigError(f"{path}: {INCLUDE_KEY} {ref} is past the {MAX_INCLUDES} includes one config may make")
         where = f"{path}: {INCLUDE_KEY} {ref}"
         if not target.is_file():
             raise ConfigError(f"{where}: included file not found" if not target.exists()
@@ -293,7 +299,7 @@ def resolve_includes(data, path: Path, chain: tuple[Path, ...] = ()):
         included = parse_yaml(_read_config_text(target, str(target)), str(target)) or {}
         if not isinstance(included, dict):
             raise ConfigError(f"{target}: an included config must be a mapping (included by {path})")
-        merged = merge(merged, resolve_includes(included, target, (*chain, path.resolve())))
+        merged = merge(merged, resolve_includes(included, target, (*chain, path.resolve()), count))
     return merge(merged, data)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers_cli import one_line_error
-from perank_jax.config import MAX_INCLUDE_DEPTH, ConfigError, load_mapping, load_yaml
+from perank_jax.config import MAX_INCLUDE_DEPTH, MAX_INCLUDES, ConfigError, load_mapping, load_yaml
 from perank_jax.evaluate.datasets import DatasetSpec
 from perank_jax.evaluate.tables import load_config
 
@@ -86,6 +86,16 @@ def test_an_include_chain_deeper_than_the_limit_is_refused(tmp_path):
     assert load_mapping(tmp_path / f"f{n - MAX_INCLUDE_DEPTH}.yaml")["end"] == 1     # MAX_INCLUDE_DEPTH files
     with pytest.raises(ConfigError, match="deeper than"):                                # one more
         load_mapping(tmp_path / f"f{n - MAX_INCLUDE_DEPTH - 1}.yaml")
+
+
+def test_a_fan_out_of_includes_is_refused_before_it_grows(tmp_path):
+    """Each file includes the next one 4 times: 4**7 reads unless the total is capped."""
+    for i in range(7):
+        write(tmp_path / f"g{i}.yaml", f"base: [g{i + 1}.yaml, g{i + 1}.yaml, g{i + 1}.yaml, g{i + 1}.yaml]\n")
+    write(tmp_path / "g7.yaml", "end: 1\n")
+    with pytest.raises(ConfigError, match=f"past the {MAX_INCLUDES} includes"):
+        load_mapping(tmp_path / "g0.yaml")
+    assert load_mapping(tmp_path / "g5.yaml") == {"end": 1}          # 4 + 16 includes: within the cap
 
 
 def test_overrides_apply_after_includes(tmp_path):
