@@ -4,7 +4,8 @@ Generic machinery lives here (`from_dict`, `load_yaml`, `apply_overrides`,
 `to_dict`); each area declares its own dataclasses (training configs below,
 model configs next to the models) and reuses these helpers, so every config
 file in configs/ is parsed the same strict way: unknown keys and wrong types
-are errors naming the key.
+are errors naming the key. A mapping's `base: FILE` (or a list of files) includes another YAML
+file, relative to the including one, with the mapping's own keys merged over it (`resolve_includes`).
 """
 from __future__ import annotations
 
@@ -120,6 +121,9 @@ def _coerce(tp, value, where: str):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:                 # `X | None`: X's own error (naming the key) is the clearest
+            return _coerce(real[0], value, where)
         errors = []
         for a in args:
             if a is type(None):
@@ -233,20 +237,84 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    path = Path(path)
+MAX_INCLUDE_DEPTH = 8              # `base:` includes nested deeper than this are refused (a config is not a program)
+MAX_INCLUDES = 64                  # files one config may include in all (a fan-out of includes grows exponentially)
+INCLUDE_KEY = "base"
+
+
+def _read_config_text(path: Path, where: str) -> str:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: too large for a config (limit {MAX_CONFIG_BYTES} bytes)")
-        text = path.read_bytes().decode("utf-8")
+            raise ConfigError(f"{where}: too large for a config (limit {MAX_CONFIG_BYTES} bytes)")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{where}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a config file") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    data = parse_yaml(text, str(path)) or {}
+        raise ConfigError(f"{where}: not UTF-8 text (byte {e.start})") from None
+
+
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base`: mappings merge key by key (recursively), anything else in `top` replaces."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_includes(data, path: Path, chain: tuple[Path, ...] = (), count: list[int] | None = None):
+    """`data` (parsed from `path`) with every `base: FILE` (or a list of files, later ones winning) in
+    any mapping replaced by that file's mapping, the including mapping's own keys merged over it
+    (`merge`). FILE is relative to the including file. A missing file, a cycle, an include nested past
+    MAX_INCLUDE_DEPTH, more than MAX_INCLUDES includes in all or an included file that is not a mapping
+    is one ConfigError naming the file."""
+    count = [0] if count is None else count
+    if isinstance(data, list):
+        return [resolve_includes(v, path, chain, count) for v in data]
+    if not isinstance(data, dict):
+        return data
+    data = {k: resolve_includes(v, path, chain, count) for k, v in data.items()}
+    if INCLUDE_KEY not in data:
+        return data
+    refs = data.pop(INCLUDE_KEY)
+    refs = [refs] if isinstance(refs, str) else refs
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs):
+        raise ConfigError(f"{path}: {INCLUDE_KEY} must be a file name or a list of file names, got {refs!r}")
+    merged: dict = {}
+    for ref in refs:
+        target = (path.parent / ref).resolve()
+        if target in chain or target == path.resolve():
+            raise ConfigError(f"{path}: {INCLUDE_KEY} {ref} includes itself (cycle: "
+                              f"{' -> '.join(str(p) for p in (*chain, path.resolve(), target))})")
+        if len(chain) + 1 >= MAX_INCLUDE_DEPTH:
+            raise ConfigError(f"{path}: {INCLUDE_KEY} {ref} nests includes deeper than {MAX_INCLUDE_DEPTH}")
+        count[0] += 1
+        if count[0] > MAX_INCLUDES:
+            raise ConfigError(f"{path}: {INCLUDE_KEY} {ref} is past the {MAX_INCLUDES} includes one config may make")
+        where = f"{path}: {INCLUDE_KEY} {ref}"
+        if not target.is_file():
+            raise ConfigError(f"{where}: included file not found" if not target.exists()
+                              else f"{where}: included path is not a file")
+        included = parse_yaml(_read_config_text(target, str(target)), str(target)) or {}
+        if not isinstance(included, dict):
+            raise ConfigError(f"{target}: an included config must be a mapping (included by {path})")
+        merged = merge(merged, resolve_includes(included, target, (*chain, path.resolve()), count))
+    return merge(merged, data)
+
+
+def load_mapping(path: str | Path) -> dict:
+    """The top-level mapping of YAML config `path` with its `base:` includes resolved."""
+    path = Path(path)
+    data = parse_yaml(_read_config_text(path, str(path)), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    data = apply_overrides(data, overrides or [])
+    return resolve_includes(data, path)
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Dataclass `cls` from YAML config `path` (`base:` includes resolved, then `key=value` overrides)."""
+    data = apply_overrides(load_mapping(path), overrides or [])
     return from_dict(cls, data, where=str(path))
 
 

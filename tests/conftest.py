@@ -12,6 +12,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from fixtures import make_tiny_hf_decoder  # noqa: E402
+
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
@@ -50,29 +52,6 @@ def smollm2_tokenizer_dir(smollm2_gguf, tmp_path_factory):
     return out
 
 
-def make_tiny_hf_decoder(out_dir, model_type="mistral", seed=0, tokenizer_dir=None, **overrides):
-    """A tiny random MistralForCausalLM/LlamaForCausalLM saved with save_pretrained
-    (optionally with a tokenizer copied next to it). Returns the torch model."""
-    import shutil
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-    kw = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-              rope_theta=10000.0, tie_word_embeddings=False)
-    kw.update(overrides)
-    torch.manual_seed(seed)
-    if model_type == "mistral":
-        kw.setdefault("sliding_window", None)
-        model = MistralForCausalLM(MistralConfig(**kw)).eval()
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**kw)).eval()
-    model.save_pretrained(str(out_dir))
-    if tokenizer_dir is not None:
-        for f in __import__("pathlib").Path(tokenizer_dir).iterdir():
-            shutil.copy(f, out_dir)
-    return model
-
-
 @pytest.fixture(scope="session")
 def tiny_mistral_dir(tmp_path_factory, smollm2_tokenizer_dir):
     """Tiny random Mistral (vocab = SmolLM2's 49152 so its real chat tokenizer fits)."""
@@ -86,8 +65,8 @@ def tiny_mistral_dir(tmp_path_factory, smollm2_tokenizer_dir):
 def tiny_perank(tmp_path_factory):
     """(checkpoint dir, torch MistralForCausalLM, torch projector): a tiny random PE-Rank
     checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu) whose config.json `encoder_name`
-    points at a tiny random 32-d BERT directory; see tests/helpers_tiny.py."""
-    from helpers_tiny import tiny_encoder_dir, tiny_perank_checkpoint
+    points at a tiny random 32-d BERT directory; see tests/fixtures/."""
+    from fixtures import tiny_encoder_dir, tiny_perank_checkpoint
     enc = tiny_encoder_dir(tmp_path_factory.mktemp("tiny_encoder"))
     return tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny"), emb_dim=32, encoder_name=str(enc))
 
@@ -102,7 +81,7 @@ def tiny_perank_dir_32(tiny_perank):
 def tiny_perank_dir(tmp_path_factory, minilm_dir):
     """A tiny random PE-Rank checkpoint (embed_mistral, d=32, 2 layers, mlp2x_gelu) for 384-d
     all-MiniLM-L6-v2 embeddings (config.json encoder_name = the packaged MiniLM directory)."""
-    from helpers_tiny import tiny_perank_checkpoint
+    from fixtures import tiny_perank_checkpoint
     path, _, _ = tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny384"), emb_dim=384,
                                         encoder_name=str(minilm_dir))
     return path

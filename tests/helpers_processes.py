@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+THEN = "--then"         # separates the commands of one launch (run one after the other in the same processes)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -15,9 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def compile_cache_env(env: dict, folder) -> dict:
+    """`env` with jax's persistent compilation cache in `folder`, every program kept: the child
+    processes of one test module given the same folder compile each program once between them."""
+    return {**env, "JAX_COMPILATION_CACHE_DIR": str(folder), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def run_cli(args: list[str], n: int = 2, die: tuple[int, int, str] | None = None, timeout: float = 300,
             compile_cache=None):
     """Run `perank ARGS --distributed` as n processes; returns [(exit status, output)] by process id.
+    ARGS may chain commands with THEN: one launch runs them in turn (the output says `command I exited CODE`).
     die=(process id, k, glob): that process SIGKILLs itself after renaming its k-th file matching
     glob into place; the others are then killed too, as a job scheduler does when a task dies.
     compile_cache: a folder for jax's persistent compilation cache, shared by the launches of a test
@@ -26,8 +36,7 @@ def run_cli(args: list[str], n: int = 2, die: tuple[int, int, str] | None = None
     worker = str(Path(__file__).with_name("mp_cli_worker.py"))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if compile_cache is not None:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        env = compile_cache_env(env, compile_cache)
     port = str(free_port())
     procs, logs = [], []
     for i in range(n):

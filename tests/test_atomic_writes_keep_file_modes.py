@@ -66,7 +66,7 @@ def test_a_replaced_output_directory_never_loses_a_users_file_and_is_not_private
 
 def test_the_embedding_cache_files_follow_the_umask(tmp_path, minilm_dir):
     from perank_jax.data.embcache_build import build_embedding_cache
-    from tiny_encoders import tiny_bert
+    from fixtures import tiny_bert
     tiny_bert(tmp_path / "enc", minilm_dir)
     corpus = tmp_path / "c.tsv"
     corpus.write_text("d1\tcats purr\nd2\tdogs bark\n")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers_tiny import tiny_decoder
+from fixtures import tiny_decoder
 from perank_jax.buckets import TraceCounter
 from perank_jax.decode import finish_order, make_decode_fn
 

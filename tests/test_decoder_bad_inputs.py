@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from perank_jax.models.decoder import DecoderConfig, DecoderConfigError
 from perank_jax.weights.decoder import load_decoder
 from perank_jax.weights.io import WeightError

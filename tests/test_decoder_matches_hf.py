@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from perank_jax.weights.decoder import load_decoder
 
 CONFIGS = {

@@ -9,7 +9,7 @@ import perank_jax
 from perank_jax.cli import main
 from perank_jax.data.embcache import CacheError, load_embedding_cache
 from perank_jax.data.embcache_build import build_embedding_cache
-from tiny_encoders import tiny_bert
+from fixtures import tiny_bert
 
 N_DOCS, CHUNK = 23, 5
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from helpers_processes import run_cli
+from helpers_processes import THEN, run_cli
 from perank_jax.cli import main
 
 TIMINGS = {"latency_s", "latency_no_encode_s", "encode_s", "compile_s"}
@@ -28,37 +28,42 @@ def inputs(tmp_path_factory):
     return d
 
 
-def test_two_processes_encode_the_one_process_cache_byte_for_byte_resuming_after_one_dies(
+def test_two_processes_encode_and_rerank_into_the_one_process_outputs_resuming_after_one_dies(
         inputs, tmp_path, tiny_perank_dir_32):
-    args = ["encode", "--model", str(tiny_perank_dir_32), "--corpus", str(inputs / "docs.jsonl"),
-            "--chunk-size", "4", "--batch-size", "4", "--quiet"]
-    assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    two = tmp_path / "two"
-    died = run_cli([*args, "--out", str(two)], die=(1, 1, "chunk_*.sha256"), compile_cache=inputs / "jax_cache")
+    """Three launches of two processes (each launch pays for starting jax and joining the job once):
+    encode, one process dying after its first chunk; the encode resumed, then a rerank whose process 1
+    dies after its first part; the rerank resumed. Each ends with the one-process files."""
+    enc = ["encode", "--model", str(tiny_perank_dir_32), "--corpus", str(inputs / "docs.jsonl"),
+           "--chunk-size", "4", "--batch-size", "4", "--quiet"]
+    rr = ["rerank", "--model", str(tiny_perank_dir_32), "--run", str(inputs / "run.trec"),
+          "--corpus", str(inputs / "docs.jsonl"), "--queries", str(inputs / "queries.tsv"),
+          "--window", "0", "--batch-queries", "2"]             # one window per query: few compiles
+    assert main([*enc, "--out", str(tmp_path / "one")]) == 0
+    assert main([*rr, "--out", str(tmp_path / "one.trec")]) == 0
+    two, out, parts = tmp_path / "two", tmp_path / "two.trec", tmp_path / "two.trec.parts"
+    mp = [*rr, "--out", str(out), "--part-queries", "2"]      # 4 parts of 2 queries
+
+    # encode: process 1 dies after its first chunk
+    died = run_cli([*enc, "--out", str(two)], die=(1, 1, "chunk_*.sha256"), compile_cache=inputs / "jax_cache")
     assert died[1][0] != 0, died[1][1][-2000:]
     assert not (two / "metadata.json").exists() and not (two / "embeddings.npy").exists()
     left = sorted(p.name for p in (two / ".partial").glob("chunk_*.sha256"))
     assert 1 <= len(left) < 9, left                     # 9 chunks: some done, not all
-    for code, log in run_cli([*args, "--out", str(two)], compile_cache=inputs / "jax_cache"):
-        assert code == 0, log[-3000:]
+
+    # one launch: the encode resumes and ends; then the rerank, process 1 dying after its first part
+    died = run_cli([*enc, "--out", str(two), THEN, *mp], die=(1, 1, "part_*.jsonl"),
+                   compile_cache=inputs / "jax_cache")
+    for code, log in died:
+        assert "command 0 exited 0" in log, log[-3000:]      # the encode resumed and succeeded
     for f in ("embeddings.npy", "docids.txt", "metadata.json"):
         assert (two / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
     assert not (two / ".partial").exists()
-
-
-def test_two_processes_rerank_into_the_one_process_output_resuming_after_one_dies(
-        inputs, tmp_path, tiny_perank_dir_32):
-    args = ["rerank", "--model", str(tiny_perank_dir_32), "--run", str(inputs / "run.trec"),
-            "--corpus", str(inputs / "docs.jsonl"), "--queries", str(inputs / "queries.tsv"),
-            "--window", "0", "--batch-queries", "2"]             # one window per query: few compiles
-    assert main([*args, "--out", str(tmp_path / "one.trec")]) == 0
-    out, parts = tmp_path / "two.trec", tmp_path / "two.trec.parts"
-    mp = [*args, "--out", str(out), "--part-queries", "2"]      # 4 parts of 2 queries
-    died = run_cli(mp, die=(1, 1, "part_*.jsonl"), compile_cache=inputs / "jax_cache")
     assert died[1][0] != 0, died[1][1][-2000:]
     assert not out.exists() and not (tmp_path / "two.trec.stats.jsonl").exists()
     left = sorted(p.name for p in parts.glob("part_*.jsonl"))
     assert 1 <= len(left) < 4 and (parts / "plan.json").is_file(), left
+
+    # the rerank resumes
     for code, log in run_cli(mp, compile_cache=inputs / "jax_cache"):
         assert code == 0, log[-3000:]
     assert out.read_bytes() == (tmp_path / "one.trec").read_bytes()

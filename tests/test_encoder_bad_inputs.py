@@ -7,7 +7,7 @@ import pytest
 import perank_jax
 from perank_jax.models.encoder import EncoderError
 from perank_jax.weights.io import WeightError
-from tiny_encoders import TOKENIZER_FILES, tiny_bert
+from fixtures import TOKENIZER_FILES, tiny_bert
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import perank_jax
 from perank_jax.buckets import length_buckets
 from perank_jax.models.dense import DenseEncoder
-from tiny_encoders import tiny_bert
+from fixtures import tiny_bert
 
 
 @pytest.fixture(scope="module")

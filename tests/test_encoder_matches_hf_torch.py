@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import perank_jax
-from tiny_encoders import tiny_bert, tiny_mpnet
+from fixtures import tiny_bert, tiny_mpnet
 
 
 def _right_padded(rng, lengths, T, pad_id, lo=3, hi=30000):

@@ -3,7 +3,7 @@ carried in place) produces the same tokens as the old path, with a bounded numbe
 import numpy as np
 import pytest
 
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from perank_jax import generate
 from perank_jax.buckets import fine_bucket
 from perank_jax.generate import TRACES, greedy_generate

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from perank_jax.generate import TRACES, greedy_generate
 from perank_jax.weights.decoder import load_decoder
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from helpers_hostile import VALID_CONFIG, gguf_bytes, safetensors_bytes, valid_safetensors
 from perank_jax.cli import main
 
@@ -274,7 +274,7 @@ def test_yaml_overrides_are_one_line_naming_the_key(tmp_path, capsys, command, v
 # ---------------------------------------------------------------- chat templates
 @pytest.mark.parametrize("in_thread", [False, True])
 def test_a_chat_template_that_loops_without_bound_is_stopped(in_thread):
-    from helpers_tiny import chat_tokenizer
+    from fixtures import chat_tokenizer
     from perank_jax.prompts import TEMPLATE_SECONDS, PromptError, render_chat
     tok = chat_tokenizer()
     tok.chat_template = ("{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}"

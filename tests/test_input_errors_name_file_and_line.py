@@ -144,7 +144,7 @@ def test_non_string_texts_are_named(files, capsys):
 # --- training: data files and projector weights --------------------------------------------------
 @pytest.fixture(scope="module")
 def train_files(tmp_path_factory):
-    from tiny_train import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+    from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
     root = tmp_path_factory.mktemp("train_inputs")
     make_decoder_dir(root / "dec", make_tokenizer())
     records, table = stage2_records(8)

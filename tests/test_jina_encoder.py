@@ -10,7 +10,7 @@ from scipy.special import erf
 import perank_jax
 from perank_jax.models.encoder import EncoderConfig, alibi_bias, alibi_slopes
 from perank_jax.weights.io import WeightError
-from tiny_encoders import tiny_jina
+from fixtures import tiny_jina
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 16])

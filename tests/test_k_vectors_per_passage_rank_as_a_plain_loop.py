@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers_tiny import HashEncoder
+from fixtures import HashEncoder
 from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.windows import sliding_windows

@@ -17,7 +17,7 @@ from perank_jax.ranker import PERanker
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run
 from perank_jax.weights.decoder import load_decoder
-from tiny_train import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
 
 FAST = "xla_options={xla_backend_optimization_level: 0}"
 
@@ -122,7 +122,7 @@ def test_k2_training_records_hold_k_placeholders_per_slot_and_keep_their_labels(
     (the stage-1 loss still covers exactly the assistant's tokens), and each slot's k positions
     are consecutive."""
     from perank_jax.train import data as D
-    from tiny_train import stage1_records
+    from fixtures import stage1_records
     tok = make_tokenizer()
     ph = tok.convert_tokens_to_ids("<PLACEHOLDER>")
     for stage, recs in ((1, stage1_records(3)[0]), (2, stage2_records(3)[0])):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers_tiny import HashEncoder, edited_checkpoint, hash_ranker
+from fixtures import HashEncoder, edited_checkpoint, hash_ranker
 from perank_jax.feedback import check_feedback, feedback_query
 
 

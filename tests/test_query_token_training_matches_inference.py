@@ -22,7 +22,7 @@ from perank_jax.constants import MASKED
 from perank_jax.perank_model import listwise_logits, scale_query_slot
 from perank_jax.weights.decoder import load_decoder
 
-from tiny_train import make_decoder_dir, make_tokenizer
+from fixtures import make_decoder_dir, make_tokenizer
 
 QUERY = "w1 w2 about topic"
 TEXTS = ["w3 w4 t0", "w5 t1 w6", "w7 w8 t2", "w9 w10 t3", "w11 w0 t0"]
@@ -140,7 +140,7 @@ def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_s
     from perank_jax.train.loop import train
     from perank_jax.train.config import load_train_config
     from perank_jax.train.embeddings import save_table
-    from tiny_train import write_jsonl
+    from fixtures import write_jsonl
     dec_dir = decoder_dir(tmp_path / "dec", init_std=0.1)
     enc = TableEncoder()
     recs = [listwise_record(QUERY, TEXTS[i:] + TEXTS[:i], range(5), template="compact", query_token=True,

@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers_tiny import edited_checkpoint, hash_ranker
+from fixtures import edited_checkpoint, hash_ranker
 from perank_jax.cli import main
 from perank_jax.data.embcache_build import build_embedding_cache
 from perank_jax.passage_vectors import EmbeddingMismatch
@@ -92,7 +92,7 @@ def test_passages_missing_from_the_cache_are_encoded_and_counted(cached):
 
 def test_a_cache_of_another_encoder_or_settings_is_refused(cached, tmp_path, minilm_dir):
     import perank_jax
-    from tiny_encoders import tiny_bert
+    from fixtures import tiny_bert
     ranker, root, corpus, _, _ = cached
     short = build_embedding_cache(perank_jax.load_encoder(minilm_dir, max_length=64), corpus, tmp_path / "short",
                                   progress=False)

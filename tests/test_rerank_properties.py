@@ -5,7 +5,7 @@ first-stage order; nothing recompiles across passage counts within a bucket."""
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from helpers_tiny import HashEncoder
+from fixtures import HashEncoder
 from perank_jax.ranker import PERanker
 
 

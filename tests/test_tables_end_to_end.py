@@ -195,7 +195,7 @@ def test_methods_with_different_encoders_never_share_passage_vectors(dataset, tm
     """Table 2 remembers each passage's vector per dataset, so the PE-Rank modes encode it once;
     a method whose encoder differs (here a random 384-d BERT instead of MiniLM, same dimension)
     must get its own vectors: every run in one table equals the run of that method alone."""
-    from helpers_tiny import tiny_encoder_dir
+    from fixtures import tiny_encoder_dir
     other_encoder = tiny_encoder_dir(tmp_path_factory.mktemp("random384"), hidden=384, seed=3)
     methods = [{"name": "PE-Rank MiniLM", "kind": "perank", "checkpoint": str(tiny_perank_dir),
                 "encoder": str(minilm_dir), "mode": "single_pass"},

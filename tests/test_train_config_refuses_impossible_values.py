@@ -34,18 +34,27 @@ def test_the_shipped_recipe_values_are_accepted():
 
 def test_every_file_in_configs_is_parsed_by_its_typed_loader():
     """Training configs (*.stage1/2.yaml) by load_train_config, tables configs (tables-*.yaml) by
-    the tables loader, splits (splits/*.json) as query-id lists; a file no loader claims fails."""
-    from perank_jax.evaluate.datasets import read_split
+    the tables loader, dataset blocks (datasets/*.yaml) as a DatasetSpec, model presets (models/*.yaml)
+    by the preset loader, splits (splits/*.json) as query-id lists, `base:` includes resolved; a file
+    no loader claims fails."""
+    from perank_jax.config import load_yaml
+    from perank_jax.evaluate.datasets import DatasetSpec, read_split
+    from perank_jax.models.presets import load_preset
     from perank_jax.evaluate.tables import load_config
     root = STAGE2.parent
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    assert len(files) >= 11
+    assert len(files) >= 21
     for f in files:
         if f.name.endswith((".stage1.yaml", ".stage2.yaml")):
             assert load_train_config(f).stage == (1 if f.name.endswith("stage1.yaml") else 2), f
         elif f.name.startswith("tables-") and f.suffix == ".yaml":
             cfg = load_config(f)
             assert cfg.datasets and cfg.methods, f
+        elif f.parent.name == "datasets" and f.suffix == ".yaml":
+            assert load_yaml(DatasetSpec, f).qrels, f
+        elif f.parent.name == "models" and f.suffix == ".yaml":
+            preset = load_preset(str(f))
+            assert (preset.decoder or preset.encoder).hidden_size > 0, f
         elif f.parent.name == "splits" and f.suffix == ".json":
             assert len(read_split(f)) >= 2, f
         else:

@@ -6,7 +6,7 @@ import pytest
 from perank_jax import prompts
 from perank_jax.train import data as D
 from perank_jax.train.embeddings import table_embedder
-from tiny_train import make_tokenizer, stage1_records, stage2_records, table_file, write_jsonl
+from fixtures import make_tokenizer, stage1_records, stage2_records, table_file, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def test_build_tools_write_records_the_pipeline_reads(tmp_path):
     import build_stage1_data
     import build_stage2_data
     from perank_jax.train.data import prepare
-    from tiny_train import make_tokenizer
+    from fixtures import make_tokenizer
     (tmp_path / "c.jsonl").write_text("".join(json.dumps({"_id": d, "title": "T", "text": f"w1 w{i}"}) + "\n"
                                               for i, d in enumerate("abc")))
     (tmp_path / "q.tsv").write_text("1\tw2 w3\n")

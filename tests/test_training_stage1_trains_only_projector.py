@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tiny_train import (make_decoder_dir, make_tokenizer, pretrain_reader, stage1_records, stage2_records,
+from fixtures import (make_decoder_dir, make_tokenizer, pretrain_reader, stage1_records, stage2_records,
                         table_file, write_jsonl)
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run, fit

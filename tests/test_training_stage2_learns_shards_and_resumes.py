@@ -3,20 +3,15 @@ it learns (held-out top-1 far above random), a step on a (2,4) mesh of 8 fake CP
 equals the single-device step, a run killed mid-way and resumed ends bit-identical to an
 uninterrupted one, and the export loads as a PE-Rank checkpoint.
 
-All runs share one compiled step (same config => same executable; see train.step._COMPILED)."""
+All runs share one compiled step (same config => same executable; see train.step._COMPILED); the
+`perank train` processes share a persistent compilation cache (the second loads what the first compiled)."""
 import json
 
 import jax
 import numpy as np
 import pytest
-from helpers_processes import free_port
-from tiny_train import (
-    make_decoder_dir,
-    make_tokenizer,
-    stage2_records,
-    table_file,
-    write_jsonl,
-)
+from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+from helpers_processes import compile_cache_env, free_port
 
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run, fit, train
@@ -151,7 +146,7 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
     saving = lambda: any(not p.name.isdigit() and "tmp" in p.name for p in ckpts.iterdir())
     with open(files / "killed.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=dict(os.environ))
+                                stderr=subprocess.STDOUT, env=compile_cache_env(dict(os.environ), files / "jax_cache"))
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline and (not finished() or max(finished()) < 3):
             time.sleep(0.005)
@@ -234,7 +229,7 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
     steps_logged = lambda: metrics.read_text().count('"loss"') if metrics.exists() else 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=dict(os.environ), preexec_fn=sigint_default)
+                                env=compile_cache_env(dict(os.environ), files / "jax_cache"), preexec_fn=sigint_default)
         deadline = time.time() + 600
         while proc.poll() is None and time.time() < deadline and steps_logged() < 5:
             time.sleep(0.01)

@@ -20,7 +20,7 @@ import transformers
 from flax import nnx
 
 import perank_jax
-from conftest import make_tiny_hf_decoder
+from fixtures import make_tiny_hf_decoder
 from perank_jax.models.decoder import param_specs
 from perank_jax.models.projector import Projector
 from perank_jax.weights.perank import save_checkpoint
@@ -91,7 +91,7 @@ def perturb_every_parameter(model, seed=1, scale=0.5):
 
 @pytest.fixture(scope="module")
 def word_tokenizer():
-    from tiny_train import make_tokenizer
+    from fixtures import make_tokenizer
     return make_tokenizer()
 
 
@@ -144,7 +144,7 @@ STAGE2_CASES = {
 def stage2_export(request, tmp_path_factory, word_tokenizer):
     """A stage-2 PE-Rank export written by train.export.export from changed parameters:
     (export dir, Run, expected decoder params (LoRA merged / changed), case)."""
-    from tiny_train import stage2_records, table_file, write_jsonl
+    from fixtures import stage2_records, table_file, write_jsonl
 
     from perank_jax.train.config import load_train_config
     from perank_jax.train.export import export

@@ -109,14 +109,12 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
 
-    from perank_jax.models.decoder import Decoder, DecoderConfig
     from perank_jax.models.decoder import LoadedDecoder
+    from perank_jax.models.presets import decoder_preset, random_decoder
     from perank_jax.weights.decoder import load_decoder
     tmp = tempfile.TemporaryDirectory()
     if a.mistral7b_random:
-        cfg = DecoderConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_layers=32,
-                            num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1e6)
-        model = Decoder(cfg, rngs=nnx.Rngs(0), dtype=jnp.dtype(a.dtype), param_dtype=jnp.dtype(a.dtype))
+        model = random_decoder(decoder_preset("mistral-7b"), a.dtype)      # made on the device
         dec, name, torch_path = LoadedDecoder(model), "Mistral-7B (random)", None
     else:
         path = a.model

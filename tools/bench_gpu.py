@@ -37,8 +37,13 @@ WORDS = ("I will provide you with {num} passages , each with a special token rep
          "enclosed in [ ] . Rank the passages based on their relevance to the search query : "
          "Search Query Passage Query Rank Answer only with the ranking results , do not say any word or "
          "explain . the a of to in is what how why when does do where who which").split()
-CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-        "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+PRESET, SMOKE_PRESET, ENCODER = "mistral-7b", "tiny-mistral", "jina-v2-base"     # configs/models/*.yaml
+
+
+def encoder_dim() -> int:
+    """The width of the paper's encoder (jina-embeddings-v2-base): the stand-in passage vectors' size."""
+    from perank_jax.models.presets import encoder_preset
+    return encoder_preset(ENCODER).hidden_size
 
 
 def synthetic_tokenizer():
@@ -46,6 +51,7 @@ def synthetic_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
+    from perank_jax.models.presets import load_preset
     from perank_jax.prompts import add_special_tokens
     specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
     vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS) | {str(i) for i in range(200)}))}
@@ -54,7 +60,7 @@ def synthetic_tokenizer():
     t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                 pad_token="<unk>")
     t.add_special_tokens({"additional_special_tokens": ["[INST]", "[/INST]"]})
-    t.chat_template = CHAT
+    t.chat_template = load_preset(PRESET).chat_template
     add_special_tokens(t)
     return t
 
@@ -76,27 +82,13 @@ class RandomVectors:
 def build(smoke: bool, dtype: str, unroll: bool = False):
     from flax import nnx
 
-    from perank_jax.models.decoder import Decoder, DecoderConfig, LoadedDecoder
+    from perank_jax.models.decoder import LoadedDecoder
+    from perank_jax.models.presets import decoder_preset, random_decoder
     from perank_jax.models.projector import Projector
-    if smoke:
-        cfg = DecoderConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
-                            num_kv_heads=2, head_dim=64, rope_theta=1e6, model_type="mistral")
-    else:
-        cfg = DecoderConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=32,
-                            num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
-                            max_position_embeddings=32768, model_type="mistral")
+    cfg = decoder_preset(SMOKE_PRESET if smoke else PRESET)
     dt = jnp.dtype(dtype)
-    abstract_model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt, unroll=unroll))
-    graphdef, abstract = nnx.split(abstract_model)
-
-    @jax.jit
-    def init(key):       # made on the device, never on the host
-        leaves, treedef = jax.tree.flatten(abstract)
-        keys = jax.random.split(key, len(leaves))
-        return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
-                                            for k, x in zip(keys, leaves)])
-    model = nnx.merge(graphdef, init(jax.random.key(0)))
-    proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    model = random_decoder(cfg, dt, unroll=unroll)      # made on the device, never on the host
+    proj = Projector("mlp2x_gelu", encoder_dim(), cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
 
@@ -157,7 +149,7 @@ def rerank_rows(dec, proj, queries: int, depths=(20, 100), batches=(1, 8)):
         if depth not in depths:
             continue
         for batch in batches:
-            ranker = PERanker(dec, proj, tok, RandomVectors(768), batch_size=max(16, 2 * batch))
+            ranker = PERanker(dec, proj, tok, RandomVectors(encoder_dim()), batch_size=max(16, 2 * batch))
             timed_q = -(-max(queries, batch) // batch) * batch                 # whole batches only
             qs = [f"what is the query number {q} about" for q in range(timed_q + batch)]
             lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(timed_q + batch)]

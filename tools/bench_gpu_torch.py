@@ -31,13 +31,10 @@ import numpy as np
 def build(smoke: bool, device: str):
     import torch
     from transformers import MistralConfig, MistralForCausalLM
-    if smoke:
-        cfg = MistralConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6)
-    else:
-        cfg = MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                            num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6,
-                            rms_norm_eps=1e-5, max_position_embeddings=32768)
+
+    from bench_gpu import encoder_dim
+    from perank_jax.models.presets import decoder_preset
+    cfg = MistralConfig.from_dict(decoder_preset("tiny-mistral" if smoke else "mistral-7b").to_hf())
     dt = torch.float32 if smoke else torch.bfloat16
     torch.manual_seed(0)
     with torch.device(device):                       # initialised on the device, never on the host
@@ -46,7 +43,7 @@ def build(smoke: bool, device: str):
         try:
             lm = MistralForCausalLM(cfg).eval()
             d = cfg.hidden_size
-            proj = torch.nn.Sequential(torch.nn.Linear(768, d), torch.nn.GELU(), torch.nn.Linear(d, d)).eval()
+            proj = torch.nn.Sequential(torch.nn.Linear(encoder_dim(), d), torch.nn.GELU(), torch.nn.Linear(d, d)).eval()
         finally:
             torch.set_default_dtype(old)
     return lm, proj, dt
@@ -75,7 +72,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))      # the sibling tools, as bench_rerank does
-    from bench_gpu import RandomVectors, synthetic_tokenizer
+    from bench_gpu import RandomVectors, encoder_dim, synthetic_tokenizer
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     t0 = time.perf_counter()
     lm, proj, dt = build(a.smoke, device)
@@ -87,13 +84,14 @@ def main(argv=None) -> int:
         for depth, win in ((20, None), (100, 20)):
             qs = [f"what is the query number {q} about" for q in range(a.queries + 1)]
             lists = [[f"passage {q} {i}" for i in range(depth)] for q in range(a.queries + 1)]
-            rerank(lm, proj, tok, placeholder_id, RandomVectors(768), qs[0], lists[0], win, dt, device)  # warm-up
+            vectors = RandomVectors(encoder_dim())
+            rerank(lm, proj, tok, placeholder_id, vectors, qs[0], lists[0], win, dt, device)  # warm-up
             secs, proc, gen = [], [], []
             for q, texts in zip(qs[1:], lists[1:]):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t = time.perf_counter()
-                _, n, g = rerank(lm, proj, tok, placeholder_id, RandomVectors(768), q, texts, win, dt, device)
+                _, n, g = rerank(lm, proj, tok, placeholder_id, vectors, q, texts, win, dt, device)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 secs.append(time.perf_counter() - t)

@@ -51,7 +51,9 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)
-    proj = Projector("mlp2x_gelu", 384, dec.config.hidden_size, rngs=nnx.Rngs(0))
+    from perank_jax.models.presets import encoder_preset
+    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
+                     rngs=nnx.Rngs(0))
     ck = save_checkpoint(tmp / "perank", dec.model, proj, dec.tokenizer, encoder_name=str(minilm_dir()))
     return PERanker.from_pretrained(ck, dtype=dtype), Path(hf)
 
@@ -59,10 +61,9 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
 def build_mistral7b_random(dtype: str, layers: int | None):
     """Mistral-7B-Instruct-v0.2 shapes, random weights made on the device; SmolLM2's tokenizer
     (Mistral's is not available offline) and MiniLM as the encoder."""
-    import jax
     import jax.numpy as jnp
     from flax import nnx
-    from perank_jax.models.decoder import Decoder, DecoderConfig
+    from perank_jax.models.presets import decoder_preset, encoder_preset, random_decoder
     from perank_jax.weights.encoder import load_encoder
     from perank_jax.models.projector import Projector
     from perank_jax.ranker import PERanker
@@ -70,22 +71,12 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     from perank_jax.weights.gguf import GGUFSource
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     tok = GGUFSource(smollm2_gguf()).tokenizer()
-    cfg = DecoderConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_layers=layers or 32,
-                        num_heads=32, num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
-                        max_position_embeddings=32768)
     dt = jnp.dtype(dtype)
-    model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt))
-    graphdef, abstract = nnx.split(model)
-
-    @jax.jit
-    def init(key):
-        leaves, treedef = jax.tree.flatten(abstract)
-        keys = jax.random.split(key, len(leaves))
-        return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
-                                            for k, x in zip(keys, leaves)])
-    model = nnx.merge(graphdef, init(jax.random.key(0)))
+    cfg = decoder_preset("mistral-7b", layers=layers)
+    model = random_decoder(cfg, dt)                     # made on the device, never on the host
     dec = LoadedDecoder(model, tok)
-    proj = Projector("mlp2x_gelu", 384, 4096, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, cfg.hidden_size, rngs=nnx.Rngs(0),
+                     dtype=dt, param_dtype=dt)
     return PERanker(dec, proj, tok, load_encoder(minilm_dir())), None
 
 

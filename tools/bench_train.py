@@ -20,14 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.models.decoder import Decoder, DecoderConfig
+from perank_jax.models.decoder import Decoder
+from perank_jax.models.presets import decoder_preset, encoder_preset
 from perank_jax.models.projector import Projector
 from perank_jax.sharding import make_mesh
 from perank_jax.train.config import train_config
 from perank_jax.train.step import TrainStep
 
-MISTRAL_7B = DecoderConfig(vocab_size=32002, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
-                           num_kv_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5, model_type="mistral")
 
 
 def synthetic_batch(B, n, t_wo, t_w, dim, vocab, seed=0):
@@ -77,11 +76,11 @@ def main(argv=None) -> int:
         from perank_jax.weights.packaged import smollm2_gguf
         decoder = load_decoder(smollm2_gguf(), dtype=a.dtype, param_dtype=a.param_dtype, mesh=mesh, remat=a.remat).model
     else:
-        import dataclasses
-        cfg = dataclasses.replace(MISTRAL_7B, num_layers=a.layers or MISTRAL_7B.num_layers)
+        cfg = decoder_preset("mistral-7b", layers=a.layers)
         decoder = Decoder(cfg, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt, remat=a.remat, mesh=mesh)
     dcfg = decoder.cfg
-    projector = Projector("mlp2x_gelu", 384, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
+    dim = encoder_preset("minilm-l6").hidden_size          # the shipped model's encoder width
+    projector = Projector("mlp2x_gelu", dim, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
     load_s = time.time() - t
     cfg = train_config({"stage": 2, "global_batch": a.batch, "grad_accum": a.grad_accum, "remat": a.remat,
                         "compute_dtype": a.dtype, "param_dtype": a.param_dtype, "lora": {"rank": a.lora_rank},
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     ts = TrainStep(cfg, decoder, projector, mesh, total_steps=1000)
     del decoder
     state = ts.init_state()
-    batch = ts.global_batch(synthetic_batch(a.batch, a.passages, a.len_wo, a.len_w, 384, dcfg.vocab_size))
+    batch = ts.global_batch(synthetic_batch(a.batch, a.passages, a.len_wo, a.len_w, dim, dcfg.vocab_size))
     t = time.time()
     state, m = ts.step(state, batch)
     jax.block_until_ready(m)
