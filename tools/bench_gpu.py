@@ -77,7 +77,7 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
     from flax import nnx
 
     from perank_jax.models.decoder import Decoder, DecoderConfig, LoadedDecoder
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     if smoke:
         cfg = DecoderConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                             num_kv_heads=2, head_dim=64, rope_theta=1e6, model_type="mistral")
@@ -96,7 +96,7 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
         return jax.tree.unflatten(treedef, [(0.02 * jax.random.normal(k, x.shape, jnp.float32)).astype(x.dtype)
                                             for k, x in zip(keys, leaves)])
     model = nnx.merge(graphdef, init(jax.random.key(0)))
-    proj = Projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = build_projector("mlp2x_gelu", 768, cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
 

@@ -43,7 +43,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top
 
 def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     from perank_jax.ranker import PERanker
     from perank_jax.weights.perank import save_checkpoint
     from perank_jax.weights.decoder import load_decoder
@@ -51,7 +51,7 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)
-    proj = Projector("mlp2x_gelu", 384, dec.config.hidden_size, rngs=nnx.Rngs(0))
+    proj = build_projector("mlp2x_gelu", 384, dec.config.hidden_size, rngs=nnx.Rngs(0))
     ck = save_checkpoint(tmp / "perank", dec.model, proj, dec.tokenizer, encoder_name=str(minilm_dir()))
     return PERanker.from_pretrained(ck, dtype=dtype), Path(hf)
 
@@ -64,7 +64,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     from flax import nnx
     from perank_jax.models.decoder import Decoder, DecoderConfig
     from perank_jax.weights.encoder import load_encoder
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     from perank_jax.ranker import PERanker
     from perank_jax.models.decoder import LoadedDecoder
     from perank_jax.weights.gguf import GGUFSource
@@ -85,7 +85,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
                                             for k, x in zip(keys, leaves)])
     model = nnx.merge(graphdef, init(jax.random.key(0)))
     dec = LoadedDecoder(model, tok)
-    proj = Projector("mlp2x_gelu", 384, 4096, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = build_projector("mlp2x_gelu", 384, 4096, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return PERanker(dec, proj, tok, load_encoder(minilm_dir())), None
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.models.decoder import Decoder, DecoderConfig
-from perank_jax.models.projector import Projector
+from perank_jax.models.projector import build_projector
 from perank_jax.sharding import make_mesh
 from perank_jax.train.config import train_config
 from perank_jax.train.step import TrainStep
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         cfg = dataclasses.replace(MISTRAL_7B, num_layers=a.layers or MISTRAL_7B.num_layers)
         decoder = Decoder(cfg, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt, remat=a.remat, mesh=mesh)
     dcfg = decoder.cfg
-    projector = Projector("mlp2x_gelu", 384, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
+    projector = build_projector("mlp2x_gelu", 384, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
     load_s = time.time() - t
     cfg = train_config({"stage": 2, "global_batch": a.batch, "grad_accum": a.grad_accum, "remat": a.remat,
                         "compute_dtype": a.dtype, "param_dtype": a.param_dtype, "lora": {"rank": a.lora_rank},

@@ -153,7 +153,7 @@ def add_rerank(sub):
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
                                           embeddings=cache, share_prefix=not a.no_share_prefix,
                                           query_scale=a.query_scale, query_feedback=a.query_feedback)
-        mode = a.mode or ranker.config.get("default_mode") or "decode"
+        mode = a.mode or ranker.config.default_mode
         kw = dict(window=a.window or None, stride=a.stride, top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
                   progress=a.out is not None)
         if a.distributed:

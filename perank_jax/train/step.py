@@ -28,6 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from perank_jax.buckets import TraceCounter
 from perank_jax.models import lora as lora_lib
+from perank_jax.models.projector import single_token
 from perank_jax.prompts import merge_placeholders, scale_query_slot
 from perank_jax.sharding import logical_to_spec, named_sharding
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
@@ -146,7 +147,7 @@ class StepFns:
 
     def loss(self, params, frozen, batch):
         dec, proj = self.modules(params, frozen)
-        e = proj(batch["emb"])
+        e = single_token(proj, batch["emb"])
         if self.stage == 1:
             h = _hidden(dec, e, batch["ids"], batch["mask"], batch["ph_pos"])
             loss, count = next_token_xent(dec.head(h), batch["targets"], batch["weights"])
