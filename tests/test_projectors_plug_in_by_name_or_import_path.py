@@ -102,6 +102,19 @@ def test_a_decorated_class_is_registered_and_listed():
     assert isinstance(build_projector("test_linear_alias", 4, 6), Alias)
 
 
+def test_an_installed_packages_entry_point_is_a_registered_name(tmp_path, monkeypatch):
+    dist = tmp_path / "my_projectors-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-projectors\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[perank_jax.projectors]\ngated = external_projector:GatedLinear\n")
+    assert "gated" not in registered_projectors()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "gated" in registered_projectors()
+    proj = build_projector("gated", 4, 6, {"gain": 2.0})
+    assert type(proj).__name__ == "GatedLinear" and proj.kind == "gated" and proj.options.gain == 2.0
+    assert PERankConfig.from_dict({"projector": "gated", "embedding_size": 4}).projector_options == {"gain": 1.0}
+
+
 def test_config_json_is_written_by_one_module_only():
     """Every call that writes a file (atomic_json / write_text / json.dump / open(.., "w") ...) with a
     "config.json" literal in it, in the package and tools/: only perank_config.py may write one

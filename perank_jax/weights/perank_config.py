@@ -17,11 +17,11 @@ from pathlib import Path
 
 from perank_jax.atomic import atomic_json
 from perank_jax.config import check_settings, read_config_json, settings_rules, setting
-from perank_jax.constants import DECODE_MODES
+from perank_jax.constants import DECODE_MODES, ENCODER_MAX_LENGTH
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.pooling import POOLINGS
-from perank_jax.models.projector import check_options, legacy_kind, legacy_name, options_dict
+from perank_jax.models.projector import check_projector, legacy_kind, legacy_name, options_dict
 from perank_jax.prompts import TEMPLATES
 
 MODEL_TYPES = ("embed_mistral", "mistral", "llama")
@@ -45,7 +45,7 @@ class PERankConfig:
     base_decoder: str | None = setting(str, None)    # adapters: the decoder directory or `packaged:` name
     encoder_name: str = setting(str, "")
     encoder_pooling: str | None = setting(str, None, choices=POOLINGS)   # None: the encoder's own config
-    encoder_max_length: int = setting(int, 512, 2, 1 << 20)
+    encoder_max_length: int = setting(int, ENCODER_MAX_LENGTH, 2, 1 << 20)
     prompt_template: str = setting(str, "paper", choices=tuple(TEMPLATES))
     default_mode: str = setting(str, "decode", choices=DECODE_MODES)
     query_token: bool = setting(bool, False)
@@ -75,8 +75,9 @@ class PERankConfig:
                 if data.get("projector") is None:
                     data["projector"], data["projector_options"] = name, {**opts, **(data.get("projector_options") or {})}
             conf = check_settings(cls, data, where)
-            opts = options_dict(check_options(conf.projector, conf.projector_options, f"{where}: projector_options"))
-            if old is not None and legacy_name(conf.projector, opts) != old:
+            name, opts = check_projector(conf.projector, conf.projector_options, f"{where}: projector_options")
+            opts = options_dict(opts)
+            if old is not None and legacy_name(name, opts) != old:
                 raise ValueError(f"{where}: projector_type {old!r} disagrees with projector {conf.projector!r} "
                                  f"options {opts}")
             check_feedback(conf.query_feedback_weight, conf.query_feedback_temperature)
@@ -86,9 +87,9 @@ class PERankConfig:
         if conf.lora_rank == 0 and conf.lora_targets and conf.perank_format == "adapter":
             raise ValueError(f"{where}: lora_rank is 0 but lora_targets lists {conf.lora_targets}")
         embedding = conf.embedding_size
-        if embedding is None and conf.projector == "identity":
+        if embedding is None and name == "identity":
             embedding = conf.hidden_size
-        return dataclasses.replace(conf, projector_options=opts, embedding_size=embedding, hf=hf)
+        return dataclasses.replace(conf, projector=name, projector_options=opts, embedding_size=embedding, hf=hf)
 
     @classmethod
     def read(cls, directory) -> "PERankConfig":
