@@ -15,7 +15,7 @@ from flax import nnx
 from perank_jax import prompts
 from perank_jax.data.training_records import listwise_record
 from perank_jax.feedback import feedback_query
-from perank_jax.models.projector import build_projector
+from perank_jax.models.projector import build_projector, single_token
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
 from perank_jax.constants import MASKED
@@ -78,7 +78,7 @@ def _train_logits(setup, ranking):
         np.testing.assert_allclose(batch["emb"][0, 5], feedback_query(q, enc.encode(TEXTS), 1.0, 0.5), rtol=1e-5)
     else:
         np.testing.assert_array_equal(batch["emb"][0, 5], q)
-    e = scale_query_slot(proj(batch["emb"]), batch["valid"], setup[3].query_scale)
+    e = scale_query_slot(single_token(proj, batch["emb"]), batch["valid"], setup[3].query_scale)
     return np.asarray(listwise_logits(dec.model, e, batch, "wo"))[0]
 
 

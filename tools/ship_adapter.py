@@ -85,7 +85,7 @@ def example_rankings(model_dir: Path) -> dict[str, list[str]]:
     ranker = PERanker.from_pretrained(model_dir)
     reqs = read_requests(EXAMPLE_SET)
     orders = ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs],
-                                 window=20, mode=ranker.config.get("default_mode", "decode"))
+                                 window=20, mode=ranker.config.default_mode)
     return {r.qid: [r.candidates[i].docid for i in o] for r, o in zip(reqs, orders)}
 
 
