@@ -45,10 +45,11 @@ def _weight_dtype(encoder) -> str | None:
         return None
 
 
-def check_cache_matches(cache: EmbeddingCache, encoder, config: PERankConfig, dim: int) -> None:
+def check_cache_matches(cache: EmbeddingCache, encoder, config: PERankConfig | None, dim: int) -> None:
     """Raise EmbeddingMismatch listing every difference between the cache and the ranker's encoder.
     For an encoder object that is not a DenseEncoder, the checkpoint's encoder_name and
     `encoder_settings` stand in for what it cannot tell."""
+    config = config or PERankConfig()       # a plain encoder: the defaults
     meta, enc = cache.metadata, cache.metadata.get("encoder") or {}
     made_by = f"{enc.get('name')!r} ({enc.get('path')})"
     diffs = []
@@ -100,7 +101,7 @@ def encoder_identity(encoder) -> tuple:
             getattr(encoder, "normalize", None), getattr(encoder, "max_length", None), _weight_dtype(encoder))
 
 
-def open_cache(cache, encoder, config: PERankConfig, dim: int) -> EmbeddingCache:
+def open_cache(cache, encoder, config: PERankConfig | None, dim: int) -> EmbeddingCache:
     """An EmbeddingCache (or the directory of one) checked against the ranker's encoder."""
     if not isinstance(cache, EmbeddingCache):
         cache = load_embedding_cache(cache, verify="lazy")

@@ -173,7 +173,7 @@ class Methods:
             enc = self.encoder(m.encoder, m.max_length)
 
             def cosine(q, cands):
-                cache = self.usable_cache(m.name, enc, {}, enc.dim)
+                cache = self.usable_cache(m.name, enc, None, enc.dim)
                 memo = self.memo_for(enc)
                 (e,), *_ = passage_vectors(enc, [[c.text for c in cands]], [[c.docid for c in cands]], cache,
                                            memo, [q])
@@ -207,7 +207,7 @@ class Methods:
         perank.batch = batch
         return perank
 
-    def usable_cache(self, method: str, encoder, config: dict, dim: int):
+    def usable_cache(self, method: str, encoder, config, dim: int):
         """The dataset's embedding cache if `encoder` made it, else None (the method then encodes on
         the fly, as it must: another encoder's vectors would rank wrongly). Checked (encoder weights
         fingerprinted) once per method and cache, not per query; a mismatch is said once."""
