@@ -113,6 +113,75 @@ def check_number(name: str, value, kind, lo, hi, error: type[Exception] = ValueE
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One typed setting of a JSON config (a PE-Rank config.json field, a projector's option): its
+    type, default (None: optional, null allowed) and allowed values, stated once. A number is finite
+    and in [lo, hi] (floats: lo excluded); a str / list of str is one of `choices` (empty: any)."""
+    kind: type                       # bool, int, float, str, list (of str) or dict (a JSON object)
+    default: Any = None
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+
+    def check(self, name: str, value, where: str):
+        """`value` checked (None: the default), or one ValueError naming `where` and the field."""
+        if value is None:
+            return dict(self.default) if isinstance(self.default, dict) else (
+                list(self.default) if isinstance(self.default, list) else self.default)
+        bad = f"{where}: field {name!r} must be "
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(bad + f"true or false (a JSON bool), got {value!r}")
+            return value
+        if self.kind in (int, float):
+            lo = -math.inf if self.lo is None else self.lo
+            hi = sys.float_info.max if self.hi is None else self.hi      # floats: finite always
+            try:
+                return check_number(repr(name), value, self.kind, lo, hi, ValueError)
+            except ValueError as e:
+                raise ValueError(f"{where}: field {e}") from None
+        if self.kind is dict:
+            if not isinstance(value, dict):
+                raise ValueError(bad + f"a JSON object, got {value!r}")
+            return dict(value)
+        items = value if self.kind is list else [value]
+        if self.kind is list and not isinstance(value, list):
+            raise ValueError(bad + f"a list, got {value!r}")
+        for v in items:
+            if not isinstance(v, str) or self.choices and v not in self.choices:
+                what = f"one of {list(self.choices)}" if self.choices else "a string"
+                raise ValueError(bad + (f"a list of {what}" if self.kind is list else what) + f", got {value!r}")
+        return list(value) if self.kind is list else value
+
+
+def setting(kind: type, default=None, lo=None, hi=None, choices: tuple = ()):
+    """A dataclass field carrying its `Field` rule (read by `check_settings`); the dataclass default is
+    the rule's default (lists / dicts copied per instance)."""
+    rule = Field(kind, default, lo, hi, tuple(choices))
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: rule.check("", None, ""), metadata={"rule": rule})
+    return dataclasses.field(default=default, metadata={"rule": rule})
+
+
+def settings_rules(cls) -> dict[str, Field]:
+    """{name: Field} of a dataclass declared with `setting(...)` fields."""
+    return {f.name: f.metadata["rule"] for f in dataclasses.fields(cls) if "rule" in f.metadata}
+
+
+def check_settings(cls: type[T], data: dict, where: str, allow_unknown: bool = False) -> T:
+    """An instance of dataclass `cls` (its fields declared with `setting`) from a JSON mapping: every
+    field checked by its rule, missing ones defaulted; an unknown key (unless allow_unknown), a wrong
+    type or an out-of-range value is one ValueError naming `where` and the key."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object of settings, got {data!r}")
+    rules = settings_rules(cls)
+    unknown = sorted(set(data) - set(rules))
+    if unknown and not allow_unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(rules)})")
+    return cls(**{name: rule.check(name, data.get(name), where) for name, rule in rules.items()})
+
+
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

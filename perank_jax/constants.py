@@ -13,3 +13,5 @@ WEIGHTINGS = ("mean", "pow2")              # ListMLE position weighting (stage-2
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 COMPUTE_DTYPES = ("float32", "bfloat16")   # what training and reranking compute in
+
+ENCODER_MAX_LENGTH = 512                   # encoder tokens per passage unless a model / flag says otherwise (the paper's)

@@ -15,7 +15,8 @@ import numpy as np
 
 from perank_jax.data.embcache import CacheError, EmbeddingCache, encoder_fingerprint, load_embedding_cache
 from perank_jax.weights.packaged import resolve_model_path
-from perank_jax.weights.perank import encoder_settings, load_checkpoint_encoder
+from perank_jax.weights.perank import load_checkpoint_encoder
+from perank_jax.weights.perank_config import PERankConfig
 
 
 class EmbeddingMismatch(CacheError):
@@ -23,10 +24,10 @@ class EmbeddingMismatch(CacheError):
     normalisation, max_length, dtype or dimension)."""
 
 
-def _encoder_dir(encoder, config: dict) -> Path | None:
+def _encoder_dir(encoder, config: PERankConfig) -> Path | None:
     """The directory of the weights the ranker encodes with: the encoder's own, else (an encoder
     object without one) the checkpoint's `encoder_name`."""
-    for src in (getattr(encoder, "path", None), config.get("encoder_name")):
+    for src in (getattr(encoder, "path", None), config.encoder_name):
         if src:
             try:
                 p = Path(resolve_model_path(src))
@@ -44,10 +45,11 @@ def _weight_dtype(encoder) -> str | None:
         return None
 
 
-def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) -> None:
+def check_cache_matches(cache: EmbeddingCache, encoder, config: PERankConfig | None, dim: int) -> None:
     """Raise EmbeddingMismatch listing every difference between the cache and the ranker's encoder.
     For an encoder object that is not a DenseEncoder, the checkpoint's encoder_name and
     `encoder_settings` stand in for what it cannot tell."""
+    config = config or PERankConfig()       # a plain encoder: the defaults
     meta, enc = cache.metadata, cache.metadata.get("encoder") or {}
     made_by = f"{enc.get('name')!r} ({enc.get('path')})"
     diffs = []
@@ -56,7 +58,7 @@ def check_cache_matches(cache: EmbeddingCache, encoder, config: dict, dim: int) 
     src = _encoder_dir(encoder, config)
     if src is not None and encoder_fingerprint(src) != enc.get("fingerprint"):
         diffs.append(f"made by encoder {made_by}, the ranker encodes with {src}")
-    conf = encoder_settings(config)
+    conf = config.encoder_settings()
     want = {"pooling": getattr(encoder, "pooling", None) or conf["pooling"],
             "normalize": getattr(encoder, "normalize", conf["normalize"]),
             "max_length": getattr(encoder, "max_length", None) or conf["max_length"],
@@ -99,7 +101,7 @@ def encoder_identity(encoder) -> tuple:
             getattr(encoder, "normalize", None), getattr(encoder, "max_length", None), _weight_dtype(encoder))
 
 
-def open_cache(cache, encoder, config: dict, dim: int) -> EmbeddingCache:
+def open_cache(cache, encoder, config: PERankConfig | None, dim: int) -> EmbeddingCache:
     """An EmbeddingCache (or the directory of one) checked against the ranker's encoder."""
     if not isinstance(cache, EmbeddingCache):
         cache = load_embedding_cache(cache, verify="lazy")

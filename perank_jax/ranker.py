@@ -30,7 +30,7 @@ from flax import nnx
 from perank_jax.buckets import TraceCounter, round_up
 from perank_jax.constants import DECODE_MODES
 from perank_jax.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+from perank_jax.feedback import FEEDBACK_KEYS
 from perank_jax.perank_model import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, project
 from perank_jax.passage_vectors import open_cache, passage_vectors
@@ -38,8 +38,8 @@ from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
 from perank_jax.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
 from perank_jax.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
-from perank_jax.weights.perank import (PERANK_FIELDS, check_perank_config, load_checkpoint, load_checkpoint_encoder,
-                                       save_checkpoint)
+from perank_jax.weights.perank import load_checkpoint, load_checkpoint_encoder, save_checkpoint
+from perank_jax.weights.perank_config import PERankConfig
 from perank_jax.windows import sliding_windows
 
 @dataclass
@@ -65,21 +65,24 @@ class RerankStats:
 
 class PERanker:
     def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
-                 length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16, config: dict | None = None,
+                 length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16,
+                 config: PERankConfig | dict | None = None,
                  share_prefix: bool = True, embeddings=None):
         """batch_size: windows decoded per call and per device of the mesh's "data" axis."""
         self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
         self.encoder = encoder          # anything with .encode(list[str]) -> [n, E] array
-        self.config = check_perank_config(dict(config or {}), "PERanker config")   # typed, defaults filled
+        self.config = (config if isinstance(config, PERankConfig)
+                       else PERankConfig.from_dict(dict(config or {}), "PERanker config"))
         self.placeholder_id, self.rank_id = add_special_tokens(tokenizer)
-        self.template = self.config["prompt_template"]
-        self.query_token = self.config["query_token"]
-        self.query_scale = self.config["query_scale"] if self.query_token else 1.0
-        self.feedback = (self.config[FEEDBACK_KEYS[0]] if self.query_token else 0.0, self.config[FEEDBACK_KEYS[1]])
-        self.tokens_per_passage = int(getattr(projector, "tokens_per_passage", 1))   # k placeholders per slot
-        self.uses_query = bool(getattr(projector, "uses_query", False))
+        self.template = self.config.prompt_template
+        self.query_token = self.config.query_token
+        self.query_scale = self.config.query_scale if self.query_token else 1.0
+        self.feedback = (self.config.query_feedback_weight if self.query_token else 0.0,
+                         self.config.query_feedback_temperature)
+        self.tokens_per_passage = int(projector.tokens_per_passage)   # k placeholders per slot
+        self.uses_query = bool(projector.uses_query)
         self.max_length = max_length or decoder.config.max_position_embeddings
         self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.share_prefix = share_prefix
@@ -131,30 +134,23 @@ class PERanker:
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
         if query_scale is not None:
-            if not conf.get("query_token"):
+            if not conf.query_token:
                 raise ValueError(f"{path}: a query scale applies only to a checkpoint with a query token "
                                  f"(config.json query_token is not true)")
-            conf = {**conf, "query_scale": PERANK_FIELDS["query_scale"].check("query_scale", query_scale,
-                                                                             "query scale (--query-scale)")}
+            conf = conf.replace("query scale (--query-scale)", query_scale=query_scale)
         if query_feedback is not None:
-            if not conf.get("query_token"):
+            if not conf.query_token:
                 raise ValueError(f"{path}: query feedback applies only to a checkpoint with a query token "
                                  f"(config.json query_token is not true)")
-            w, t = check_feedback(*query_feedback)
-            conf = {**conf, FEEDBACK_KEYS[0]: w, FEEDBACK_KEYS[1]: t}
+            w, t = query_feedback
+            conf = conf.replace("query feedback (--query-feedback)", **{FEEDBACK_KEYS[0]: w, FEEDBACK_KEYS[1]: t})
         if encoder is not None:
             return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
         encoder = load_checkpoint_encoder(path, conf, encoder_path, max_length=encoder_max_length)
         return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
 
     def save_pretrained(self, out_dir) -> Path:
-        return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer,
-                               encoder_name=self.config.get("encoder_name", ""),
-                               encoder_pooling=self.config["encoder_pooling"] or "mean",
-                               encoder_max_length=int(self.config.get("encoder_max_length") or 512),
-                               prompt_template=self.template, query_token=self.query_token,
-                               query_scale=self.query_scale, default_mode=self.config.get("default_mode") or "decode",
-                               query_feedback=self.feedback)
+        return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer, self.config)
 
     # --- prompts ------------------------------------------------------------------------
     def prompt(self, query: str, passages) -> str:

@@ -37,7 +37,7 @@ from perank_jax.train.config import TrainConfig  # noqa: E402
 from perank_jax.config import from_dict  # noqa: E402
 from perank_jax.weights.gguf import GGUFSource  # noqa: E402
 from perank_jax.weights.io import SafetensorsFile  # noqa: E402
-from perank_jax.weights.perank import check_perank_config  # noqa: E402
+from perank_jax.weights.perank_config import PERankConfig  # noqa: E402
 
 from helpers_hostile import VALID_CONFIG, VALID_YAML, gguf_bytes, named_cases, valid_safetensors  # noqa: E402
 
@@ -68,7 +68,7 @@ def load_config_json(path: Path):
     conf = read_config_json(path.parent)
     DecoderConfig.from_hf({"model_type": "llama", **conf}, source=str(path))
     EncoderConfig.from_hf({**conf, "model_type": "bert"}, source=str(path))
-    check_perank_config(conf, str(path))
+    PERankConfig.from_dict(conf, str(path))
 
 
 def load_yaml_override(path: Path):

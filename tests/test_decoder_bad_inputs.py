@@ -142,12 +142,12 @@ def test_gguf_tokenizer_conversion_failure_is_reported_not_swallowed(smollm2_ggu
 @pytest.mark.parametrize("loader", ["decoder", "encoder", "perank"])
 def test_corrupt_or_missing_config_json_is_one_error_naming_the_file(loader, tmp_path):
     from perank_jax.models.encoder import EncoderError
-    from perank_jax.weights.perank import read_perank_config
+    from perank_jax.weights.perank_config import PERankConfig
     from perank_jax.weights.decoder import load_decoder
     from perank_jax.weights.encoder import load_encoder
     load, err, missing = {"decoder": (load_decoder, WeightError, WeightError),
                           "encoder": (load_encoder, EncoderError, EncoderError),
-                          "perank": (read_perank_config, ValueError, FileNotFoundError)}[loader]
+                          "perank": (PERankConfig.read, ValueError, FileNotFoundError)}[loader]
     with pytest.raises(missing, match="config.json not found"):
         load(tmp_path)
     (tmp_path / "config.json").write_text('{"model_type": "llama",')

@@ -11,7 +11,7 @@ import pytest
 from perank_jax.cli import main
 from perank_jax.data.embcache import load_embedding_cache
 from perank_jax.data.trec import read_run
-from perank_jax.weights.perank import encoder_settings, read_perank_config
+from perank_jax.weights.perank_config import PERankConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPICS = "cats dogs rivers banks loans trees music pianos courts cities fish birds".split()
@@ -49,8 +49,8 @@ def test_readme_fast_path_encodes_as_the_model_and_reranks_from_the_cache(tmp_pa
     assert all(sorted(h.docid for h in ranked[q]) == sorted(h.docid for h in first[q]) for q in ranked)
     meta = load_embedding_cache(tmp_path / "cache").metadata
     from perank_jax.weights.packaged import shipped_dir
-    conf = read_perank_config(shipped_dir() if model == "shipped" else tiny_perank_dir_32)
-    want = encoder_settings(conf)
+    conf = PERankConfig.read(shipped_dir() if model == "shipped" else tiny_perank_dir_32)
+    want = conf.encoder_settings()
     assert meta["max_length"] == want["max_length"] and meta["dtype"] == want["dtype"]
     if model == "shipped":
         assert meta["max_length"] == 256 != 512         # the shipped model's, not the plain-encoder default

@@ -175,12 +175,12 @@ def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, raw, expect):
     ({"lora_targets": ["q", "everything"]}, "field 'lora_targets' must be a list of one of"),
 ])
 def test_perank_config_fields_are_checked_like_the_cli_flags(tmp_path, edit, expect):
-    from perank_jax.weights.perank import read_perank_config
+    from perank_jax.weights.perank_config import PERankConfig
     conf = {"model_type": "llama", "hidden_size": 32, **json.loads(
         (Path(__import__("perank_jax").__file__).parent / "shipped" / "config.json").read_text()), **edit}
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError) as e:
-        read_perank_config(tmp_path)
+        PERankConfig.read(tmp_path)
     assert str(e.value).startswith(str(tmp_path / "config.json")) and expect in str(e.value), e.value
 
 
@@ -189,7 +189,7 @@ def tiny_adapter(tmp_path_factory):
     """A tiny llama base decoder and a LoRA (r=2 on q) + linear projector adapter over it."""
     import jax.numpy as jnp
     from flax import nnx
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     from perank_jax.weights.perank import save_adapter
     base = tmp_path_factory.mktemp("base")
     make_tiny_hf_decoder(base, "llama")
@@ -197,7 +197,7 @@ def tiny_adapter(tmp_path_factory):
     rng = np.random.default_rng(0)
     lora = {"q": {"a": jnp.asarray(rng.normal(size=(2, 32, 2)), jnp.float32),
                   "b": jnp.asarray(rng.normal(size=(2, 2, 32)), jnp.float32)}}
-    save_adapter(out, Projector("linear", 8, 32, rngs=nnx.Rngs(0)), lora, base_decoder=str(base),
+    save_adapter(out, build_projector("linear", 8, 32, rngs=nnx.Rngs(0)), lora, base_decoder=str(base),
                  encoder_name="", lora_rank=2, hidden_size=32)
     return out
 

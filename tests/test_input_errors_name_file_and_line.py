@@ -196,8 +196,8 @@ def test_bad_training_jsonl_names_file_line_and_field(train_files, tmp_path, cap
 
 
 def _npz_bytes(tmp_path):
-    from perank_jax.models.projector import Projector
-    p = Projector("mlp2x_gelu", 16, 32)
+    from perank_jax.models.projector import build_projector
+    p = build_projector("mlp2x_gelu", 16, 32)
     np.savez(tmp_path / "proj.npz", **p.export_torch())
     return (tmp_path / "proj.npz").read_bytes()
 
@@ -232,7 +232,7 @@ def test_a_damaged_projector_file_is_one_line_naming_it(train_files, tmp_path, c
 
 
 def test_a_good_npz_projector_loads(tmp_path):
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     try:                                   # projector files are read in weights/ (models/ before)
         from perank_jax.weights.projector import load_projector
     except ImportError:
@@ -240,7 +240,7 @@ def test_a_good_npz_projector_loads(tmp_path):
     data = _npz_bytes(tmp_path)
     (tmp_path / "ok.npz").write_bytes(data)
     got = load_projector(tmp_path / "ok.npz", "mlp2x_gelu", 16, 32)
-    want = Projector("mlp2x_gelu", 16, 32)
+    want = build_projector("mlp2x_gelu", 16, 32)
     np.testing.assert_array_equal(np.asarray(got.layers[1].kernel[...]), np.asarray(want.layers[1].kernel[...]))
 
 

@@ -16,27 +16,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fixtures import HashEncoder
-from perank_jax.models.projector import Projector
 from perank_jax.ranker import PERanker
 from perank_jax.windows import sliding_windows
 
-K = 2
+from external_projector import TwoTokenProjector
+from fixtures import HashEncoder
+
+K = TwoTokenProjector.tokens_per_passage
 PASSAGES = [f"passage {i} about {w}" for i, w in enumerate("cats dogs fish birds trees rivers pianos".split())]
 QUERIES = ["dogs and cats", "rivers with fish", "music on a piano"]
-
-
-class TwoTokenProjector(Projector):
-    """k = 2 vectors per passage: one linear map to 2 * H, split in two (test-local)."""
-
-    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
-        self.in_dim, self.out_dim, self.kind = in_dim, out_dim, "test_two_token"
-        self.tokens_per_passage, self.uses_query = K, False
-        rng = np.random.default_rng(seed)
-        self.w = nnx.Param(jnp.asarray(rng.normal(size=(in_dim, K * out_dim)) / np.sqrt(in_dim), jnp.float32))
-
-    def __call__(self, passages, query=None):
-        return (passages @ self.w[...]).reshape(passages.shape[0], K, self.out_dim)
 
 
 @pytest.fixture(scope="module")

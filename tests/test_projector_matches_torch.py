@@ -5,14 +5,14 @@ import pytest
 import torch
 from flax import nnx
 
-from perank_jax.models.projector import Projector, num_linears, project
+from perank_jax.models.projector import build_projector, legacy_kind, project
 from perank_jax.weights.projector import load_projector
 from perank_jax.weights.io import WeightError, save_safetensors_atomic
 
 
 def _torch_projector(kind, e, d, seed=0):
     torch.manual_seed(seed)
-    n = num_linears(kind)
+    n = 1 if kind == "linear" else legacy_kind(kind)[1]["depth"]
     if n == 1:
         return torch.nn.Linear(e, d)
     layers = []
@@ -44,17 +44,17 @@ def test_projector_equals_torch_sequential(tmp_path, kind, prefix):
 
 
 def test_identity_projector_has_no_weights_and_returns_input():
-    proj = Projector("identity", 8, 8)
+    proj = build_projector("identity", 8, 8)
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     g, s = nnx.split(proj)
     np.testing.assert_array_equal(np.asarray(project(g, s, x))[:, 0], x)
     with pytest.raises(ValueError, match="identity"):
-        Projector("identity", 8, 9)
+        build_projector("identity", 8, 9)
 
 
 def test_unknown_projector_type_is_rejected():
     with pytest.raises(ValueError, match="unknown projector_type"):
-        num_linears("mlp2x_relu")
+        legacy_kind("mlp2x_relu")
 
 
 def test_wrong_shapes_and_missing_keys_are_listed(tmp_path):
@@ -76,11 +76,11 @@ def test_pickle_projector_needs_explicit_permission(tmp_path):
         load_projector(path, "mlp2x_gelu", 6, 10)
     proj = load_projector(path, "mlp2x_gelu", 6, 10, allow_pickle=True)
     x = np.ones((1, 6), np.float32)
-    np.testing.assert_allclose(np.asarray(proj(x)), tp(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(proj(x))[:, 0], tp(torch.from_numpy(x)).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_projector_weights_carry_logical_axes():
-    proj = Projector("mlp2x_gelu", 6, 10)
+    proj = build_projector("mlp2x_gelu", 6, 10)
     assert proj.layers[0].kernel.get_metadata()["axes"] == ("proj_in", "proj_hidden")
     assert proj.layers[1].kernel.get_metadata()["axes"] == ("proj_hidden", "embed")
     assert proj.layers[1].bias.get_metadata()["axes"] == ("embed",)

@@ -3,15 +3,15 @@
 receives the same query vector in a training step as at inference (the candidate-aware one when
 the checkpoint's query feedback is on, the query's own vector otherwise).
 
-The projectors are test-local (tests/projectors_for_tests.py); `Run` builds them through
-perank_jax.models.projector.Projector, replaced here by a factory."""
+The projectors live outside the package (tests/external_projector.py); the training config selects
+them by import path, as a researcher's would."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
 
-import projectors_for_tests as P
+import external_projector as P
 from perank_jax.feedback import feedback_query
 from perank_jax.ranker import PERanker
 from perank_jax.train.config import load_train_config
@@ -39,9 +39,7 @@ def files(tmp_path_factory):
 
 def run_with(monkeypatch, files, projector_cls, *extra) -> Run:
     d = files[0]
-    monkeypatch.setattr("perank_jax.models.projector.Projector",
-                        lambda kind, dim, hidden, **kw: projector_cls(dim, hidden))
-    cfg = load_train_config("configs/tiny.stage2.yaml", [
+    cfg = load_train_config("configs/tiny.stage2.yaml", [f"model.projector=external_projector:{projector_cls.__name__}",
         f"model.decoder={d / 'dec'}", f"data.train={d / 'train.jsonl'}", f"data.embeddings={d / 'emb.npz'}",
         f"output_dir={d / 'run'}", "data.buckets=[64,128]", "data.max_len=128", "optim.lr=1e-2",
         "optim.max_steps=3", "data.use_content_view=false", FAST, *extra])

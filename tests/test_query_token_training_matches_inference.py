@@ -15,11 +15,11 @@ from flax import nnx
 from perank_jax import prompts
 from perank_jax.data.training_records import listwise_record
 from perank_jax.feedback import feedback_query
-from perank_jax.models.projector import Projector
+from perank_jax.models.projector import build_projector
 from perank_jax.ranker import PERanker
 from perank_jax.train import data as D
 from perank_jax.constants import MASKED
-from perank_jax.perank_model import listwise_logits, scale_query_slot
+from perank_jax.perank_model import listwise_logits, project_lists, scale_query_slot
 from perank_jax.weights.decoder import load_decoder
 
 from fixtures import make_decoder_dir, make_tokenizer
@@ -55,7 +55,7 @@ def setup(tmp_path_factory, request):
     scale, weight = request.param
     d = decoder_dir(tmp_path_factory.mktemp("dec"), init_std=0.3)
     dec = load_decoder(d)
-    proj = Projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
+    proj = build_projector("mlp2x_gelu", DIM, 32, rngs=nnx.Rngs(3))
     enc = TableEncoder()
     ranker = PERanker(dec, proj, dec.tokenizer, enc, config={
         "prompt_template": "compact", "query_token": True, "query_scale": scale,
@@ -77,7 +77,7 @@ def _train_logits(setup, ranking):
         np.testing.assert_allclose(batch["emb"][0, 5], feedback_query(q, enc.encode(TEXTS), 1.0, 0.5), rtol=1e-5)
     else:
         np.testing.assert_array_equal(batch["emb"][0, 5], q)
-    e = scale_query_slot(proj(batch["emb"]), batch["valid"], setup[3].query_scale)
+    e = scale_query_slot(project_lists(*nnx.split(proj), batch["emb"]), batch["valid"], setup[3].query_scale)
     return np.asarray(listwise_logits(dec.model, e, batch, "wo"))[0]
 
 
@@ -110,22 +110,20 @@ def test_query_token_prompt_ends_with_the_query_slot(setup):
 
 
 def test_isometric_linear_projector_keeps_the_encoders_inner_products():
-    p = Projector("linear", 6, 16, rngs=nnx.Rngs(0)).init_isometry(3.0, seed=1)
+    p = build_projector("linear", 6, 16, rngs=nnx.Rngs(0)).init_isometry(3.0, seed=1)
     x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
-    y = np.asarray(p(x))
+    y = np.asarray(p(x))[:, 0]
     np.testing.assert_allclose(y @ y.T, 9.0 * (x @ x.T), rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="linear"):
-        Projector("mlp2x_gelu", 6, 16).init_isometry(1.0)
 
 
 def test_isometric_start_of_a_wider_encoder_is_a_scaled_orthogonal_projection():
     """768-d mpnet into a 576-d LLM: the kernel's columns are orthonormal (times the scale), so a
     vector inside the kept subspace keeps its norm and no vector grows."""
-    p = Projector("linear", 16, 6, rngs=nnx.Rngs(0)).init_isometry(2.0, seed=1)
-    k = np.asarray(p.layers[0].kernel[...])
+    p = build_projector("linear", 16, 6, rngs=nnx.Rngs(0)).init_isometry(2.0, seed=1)
+    k = np.asarray(p.layer.kernel[...])
     np.testing.assert_allclose(k.T @ k, 4.0 * np.eye(6), atol=1e-5)
     x = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
-    y = np.asarray(p(x))
+    y = np.asarray(p(x))[:, 0]
     assert np.all(np.linalg.norm(y, axis=1) <= 2.0 * np.linalg.norm(x, axis=1) + 1e-4)
     inside = (k @ np.ones(6, np.float32)) / 4.0                    # a vector in the kept subspace
     np.testing.assert_allclose(np.linalg.norm(np.asarray(p(inside[None]))), 2.0 * np.linalg.norm(inside), rtol=1e-4)

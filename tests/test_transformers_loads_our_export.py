@@ -22,7 +22,7 @@ from flax import nnx
 import perank_jax
 from fixtures import make_tiny_hf_decoder
 from perank_jax.models.decoder import param_specs
-from perank_jax.models.projector import Projector
+from perank_jax.models.projector import build_projector
 from perank_jax.weights.perank import save_checkpoint
 
 TOL = 1e-4
@@ -75,7 +75,7 @@ def load_hf(path, arch=None):
 
 def export_decoder(model, out_dir, tokenizer, **kw):
     """Our export: a PE-Rank checkpoint directory (decoder in HF layout + projector + tokenizer)."""
-    proj = Projector("linear", 8, model.cfg.hidden_size, rngs=nnx.Rngs(0))
+    proj = build_projector("linear", 8, model.cfg.hidden_size, rngs=nnx.Rngs(0))
     kw.setdefault("model_type", model.cfg.model_type)
     return save_checkpoint(out_dir, model, proj, tokenizer, **kw)
 

@@ -84,11 +84,11 @@ def build(smoke: bool, dtype: str, unroll: bool = False):
 
     from perank_jax.models.decoder import LoadedDecoder
     from perank_jax.models.presets import decoder_preset, random_decoder
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     cfg = decoder_preset(SMOKE_PRESET if smoke else PRESET)
     dt = jnp.dtype(dtype)
     model = random_decoder(cfg, dt, unroll=unroll)      # made on the device, never on the host
-    proj = Projector("mlp2x_gelu", encoder_dim(), cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
+    proj = build_projector("mlp2x_gelu", encoder_dim(), cfg.hidden_size, rngs=nnx.Rngs(0), dtype=dt, param_dtype=dt)
     return LoadedDecoder(model), proj, cfg
 
 

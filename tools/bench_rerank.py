@@ -43,7 +43,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top
 
 def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     from perank_jax.ranker import PERanker
     from perank_jax.weights.perank import save_checkpoint
     from perank_jax.weights.decoder import load_decoder
@@ -52,7 +52,7 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)
     from perank_jax.models.presets import encoder_preset
-    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
+    proj = build_projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
                      rngs=nnx.Rngs(0))
     ck = save_checkpoint(tmp / "perank", dec.model, proj, dec.tokenizer, encoder_name=str(minilm_dir()))
     return PERanker.from_pretrained(ck, dtype=dtype), Path(hf)
@@ -65,7 +65,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     from flax import nnx
     from perank_jax.models.presets import decoder_preset, encoder_preset, random_decoder
     from perank_jax.weights.encoder import load_encoder
-    from perank_jax.models.projector import Projector
+    from perank_jax.models.projector import build_projector
     from perank_jax.ranker import PERanker
     from perank_jax.models.decoder import LoadedDecoder
     from perank_jax.weights.gguf import GGUFSource
@@ -75,7 +75,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     cfg = decoder_preset("mistral-7b", layers=layers)
     model = random_decoder(cfg, dt)                     # made on the device, never on the host
     dec = LoadedDecoder(model, tok)
-    proj = Projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, cfg.hidden_size, rngs=nnx.Rngs(0),
+    proj = build_projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, cfg.hidden_size, rngs=nnx.Rngs(0),
                      dtype=dt, param_dtype=dt)
     return PERanker(dec, proj, tok, load_encoder(minilm_dir())), None
 

@@ -22,7 +22,7 @@ from flax import nnx
 
 from perank_jax.models.decoder import Decoder
 from perank_jax.models.presets import decoder_preset, encoder_preset
-from perank_jax.models.projector import Projector
+from perank_jax.models.projector import build_projector
 from perank_jax.sharding import make_mesh
 from perank_jax.train.config import train_config
 from perank_jax.train.step import TrainStep
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         decoder = Decoder(cfg, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt, remat=a.remat, mesh=mesh)
     dcfg = decoder.cfg
     dim = encoder_preset("minilm-l6").hidden_size          # the shipped model's encoder width
-    projector = Projector("mlp2x_gelu", dim, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
+    projector = build_projector("mlp2x_gelu", dim, dcfg.hidden_size, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt)
     load_s = time.time() - t
     cfg = train_config({"stage": 2, "global_batch": a.batch, "grad_accum": a.grad_accum, "remat": a.remat,
                         "compute_dtype": a.dtype, "param_dtype": a.param_dtype, "lora": {"rank": a.lora_rank},

@@ -155,7 +155,7 @@ def embed_texts(records: list[dict], encoder: str, max_len: int, caches=()) -> t
     enc = load_encoder(resolve_model_path(encoder), normalize=True, max_length=max_len, dtype="float32")
     embed = lambda ts: enc.encode(ts, batch_size=64)  # noqa: E731
     for c in caches:                                      # opened once; EmbeddingMismatch names every difference
-        embed = cache_embedder(open_cache(c, enc, {}, enc.dim), fallback=embed)
+        embed = cache_embedder(open_cache(c, enc, None, enc.dim), fallback=embed)
     return texts, np.asarray(embed(texts), np.float32)
 
 

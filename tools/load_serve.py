@@ -74,7 +74,7 @@ def direct_latencies(args, bodies, tmp: Path) -> list[float]:
     if not args.texts:
         args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))
         ranker.use_embeddings(args.embeddings)
-    mode = ranker.config.get("default_mode") or "decode"
+    mode = ranker.config.default_mode
     for timed in (False, True):                  # the first pass compiles every shape these requests need
         out = []
         for b in bodies:

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+from perank_jax.weights.perank_config import PERankConfig, check_field
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "perank_jax" / "shipped"
@@ -38,13 +39,13 @@ def main(argv=None) -> int:
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
     ap.add_argument("--dest", type=Path, default=SHIPPED, help="where to ship (default: %(default)s)")
     a = ap.parse_args(argv)
-    if a.query_scale is not None and not a.query_scale > 0:
-        ap.error(f"--query-scale must be > 0, got {a.query_scale}")
-    if a.query_feedback is not None:
-        try:
+    try:      # the rules are PERankConfig's (query_scale) and perank_jax.feedback's
+        if a.query_scale is not None:
+            check_field("query_scale", a.query_scale, "--query-scale")
+        if a.query_feedback is not None:
             a.query_feedback = check_feedback(*a.query_feedback)
-        except ValueError as e:
-            ap.error(str(e))
+    except ValueError as e:
+        ap.error(str(e))
     run = Path(a.run)
     files = {run / "adapter" / "config.json": "config.json", run / "adapter" / "adapter.safetensors": "adapter.safetensors",
              run / "metrics.jsonl": "training_metrics.jsonl", run / "metrics.png": "training_loss.png"}
@@ -57,12 +58,9 @@ def main(argv=None) -> int:
     try:
         for src, name in files.items():
             shutil.copyfile(src, stage / name)
-        conf = json.loads((stage / "config.json").read_text())
-        if a.query_scale is not None:
-            conf["query_scale"] = a.query_scale
-        if a.query_feedback is not None:
-            conf.update(zip(FEEDBACK_KEYS, a.query_feedback))
-        (stage / "config.json").write_text(json.dumps(conf, indent=2) + "\n")
+        changes = {} if a.query_scale is None else {"query_scale": a.query_scale}
+        changes.update(zip(FEEDBACK_KEYS, a.query_feedback or ()))
+        PERankConfig.read(stage).replace("--query-scale / --query-feedback", **changes).write(stage)
         try:
             rankings = example_rankings(stage)
         except Exception as e:           # the CLI boundary: one line, and the shipped model untouched
@@ -87,7 +85,7 @@ def example_rankings(model_dir: Path) -> dict[str, list[str]]:
     ranker = PERanker.from_pretrained(model_dir)
     reqs = read_requests(EXAMPLE_SET)
     orders = ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs],
-                                 window=20, mode=ranker.config.get("default_mode", "decode"))
+                                 window=20, mode=ranker.config.default_mode)
     return {r.qid: [r.candidates[i].docid for i in o] for r, o in zip(reqs, orders)}
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, add_distributed, mesh_shape, number, start_distributed, warn,
                                  warn_cut)
-from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES
+from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH
 from perank_jax.outputs import check_outputs
 
 
@@ -28,7 +28,7 @@ def add_encode(sub):
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--max-length", type=number(int, 2), default=None,
-                   help="plain --encoder only: encoder tokens per passage (default 512, the paper's)")
+                   help=f"plain --encoder only: encoder tokens per passage (default {ENCODER_MAX_LENGTH}, the paper's)")
     p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
                    help="plain --encoder only (default: its sentence-transformers pooling config, else mean)")
@@ -153,7 +153,7 @@ def add_rerank(sub):
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
                                           embeddings=cache, share_prefix=not a.no_share_prefix,
                                           query_scale=a.query_scale, query_feedback=a.query_feedback)
-        mode = a.mode or ranker.config.get("default_mode") or "decode"
+        mode = a.mode or ranker.config.default_mode
         kw = dict(window=a.window or None, stride=a.stride, top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
                   progress=a.out is not None)
         if a.distributed:

@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from perank_jax.atomic import atomic_write, fresh_temp, target_mode
+from perank_jax.constants import ENCODER_MAX_LENGTH
 from perank_jax.outputs import claim_dir, dir_lock
 from perank_jax.data.embcache import (CACHE_VERSION, EMB, IDS, META, PARTIAL, CacheError, DamagedCacheError,
                                       bad_chunks, describe_rows, encoder_fingerprint, open_embeddings,
@@ -60,7 +61,7 @@ def _read_corpus(path, title_format: bool) -> tuple[list[str], list[str]]:
     return list(docs.keys()), [str(t) for t in docs.values()]
 
 
-def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max_length: int = 512,
+def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max_length: int = ENCODER_MAX_LENGTH,
                           chunk_size: int = 10000, title_format: bool = True, pooling: str | None = None,
                           normalize: bool = True, dtype: str = "float32", progress: bool = True) -> Path:
     """Encode `corpus` into an embedding cache at `out_dir` (resumable; see module docstring).

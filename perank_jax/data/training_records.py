@@ -50,12 +50,31 @@ def listwise_record(query: str, texts: Sequence[str], ranking: Sequence[int], *,
     rec = {"messages_wo_content": [{"role": "user", "content": prompts.user_prompt(template, query, len(texts))}]}
     if content_view:
         rec["messages_w_content"] = [{"role": "user", "content": prompts.content_prompt(query, texts)}]
-    rec.update(ranking=ranking, extra_texts=texts)
+    rec.update(ranking=ranking, extra_texts=texts, prompt_template=template)
     if query_token:
         if not query:
             raise DataError("empty query text (the query token needs an embedding)")
         rec["query_text"] = query
     return rec
+
+
+def record_template(rec: dict) -> str | None:
+    """The prompt template a stage-2 record was built with: its `prompt_template` field, else the one
+    whose text surrounds its embedding-only user turn (None: not a stage-2 record, or no template fits)."""
+    if isinstance(rec.get("prompt_template"), str):
+        return rec["prompt_template"]
+    try:
+        content = rec["messages_wo_content"][0]["content"]
+        n = len(rec["ranking"])
+    except (KeyError, IndexError, TypeError):
+        return None
+    mark = "\x00QUERY\x00"
+    for name in prompts.TEMPLATES:
+        head, _, tail = prompts.user_prompt(name, mark, n).partition(mark)
+        if isinstance(content, str) and content.startswith(head) and content.endswith(tail) \
+                and len(content) >= len(head) + len(tail):
+            return name
+    return None
 
 
 def relevance_first(docids: Sequence[str], judged: Mapping[str, int]) -> list[int]:

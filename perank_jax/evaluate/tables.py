@@ -25,6 +25,8 @@ from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.outputs import claim_dir, mark_dir
 from perank_jax.config import ConfigError, load_yaml
 from perank_jax.constants import DECODE_MODES
+from perank_jax.models.projector import check_projector
+from perank_jax.weights.perank_config import check_field
 from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
@@ -45,7 +47,8 @@ class MethodSpec:
     checkpoint: str | None = None    # perank
     mode: str = "decode"             # perank: decode | single_pass
     top_k: int | None = None         # perank: decode only the top k of each window
-    projector: str = "mlp2x_gelu"    # untrained perank projector kind
+    projector: str = "mlp2x_gelu"    # untrained perank projector: a registered name or "pkg.module:Class"
+    projector_options: dict | None = None   # its typed options (perank_jax.models.projector)
     seed: int = 0
     max_new_tokens: int = 256        # textlist (the reference used 256)
     max_words: int | None = None     # textlist passage truncation (None: as the reference)
@@ -90,17 +93,23 @@ def load_config(path, overrides=None) -> TablesConfig:
             raise ConfigError(f"{where}: kind textlist needs `decoder`")
         if m.kind == "perank" and not (m.checkpoint or (m.decoder and m.encoder)):
             raise ConfigError(f"{where}: kind perank needs `checkpoint`, or `decoder` and `encoder`")
-        if m.query_scale is not None and not (m.kind == "perank" and m.checkpoint and m.query_scale > 0):
-            raise ConfigError(f"{where}: query_scale must be > 0 and needs kind perank with a `checkpoint`")
+        if m.query_scale is not None and not (m.kind == "perank" and m.checkpoint):
+            raise ConfigError(f"{where}: query_scale needs kind perank with a `checkpoint`")
         if m.query_feedback is not None:
             if not (m.kind == "embedding" or (m.kind == "perank" and m.checkpoint)):
                 raise ConfigError(f"{where}: query_feedback needs kind embedding, or perank with a `checkpoint`")
             if len(m.query_feedback) != 2:
                 raise ConfigError(f"{where}: query_feedback must be [weight, temperature], got {m.query_feedback}")
-            try:
+        try:
+            if m.query_scale is not None:
+                check_field("query_scale", m.query_scale, where)
+            if m.query_feedback is not None:
                 check_feedback(*m.query_feedback)
-            except ValueError as e:
-                raise ConfigError(f"{where}: {e}") from None
+            if m.kind == "perank" and not m.checkpoint:
+                check_projector(m.projector, m.projector_options, f"{where}: projector_options")
+        except ValueError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
     for i, d in enumerate(cfg.datasets):
         if not d.requests and not (d.queries and d.run and d.corpus):
             raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
@@ -164,7 +173,7 @@ class Methods:
             enc = self.encoder(m.encoder, m.max_length)
 
             def cosine(q, cands):
-                cache = self.usable_cache(m.name, enc, {}, enc.dim)
+                cache = self.usable_cache(m.name, enc, None, enc.dim)
                 memo = self.memo_for(enc)
                 (e,), *_ = passage_vectors(enc, [[c.text for c in cands]], [[c.docid for c in cands]], cache,
                                            memo, [q])
@@ -198,7 +207,7 @@ class Methods:
         perank.batch = batch
         return perank
 
-    def usable_cache(self, method: str, encoder, config: dict, dim: int):
+    def usable_cache(self, method: str, encoder, config, dim: int):
         """The dataset's embedding cache that `encoder` made, else None (the method then encodes on
         the fly, as it must: another encoder's vectors would rank wrongly). Checked (encoder weights
         fingerprinted) once per method and cache, not per query; no match is said once."""
@@ -225,10 +234,10 @@ class Methods:
                                             query_feedback=m.query_feedback)
         import jax.numpy as jnp
         from flax import nnx
-        from perank_jax.models.projector import Projector
+        from perank_jax.models.projector import build_projector
         dec, enc = self.decoder(m.decoder, m.dtype), self.encoder(m.encoder)
-        proj = Projector(m.projector, enc.dim, dec.config.hidden_size, rngs=nnx.Rngs(m.seed),
-                         dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.dtype))
+        proj = build_projector(m.projector, enc.dim, dec.config.hidden_size, m.projector_options,
+                               rngs=nnx.Rngs(m.seed), dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.dtype))
         return PERanker(dec, proj, dec.tokenizer, enc)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.buckets import TraceCounter, length_buckets, smallest_fitting
+from perank_jax.constants import ENCODER_MAX_LENGTH
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS, l2_normalize, pool
 
@@ -26,7 +27,7 @@ class DenseEncoder:
     """Frozen dense encoder: `.encode(texts, batch_size=32) -> np.ndarray [N, dim] float32`."""
 
     def __init__(self, config: EncoderConfig, model: Encoder, tokenizer, *, pooling: str = "mean",
-                 normalize: bool = True, max_length: int = 512, path: str = "", name: str = ""):
+                 normalize: bool = True, max_length: int = ENCODER_MAX_LENGTH, path: str = "", name: str = ""):
         if pooling not in POOLINGS:
             raise EncoderError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         if not isinstance(max_length, int) or max_length < 2:

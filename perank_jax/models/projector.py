@@ -1,125 +1,179 @@
-"""The projector: maps a dense passage embedding into the LLM's input-embedding space.
+"""The projector interface and registry: a passage's dense embedding -> k vectors in the LLM's input space.
 
-Types (as in PE-Rank / LLaVA's `build_projector`):
-  mlp{N}x_gelu  N Linears with exact (erf) GELU between them: emb -> hidden -> ... -> hidden.
-                The paper's `mlp2x_gelu` is Linear(768->4096), GELU, Linear(4096->4096).
-  linear        one Linear(emb -> hidden)
-  identity      no weights (emb must already be `hidden` wide)
+A projector is an `nnx.Module` subclass of `Projector`, registered under a name. It declares
+  Options              a frozen dataclass of its own typed options (`perank_jax.config.setting` fields,
+                       checked like every config field: a wrong type / range names the key)
+  tokens_per_passage   k >= 1, the LLM input vectors one passage becomes
+  uses_query           True when it needs the query's encoder vector
+  in_dim, out_dim      encoder dimension E, LLM hidden size H
+and maps `projector(passages [N, E], query [N, E] | None) -> [N, k, H]`. Its weights carry logical
+sharding axes (`nnx.Param(..., axes=...)`; perank_jax.sharding.RULES places them).
 
-Weights are stored in JAX layout (kernel [in, out]) with logical sharding axes
-(`axes` metadata, as in the decoder; perank_jax.sharding.RULES maps them).
-On disk they use torch's layout: nn.Sequential indices 0, 2, 4, ... ([out, in] weights) under `model.projector.` or `projector.`
-(a lone nn.Linear for `linear`: `model.projector.weight` / `.bias`).
+Registration, three ways: `@register_projector("name")` in code; "my_pkg.my_module:MyProjector" as the
+config's `projector`; the entry-point group `perank_jax.projectors` of an installed package.
 
-`project(graphdef, state, emb)` is the one jit-compiled pure function used by both
-training and inference. Reading projector files lives in perank_jax.weights.projector.
+Built-in kinds (perank_jax.models.projector_kinds): `linear`, `identity`, `mlp` (depth / width /
+pre_norm). The reference's `projector_type` strings map to them (`legacy_kind`).
+
+On disk, a projector's weights are `weight_keys()`: generically `model.projector.<nnx.path.joined.by.dots>`
+in JAX layout; built-ins override it with the reference's torch keys. Reading them lives in
+perank_jax.weights.projector. `project(graphdef, state, passages, query=None) -> [N, k, H]` is the one
+jit-compiled pure function (training and inference).
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.metadata
 import re
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from perank_jax.config import check_settings
+from perank_jax.models.projector_base import REGISTRY, NoOptions, Projector, ProjectorError, register_projector
+from perank_jax.models import projector_kinds  # noqa: F401  (registers the built-in kinds)
 
 
 PREFIXES = ("model.projector.", "projector.")
-_MLP = re.compile(r"^mlp(\d{1,4})x_gelu$")
-MAX_MLP_LAYERS = 16
+ENTRY_POINT_GROUP = "perank_jax.projectors"
+MAX_MLP_LAYERS = projector_kinds.MAX_MLP_LAYERS
+_LEGACY_MLP = re.compile(r"^mlp(\d{1,4})x_gelu$")
 
 
-def num_linears(kind: str) -> int:
-    """0 for identity, 1 for linear, N for mlpNx_gelu; ValueError for anything else."""
-    if kind == "identity":
-        return 0
-    if kind == "linear":
-        return 1
-    m = _MLP.match(kind) if isinstance(kind, str) else None
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def registered_projectors() -> list[str]:
+    """Every name a config may use: the registry (built-ins, decorators) and installed entry points."""
+    return sorted(set(REGISTRY) | set(_entry_points()))
+
+
+def resolve_projector(name) -> type:
+    """The Projector class a config's `projector` names: a registered name, an entry point of group
+    `perank_jax.projectors`, or an import path "pkg.module:Class"; one ProjectorError otherwise."""
+    if not isinstance(name, str) or not name:
+        raise ProjectorError(f"projector must be a registered name or \"pkg.module:Class\", got {name!r}")
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            obj = importlib.import_module(mod_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as e:     # noqa: BLE001  (any failure of user code to import is this one line)
+            raise ProjectorError(f"projector {name!r} does not import: {type(e).__name__}: "
+                                 f"{' '.join(str(e).split())}") from None
+        cls = obj
+    else:
+        eps = _entry_points()
+        if name not in eps:
+            raise ProjectorError(f"unknown projector {name!r}; registered: {', '.join(registered_projectors())} "
+                                 "(or give an import path \"pkg.module:Class\")")
+        try:
+            cls = eps[name].load()
+        except Exception as e:     # noqa: BLE001
+            raise ProjectorError(f"projector {name!r} (entry point {eps[name].value}) does not import: "
+                                 f"{type(e).__name__}: {' '.join(str(e).split())}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Projector)):
+        raise ProjectorError(f"projector {name!r} is {cls!r}, not a subclass of perank_jax.models.projector.Projector")
+    return cls
+
+
+def check_options(name: str, options, where: str = "projector_options"):
+    """The typed Options instance of projector `name` from a JSON mapping (None: defaults)."""
+    cls = resolve_projector(name)
+    if dataclasses.is_dataclass(options) and isinstance(options, cls.Options):
+        return options
+    return check_settings(cls.Options, {} if options is None else options, f"{where} (projector {name!r})")
+
+
+def check_projector(name, options=None, where: str = "projector_options"):
+    """(name, typed Options) of a configured projector; a legacy projector_type string (mlp<N>x_gelu)
+    is taken as the built-in it names. One ProjectorError / ValueError naming `where` otherwise."""
+    if isinstance(name, str) and name not in REGISTRY and _LEGACY_MLP.match(name):
+        name, legacy = legacy_kind(name)
+        options = {**legacy, **(options or {})}
+    return name, check_options(name, options, where)
+
+
+def options_dict(options) -> dict:
+    return dataclasses.asdict(options)
+
+
+def legacy_kind(projector_type: str) -> tuple[str, dict]:
+    """(projector, projector_options) of a reference `projector_type`: mlp<N>x_gelu, linear, identity."""
+    if projector_type in ("linear", "identity"):
+        return projector_type, {}
+    m = _LEGACY_MLP.match(projector_type) if isinstance(projector_type, str) else None
     if m and 1 <= int(m.group(1)) <= MAX_MLP_LAYERS:
-        return int(m.group(1))
-    raise ValueError(f"unknown projector_type {kind!r} (expected mlp<N>x_gelu with 1 <= N <= {MAX_MLP_LAYERS}, "
-                     "linear or identity)")
+        return "mlp", {"depth": int(m.group(1))}
+    raise ProjectorError(f"unknown projector_type {projector_type!r} (expected mlp<N>x_gelu with 1 <= N <= "
+                         f"{MAX_MLP_LAYERS}, linear or identity)")
 
 
-def layer_axes(i: int, n: int) -> tuple[str, str]:
-    return ("proj_in" if i == 0 else "proj_hidden", "embed" if i == n - 1 else "proj_hidden")
+def legacy_name(name: str, options: dict) -> str | None:
+    """The reference's `projector_type` string of a built-in configuration it can express, else None."""
+    if name in ("linear", "identity") and not options:
+        return name
+    if name == "mlp" and not options.get("width") and options.get("pre_norm", "none") == "none":
+        return f"mlp{options.get('depth', 2)}x_gelu"
+    return None
 
 
-class _Linear(nnx.Module):
-    def __init__(self, d_in: int, d_out: int, axes: tuple[str, str], *, rngs: nnx.Rngs,
-                 dtype, param_dtype):
-        bound = 1.0 / np.sqrt(d_in)  # torch nn.Linear's default init
-        k = jax.random.uniform(rngs.params(), (d_in, d_out), param_dtype, -bound, bound)
-        b = jax.random.uniform(rngs.params(), (d_out,), param_dtype, -bound, bound)
-        self.kernel = nnx.Param(k, axes=axes)
-        self.bias = nnx.Param(b, axes=(axes[1],))
-        self.dtype = dtype
+def build_projector(name: str, in_dim: int, out_dim: int, options=None, *, rngs: nnx.Rngs | None = None,
+                    dtype=jnp.float32, param_dtype=jnp.float32, where: str = "projector_options") -> Projector:
+    """Projector `name` (a registered name, entry point or "pkg.module:Class", or a legacy
+    projector_type) built for encoder dim `in_dim` and LLM hidden size `out_dim`, checked once on a
+    zeros input: it must return [N, tokens_per_passage, out_dim] in `dtype`."""
+    name, opts = check_projector(name, options, where)
+    cls = resolve_projector(name)
+    try:
+        proj = cls(int(in_dim), int(out_dim), opts, rngs=rngs if rngs is not None else nnx.Rngs(0),
+                   dtype=dtype, param_dtype=param_dtype)
+    except ProjectorError:
+        raise
+    except ValueError as e:
+        raise ProjectorError(f"projector {name!r}: {e}") from None
+    proj.name = name
+    check_output(proj)
+    return proj
 
-    def __call__(self, x):
-        x = x.astype(self.dtype)
-        return x @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+
+def check_output(proj: Projector, n: int = 2) -> None:
+    """Refuse (one line) a projector whose output on a tiny zeros input is not [n, k, H] in its dtype."""
+    cls = f"{type(proj).__module__}.{type(proj).__qualname__}"
+    k = proj.tokens_per_passage
+    if not (isinstance(k, int) and k >= 1):
+        raise ProjectorError(f"projector {cls}: tokens_per_passage must be an integer >= 1, got {k!r}")
+    x = jax.ShapeDtypeStruct((n, proj.in_dim), jnp.float32)
+    q = x if proj.uses_query else None
+    graphdef, state = nnx.split(proj)
+    try:
+        out = jax.eval_shape(lambda s, x, q: nnx.merge(graphdef, s)(x, q), state, x, q)
+    except Exception as e:        # noqa: BLE001
+        raise ProjectorError(f"projector {cls} fails on a [{n}, {proj.in_dim}] input: {type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}") from None
+    want, want_dtype = (n, k, proj.out_dim), jnp.dtype(proj.dtype)
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != want or dtype != want_dtype:
+        raise ProjectorError(f"projector {cls} returned shape {shape} dtype {dtype} for {n} passages; expected "
+                             f"shape {want} dtype {want_dtype} (N, tokens_per_passage, hidden_size)")
 
 
-class Projector(nnx.Module):
-    def __init__(self, kind: str, in_dim: int, out_dim: int, *, rngs: nnx.Rngs | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32):
-        n = num_linears(kind)
-        if n == 0 and in_dim != out_dim:
-            raise ValueError(f"identity projector needs embedding_size == hidden_size, got {in_dim} != {out_dim}")
-        rngs = rngs if rngs is not None else nnx.Rngs(0)
-        self.kind, self.in_dim, self.out_dim, self.dtype = kind, in_dim, out_dim, dtype
-        self.layers = nnx.List([
-            _Linear(in_dim if i == 0 else out_dim, out_dim, layer_axes(i, n), rngs=rngs,
-                    dtype=dtype, param_dtype=param_dtype) for i in range(n)])
-
-    def init_isometry(self, scale: float, seed: int = 0) -> "Projector":
-        """(`linear` only) Start from `scale` times a random isometry (kernel rows orthonormal, bias 0):
-        projected vectors keep the encoder's geometry (inner products times scale^2), instead of
-        torch's uniform init. When the embedding is wider than the LLM (in > out) the kernel's
-        columns are orthonormal instead: an orthogonal projection onto a random out-dim subspace,
-        scaled. Returns self."""
-        if self.kind != "linear":
-            raise ValueError(f"an isometric start needs the linear projector, not {self.kind!r}")
-        wide = self.in_dim > self.out_dim      # e.g. 768-d mpnet into SmolLM2's 576: a random projection
-        shape = (self.in_dim, self.out_dim) if wide else (self.out_dim, self.in_dim)
-        g = np.random.default_rng(seed).standard_normal(shape)
-        q, r = np.linalg.qr(g)                                   # orthonormal columns
-        q = q * np.sign(np.diag(r))[None, :]
-        layer = self.layers[0]
-        layer.kernel[...] = jnp.asarray(scale * (q if wide else q.T), layer.kernel[...].dtype)
-        layer.bias[...] = jnp.zeros_like(layer.bias[...])
-        return self
-
-    def __call__(self, emb):
-        x = emb.astype(self.dtype)
-        for i, layer in enumerate(self.layers):
-            if i > 0:
-                x = jax.nn.gelu(x, approximate=False)
-            x = layer(x)
-        return x
-
-    # --- torch layout in / out -------------------------------------------------------
-    def torch_keys(self, prefix: str = "model.projector.") -> dict[str, tuple[int, ...]]:
-        """Expected torch state-dict keys and shapes ([out, in] weights)."""
-        out = {}
-        n = len(self.layers)
-        for i in range(n):
-            d_in = self.in_dim if i == 0 else self.out_dim
-            stem = prefix if self.kind == "linear" else f"{prefix}{2 * i}."
-            out[stem + "weight"] = (self.out_dim, d_in)
-            out[stem + "bias"] = (self.out_dim,)
-        return out
-
-    def export_torch(self, prefix: str = "model.projector.") -> dict[str, np.ndarray]:
-        """numpy tensors in torch layout, ready for safetensors."""
-        tensors = {}
-        keys = list(self.torch_keys(prefix))
-        for i, layer in enumerate(self.layers):
-            tensors[keys[2 * i]] = np.asarray(layer.kernel[...]).T
-            tensors[keys[2 * i + 1]] = np.asarray(layer.bias[...])
-        return tensors
+def single_token(proj: Projector, emb, query=None):
+    """Callers that take one vector per passage: emb [..., E] -> [..., H] through a k = 1 projector
+    (the k-vector paths call the projector on [N, E] themselves)."""
+    if proj.tokens_per_passage != 1:
+        raise ProjectorError(f"projector {proj.kind} gives {proj.tokens_per_passage} vectors per passage; "
+                             "this path takes one")
+    lead = emb.shape[:-1]
+    flat_q = None if query is None else query.reshape(-1, query.shape[-1])
+    return proj(emb.reshape(-1, emb.shape[-1]), flat_q).reshape(*lead, proj.out_dim)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -144,3 +198,8 @@ def project(graphdef, state, passages, query=None):
         raise ValueError(f"projector {name} returned shape {shape} dtype {dtype} for {passages.shape[0]} "
                          f"passages; expected shape {want} (passages, tokens_per_passage, out_dim), a float dtype")
     return out
+
+
+__all__ = ["ENTRY_POINT_GROUP", "NoOptions", "Projector", "ProjectorError", "REGISTRY", "build_projector",
+           "check_options", "legacy_kind", "legacy_name", "project", "register_projector", "registered_projectors",
+           "resolve_projector", "single_token"]

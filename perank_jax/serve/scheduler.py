@@ -46,7 +46,7 @@ class Scheduler:
         """warmup: f(ranker) run on the scheduler thread before it reports ready; on_fatal:
         called with the exception if loading or warm-up fails (the server then stops)."""
         self.ranker, self.settings, self.metrics = ranker, settings, metrics
-        self.mode = settings.mode or ranker.config.get("default_mode") or "decode"
+        self.mode = settings.mode or ranker.config.default_mode
         self._warmup, self._on_fatal = warmup, on_fatal
         self._queue: list[Job] = []
         self._cond = threading.Condition()

@@ -9,17 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, WEIGHTINGS
+from perank_jax.constants import COMPUTE_DTYPES, WEIGHTINGS
 from perank_jax.config import ConfigError, from_dict, load_yaml
 from perank_jax.feedback import check_feedback
 from perank_jax.models.lora import DEFAULT_TARGETS
+from perank_jax.models.projector import check_projector
+from perank_jax.weights.perank_config import PERankConfig, check_field
 
 
 @dataclass
 class ModelConfig:
     decoder: str = ""                      # HF directory (safetensors) or a Llama-family .gguf
     encoder: str | None = None             # HF encoder directory: embeds the passages once, frozen
-    projector: str = "mlp2x_gelu"          # mlpNx_gelu | linear | identity
+    projector: str = "mlp2x_gelu"          # a registered projector (linear | identity | mlp | ...; the reference's
+                                           # mlpNx_gelu), or "pkg.module:Class" (perank_jax.models.projector)
+    projector_options: dict = field(default_factory=dict)   # the projector's own typed options
     projector_init: str | None = None      # a stage-1 export (directory) to start from
     projector_isometry: float | None = None  # linear projector without projector_init: start from a random
                                              # isometry times this (keeps the encoder's geometry)
@@ -129,17 +133,18 @@ class TrainConfig:
                 raise ConfigError(f"{k} must be float32 or bfloat16, got {getattr(self, k)!r}")
         if self.loss.weighting not in WEIGHTINGS:
             raise ConfigError(f"loss.weighting must be mean or pow2, got {self.loss.weighting!r}")
-        from perank_jax.prompts import TEMPLATES
-        if self.model.prompt_template not in TEMPLATES:
-            raise ConfigError(f"model.prompt_template must be one of {sorted(TEMPLATES)}, got {self.model.prompt_template!r}")
-        if self.model.default_mode not in DECODE_MODES:
-            raise ConfigError(f"model.default_mode must be decode or single_pass, got {self.model.default_mode!r}")
         o, m, d = self.optim, self.model, self.data
+        try:      # the settings a PE-Rank model keeps: their rules are PERankConfig's and the projector's
+            for name in ("prompt_template", "default_mode", "query_scale"):
+                check_field(name, getattr(m, name), f"model.{name}")
+            check_projector(m.projector, m.projector_options, "model.projector_options")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         checks = [("optim.lr", o.lr > 0, "> 0"), ("optim.epochs", o.epochs > 0, "> 0"),
                   ("optim.max_steps", o.max_steps is None or o.max_steps >= 1, ">= 1 or null"),
                   ("optim.warmup_ratio", 0 <= o.warmup_ratio < 1, "in [0, 1)"),
                   ("optim.clip_norm", o.clip_norm >= 0, ">= 0 (0 = off)"),
-                  ("optim.weight_decay", o.weight_decay >= 0, ">= 0"), ("model.query_scale", m.query_scale > 0, "> 0"),
+                  ("optim.weight_decay", o.weight_decay >= 0, ">= 0"),
                   ("model.projector_isometry", m.projector_isometry is None or m.projector_isometry > 0, "> 0 or null"),
                   ("data.max_len", d.max_len >= 1, ">= 1"), ("data.max_passages", d.max_passages >= 1, ">= 1"),
                   ("data.encoder_max_len", d.encoder_max_len >= 1, ">= 1"), ("lora.rank", self.lora.rank >= 0, ">= 0"),
@@ -169,6 +174,16 @@ class TrainConfig:
             raise ConfigError(f"data.max_len {self.data.max_len} exceeds the largest bucket {max(self.data.buckets)}")
         if sum(1 for s in self.mesh.shape if s == -1) > 1 or len(self.mesh.shape) != 3:
             raise ConfigError(f"mesh.shape must have 3 entries with at most one -1, got {self.mesh.shape}")
+
+    def perank_config(self, **changes) -> PERankConfig:
+        """The PE-Rank model settings this run trains (what its export's config.json records)."""
+        m = self.model
+        return PERankConfig.from_dict({
+            "projector": m.projector, "projector_options": m.projector_options,
+            "encoder_max_length": self.data.encoder_max_len, "prompt_template": m.prompt_template,
+            "query_token": m.query_token, "query_scale": m.query_scale, "default_mode": m.default_mode,
+            "query_feedback_weight": m.query_feedback[0], "query_feedback_temperature": m.query_feedback[1],
+            **changes}, "training config model")
 
 
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

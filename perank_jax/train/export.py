@@ -9,10 +9,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from perank_jax.atomic import atomic_json
-from perank_jax.feedback import feedback_fields
+from perank_jax.config import ConfigError
+from perank_jax.models.projector import legacy_name
 from perank_jax.weights.io import save_safetensors_atomic
 from perank_jax.weights.packaged import resolve_model_path
-from perank_jax.weights.perank import save_adapter, save_checkpoint
+from perank_jax.weights.perank import projector_fields, save_adapter, save_checkpoint
 
 
 def export(run, params, out_dir: Path) -> Path:
@@ -28,25 +29,33 @@ def export(run, params, out_dir: Path) -> Path:
     if cfg.stage == 1:
         save_safetensors_atomic(proj.export_torch("model.projector."), out_dir / "projector.safetensors",
                                 metadata={"format": "pt"})
-        conf = {"projector_type": proj.kind, "embedding_size": proj.in_dim, "hidden_size": proj.out_dim,
+        fields = projector_fields(proj)
+        conf = {"projector_type": legacy_name(fields["projector"], fields["projector_options"]), **fields,
                 "decoder": resolve_model_path(cfg.model.decoder),
                 "encoder_name": resolve_model_path(cfg.model.encoder) or ""}
         atomic_json(out_dir / "projector_config.json", conf)
         return out_dir
     m = cfg.model
+    check_records_template(run, m.prompt_template)
     if "lora" in params:      # the small form: projector + LoRA factors over the named base decoder
-        save_adapter(out_dir.parent / "adapter", proj, host(params["lora"]), base_decoder=portable_name(m.decoder),
-                     encoder_name=portable_name(m.encoder), lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha,
-                     encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
-                     query_token=m.query_token, hidden_size=proj.out_dim, model_type=run.decoder.config.model_type,
-                     dtype="float16",
-                     extra={"default_mode": m.default_mode, "query_scale": m.query_scale,
-                            **feedback_fields(*m.query_feedback)})
+        save_adapter(out_dir.parent / "adapter", proj, host(params["lora"]),
+                     cfg.perank_config(model_type=run.decoder.config.model_type), dtype="float16",
+                     base_decoder=portable_name(m.decoder), encoder_name=portable_name(m.encoder),
+                     lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha)
     dec = nnx.merge(tr.fns.dec_gd, host(tr.decoder_params(params)))
-    return save_checkpoint(out_dir, dec, proj, run.tokenizer, encoder_name=resolve_model_path(m.encoder) or "",
-                           encoder_max_length=cfg.data.encoder_max_len, prompt_template=m.prompt_template,
-                           query_token=m.query_token, query_scale=m.query_scale, default_mode=m.default_mode,
-                           query_feedback=tuple(m.query_feedback))
+    return save_checkpoint(out_dir, dec, proj, run.tokenizer, cfg.perank_config(),
+                           encoder_name=resolve_model_path(m.encoder) or "")
+
+
+def check_records_template(run, template: str) -> None:
+    """Refuse (one line naming the records file and line) a run whose stage-2 records were built with
+    another prompt template than `template`, the one its export records for inference."""
+    other = {t: line for t, line in (getattr(run, "record_templates", None) or {}).items() if t != template}
+    if other:
+        t, line = next(iter(other.items()))
+        raise ConfigError(f"{run.cfg.data.train}:{line}: the training records were built with prompt template {t!r} "
+                          f"but model.prompt_template is {template!r}; the checkpoint would rank with a prompt it "
+                          f"was not trained on (set model.prompt_template: {t}, or rebuild the records)")
 
 
 def portable_name(name: str | None) -> str:

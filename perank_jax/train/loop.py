@@ -32,7 +32,8 @@ from perank_jax.outputs import claim_dir, dir_lock
 from perank_jax.train.checkpointing import (open_manager, quiet_failed_saves, restore_state, run_settings,
                                              save_state)
 from perank_jax.train.config import TrainConfig
-from perank_jax.train.export import export
+from perank_jax.data.training_records import record_template
+from perank_jax.train.export import check_records_template, export
 from perank_jax.train.metrics_log import MetricsLog, plot_metrics
 from perank_jax.train.step import TrainStep
 from perank_jax.weights.packaged import resolve_model_path
@@ -89,7 +90,7 @@ class Run:
     def __init__(self, cfg: TrainConfig):
         from flax import nnx
         from perank_jax.weights.decoder import load_decoder
-        from perank_jax.models.projector import Projector
+        from perank_jax.models.projector import build_projector
         from perank_jax.weights.projector import load_projector
         from perank_jax.sharding import make_mesh
         init_distributed(cfg.mesh)
@@ -112,18 +113,27 @@ class Run:
         hidden = self.decoder.config.hidden_size
         if cfg.model.projector_init:
             self.projector = load_projector(cfg.model.projector_init, cfg.model.projector, dim, hidden,
-                                            dtype=cdt, param_dtype=pdt)
+                                            options=cfg.model.projector_options, dtype=cdt, param_dtype=pdt)
         else:
-            self.projector = Projector(cfg.model.projector, dim, hidden, rngs=nnx.Rngs(cfg.seed),
-                                       dtype=cdt, param_dtype=pdt)
+            self.projector = build_projector(cfg.model.projector, dim, hidden, cfg.model.projector_options,
+                                             rngs=nnx.Rngs(cfg.seed), dtype=cdt, param_dtype=pdt,
+                                             where="model.projector_options")
             if cfg.model.projector_isometry:
+                if not hasattr(self.projector, "init_isometry"):
+                    raise ConfigError(f"model.projector_isometry needs the linear projector, not "
+                                      f"{self.projector.kind!r}")
                 self.projector.init_isometry(cfg.model.projector_isometry, cfg.seed)
         d = cfg.data
-        self.uses_query = bool(getattr(self.projector, "uses_query", False))
+        self.uses_query = bool(self.projector.uses_query)
         kw = dict(max_len=d.max_len, max_passages=d.max_passages, use_content_view=d.use_content_view,
-                  tokens_per_passage=int(getattr(self.projector, "tokens_per_passage", 1)),
+                  tokens_per_passage=int(self.projector.tokens_per_passage),
                   query_slot=cfg.stage == 2 and cfg.model.query_token)
-        self.train_data = D.prepare(list(D.read_jsonl(d.train)), self.tokenizer, cfg.stage, embed,
+        records = list(D.read_jsonl(d.train))
+        self.record_templates = ({} if cfg.stage == 1 else
+                                 {t: getattr(r, "line", i + 1) for i, r in reversed(list(enumerate(records)))
+                                  if (t := record_template(r)) is not None})
+        check_records_template(self, cfg.model.prompt_template)
+        self.train_data = D.prepare(records, self.tokenizer, cfg.stage, embed,
                                     source=d.train, **kw)
         self.eval_data = (D.prepare(list(D.read_jsonl(d.eval)), self.tokenizer, cfg.stage, embed, source=d.eval, **kw)
                           if d.eval else None)

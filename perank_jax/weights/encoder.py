@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from perank_jax.constants import DTYPES
+from perank_jax.constants import DTYPES, ENCODER_MAX_LENGTH
 from perank_jax.config import read_config_json, read_json_object
 from perank_jax.models.dense import DenseEncoder
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
@@ -134,7 +134,7 @@ def load_encoder_weights(model, ckpt: SafetensorsCheckpoint, cfg, dtype, source:
         var.set_value(arr)
 
 
-def load_encoder(path, pooling: str | None = None, normalize: bool = True, max_length: int = 512,
+def load_encoder(path, pooling: str | None = None, normalize: bool = True, max_length: int = ENCODER_MAX_LENGTH,
                  dtype: str = "float32") -> DenseEncoder:
     """Load an HF encoder directory (config.json, *.safetensors, tokenizer files) as a
     `DenseEncoder` with `.encode(texts, batch_size=...) -> np.ndarray [N, D]` and `.dim`.

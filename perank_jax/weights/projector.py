@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.models.projector import PREFIXES, Projector, layer_axes, num_linears
+from perank_jax.models.projector import PREFIXES, Projector, build_projector
 from perank_jax.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, SafetensorsFile, WeightError, check_keymap, place, read_npz
 
@@ -63,28 +63,29 @@ def _read_npz(src: Path):
     return {k: v.shape for k, v in tensors.items()}, tensors.__getitem__
 
 
-def load_projector(source: str | os.PathLike, kind: str, in_dim: int, out_dim: int, *,
+def load_projector(source: str | os.PathLike, kind: str, in_dim: int, out_dim: int, *, options: dict | None = None,
                    dtype=jnp.float32, param_dtype=jnp.float32, allow_pickle: bool = False,
                    mesh=None) -> Projector:
-    """A Projector with weights read from `source` (dir of safetensors, one .safetensors, an .npz
-    of numpy arrays (never unpickled), or a torch .bin with allow_pickle=True). Shapes are checked; every problem is listed at once."""
-    proj = Projector(kind, in_dim, out_dim, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    if num_linears(kind) == 0:
+    """Projector `kind` (a registered name, "pkg.module:Class" or a legacy projector_type; `options` its
+    projector_options) with weights read from `source` (dir of safetensors, one .safetensors, an .npz
+    of numpy arrays (never unpickled), or a torch .bin with allow_pickle=True), under the keys the
+    projector declares (`weight_keys`), each placed by its logical axes. Shapes are checked; every
+    problem is listed at once."""
+    proj = build_projector(kind, in_dim, out_dim, options, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    if not proj.weight_keys():
         return proj
     name, present, get = _read_tensors(source, allow_pickle)
     prefix = next((p for p in PREFIXES if any(k.startswith(p) for k in present)), PREFIXES[0])
     present = {k: v for k, v in present.items() if k.startswith(prefix)}
-    expected = proj.torch_keys(prefix)
-    check_keymap(f"{name} (projector {kind})", present, expected)
-    keys = list(expected)
-    for i, layer in enumerate(proj.layers):
-        w, b = get(keys[2 * i]), get(keys[2 * i + 1])
-        for k, arr in ((keys[2 * i], w), (keys[2 * i + 1], b)):
-            if not np.all(np.isfinite(np.asarray(arr, np.float32))):
-                raise WeightError(f"{name}: tensor {k!r} has non-finite values")
-        axes = layer_axes(i, len(proj.layers))
-        ks = named_sharding(mesh, axes, w.shape[::-1]) if mesh is not None else None
-        bs = named_sharding(mesh, axes[1:], b.shape) if mesh is not None else None
-        layer.kernel[...] = place(lambda idx, w=w: np.asarray(w).T[idx], w.shape[::-1], param_dtype, ks)
-        layer.bias[...] = place(lambda idx, b=b: np.asarray(b)[idx], b.shape, param_dtype, bs)
+    check_keymap(f"{name} (projector {proj.kind})", present, proj.torch_keys(prefix))
+    for key, (path, transposed) in proj.weight_keys(prefix).items():
+        arr = get(key)
+        if not np.all(np.isfinite(np.asarray(arr, np.float32))):
+            raise WeightError(f"{name}: tensor {key!r} has non-finite values")
+        param = proj.param_at(path)
+        shape = tuple(param[...].shape)
+        axes = param.get_metadata().get("axes")
+        sharding = named_sharding(mesh, axes, shape) if mesh is not None and axes is not None else None
+        param[...] = place(lambda idx, a=arr, t=transposed: (np.asarray(a).T if t else np.asarray(a))[idx],
+                           shape, param_dtype, sharding)
     return proj
