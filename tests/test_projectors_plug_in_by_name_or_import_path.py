@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers_cli import one_line_error
-from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+from fixtures import stage2_folder, stage2_records, write_jsonl
 
 from perank_jax.models.projector import build_projector, register_projector, registered_projectors
 from perank_jax.models.projector_kinds import LinearProjector
@@ -144,11 +144,7 @@ def test_config_json_is_written_by_one_module_only():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("external")
-    tok = make_tokenizer()
-    make_decoder_dir(d / "dec", tok)
-    recs, table = stage2_records(16, seed=0)
-    write_jsonl(d / "train.jsonl", recs)
-    table_file(d / "emb.npz", table)
+    recs, _ = stage2_folder(d, 16)
     (d / "example.json").write_text(json.dumps({"query": recs[0]["messages_wo_content"][0]["content"].split(" :")[0],
                                                 "texts": recs[0]["extra_texts"]}))
     return d

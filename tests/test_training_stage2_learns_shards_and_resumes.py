@@ -10,7 +10,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+from fixtures import stage2_folder
 from helpers_processes import compile_cache_env, free_port
 
 from perank_jax.train.config import load_train_config
@@ -23,13 +23,7 @@ FAST = "xla_options={xla_backend_optimization_level: 0}"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("stage2")
-    tok = make_tokenizer()
-    make_decoder_dir(d / "dec", tok)
-    train_recs, t1 = stage2_records(256, seed=0)
-    eval_recs, t2 = stage2_records(64, seed=1)        # held-out lists (new queries, new passages)
-    write_jsonl(d / "train.jsonl", train_recs)
-    write_jsonl(d / "eval.jsonl", eval_recs)
-    table_file(d / "emb.npz", t1, t2)
+    stage2_folder(d, 256, n_eval=64)
     return d
 
 
