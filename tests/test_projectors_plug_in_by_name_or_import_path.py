@@ -24,7 +24,8 @@ from perank_jax.weights.projector import load_projector
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILTINS = [("linear", {}), ("identity", {}), ("mlp", {}), ("mlp", {"depth": 3, "width": 24, "pre_norm": "layernorm"}),
-            ("mlp", {"depth": 1, "pre_norm": "rmsnorm"})]
+            ("mlp", {"depth": 1, "pre_norm": "rmsnorm"}), ("multi_token", {"tokens": 3}),
+            ("multi_token", {"tokens": 2, "width": 24}), ("film", {})]
 
 
 @pytest.mark.parametrize("name,options", BUILTINS)
@@ -43,7 +44,28 @@ def test_config_and_weights_round_trip_for_every_builtin_kind(tmp_path, name, op
         proj.param_at(proj.weight_keys()[key][0])[...] = (value.T if proj.weight_keys()[key][1] else value) + 0.25
     save_safetensors_atomic(proj.export_torch(), tmp_path / "model.safetensors")
     loaded = load_projector(tmp_path, again.projector, dim, dim, options=again.projector_options)
-    np.testing.assert_array_equal(np.asarray(loaded(proj_x)), np.asarray(proj(proj_x)))
+    q = np.random.default_rng(1).normal(size=(3, dim)).astype(np.float32) if proj.uses_query else None
+    out = np.asarray(proj(proj_x, q))
+    assert out.shape == (3, proj.tokens_per_passage, dim)
+    np.testing.assert_array_equal(np.asarray(loaded(proj_x, q)), out)
+
+
+def test_the_multi_token_and_film_kinds_start_where_the_linear_kind_starts_and_film_reads_the_query():
+    """With the recipe's isometric start, multi_token's k vectors (so their mean, a passage's key) and
+    film's output (its query terms start at zero) equal the linear kind's; once film's query weights
+    move, another query gives another output."""
+    x = np.random.default_rng(0).normal(size=(4, 12)).astype(np.float32)
+    q = np.random.default_rng(1).normal(size=(4, 12)).astype(np.float32)
+    lin = np.asarray(build_projector("linear", 12, 8).init_isometry(3.2, seed=4)(x))[:, 0]
+    multi = np.asarray(build_projector("multi_token", 12, 8, {"tokens": 4}).init_isometry(3.2, seed=4)(x))
+    assert multi.shape == (4, 4, 8)
+    np.testing.assert_allclose(multi, np.repeat(lin[:, None], 4, axis=1), rtol=1e-5, atol=1e-5)
+    film = build_projector("film", 12, 8).init_isometry(3.2, seed=4)
+    np.testing.assert_allclose(np.asarray(film(x, q))[:, 0], lin, rtol=1e-5, atol=1e-5)
+    film.gamma[...] = film.gamma[...] + 0.1
+    assert not np.allclose(np.asarray(film(x, q)), np.asarray(film(x, -q)))
+    with pytest.raises(ValueError, match="width 0"):
+        build_projector("multi_token", 12, 8, {"tokens": 2, "width": 16}).init_isometry(1.0)
 
 
 @pytest.mark.parametrize("old,name,options", [
@@ -214,7 +236,7 @@ def test_training_refuses_records_built_with_another_prompt_template(files, tmp_
 
 
 @pytest.mark.parametrize("override,expect", [
-    ("model.projector=no_such_kind", "unknown projector 'no_such_kind'; registered: identity, linear, mlp"),
+    ("model.projector=no_such_kind", "unknown projector 'no_such_kind'; registered: film, identity, linear, mlp, multi_token"),
     ("model.projector=no_such_module.sub:Thing", "projector 'no_such_module.sub:Thing' does not import: "
                                                  "ModuleNotFoundError"),
     ("model.projector=external_projector:NotAProjector", "is <class 'external_projector.NotAProjector'>, "

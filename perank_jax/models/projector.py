@@ -13,7 +13,7 @@ Registration, three ways: `@register_projector("name")` in code; "my_pkg.my_modu
 config's `projector`; the entry-point group `perank_jax.projectors` of an installed package.
 
 Built-in kinds (perank_jax.models.projector_kinds): `linear`, `identity`, `mlp` (depth / width /
-pre_norm). The reference's `projector_type` strings map to them (`legacy_kind`).
+pre_norm), `multi_token` (k vectors per passage), `film` (query-conditioned). The reference's `projector_type` strings map to them (`legacy_kind`).
 
 On disk, a projector's weights are `weight_keys()`: generically `model.projector.<nnx.path.joined.by.dots>`
 in JAX layout; built-ins override it with the reference's torch keys. Reading them lives in

@@ -1,4 +1,4 @@
-"""The built-in projector kinds: `linear`, `identity` and `mlp` (depth, width, optional pre-norm).
+"""The built-in projector kinds: `linear`, `identity`, `mlp`, `multi_token` and `film`.
 
   linear    one Linear(E -> H)                        torch keys model.projector.{weight,bias}
   identity  no weights (E must equal H)
@@ -7,6 +7,10 @@
             (LLaVA / PCC style). torch keys model.projector.{0,2,4,..}.{weight,bias} as the
             reference's nn.Sequential (its `mlp2x_gelu` is mlp depth 2); a pre-norm's weights are
             stored generically (model.projector.norm.scale / .bias).
+  multi_token  k = `tokens` vectors per passage (COCOM / xRAG-length style): [Linear(E -> W), GELU,]
+            Linear(-> k * H) split into k; weights stored generically.
+  film      query-conditioned (FiLM): Linear(p) * (1 + G q) + B q, with G and B [E, H] starting at
+            zero, so it starts as the linear projector; weights stored generically.
 
 Weights are in JAX layout (kernel [in, out]) with logical axes (perank_jax.sharding.RULES);
 on disk the Linears use torch's [out, in] layout.
@@ -79,12 +83,7 @@ class LinearProjector(Projector):
         When the embedding is wider than the LLM (in > out, e.g. 768-d mpnet into SmolLM2's 576) the
         kernel's columns are orthonormal instead: an orthogonal projection onto a random out-dim
         subspace, scaled."""
-        wide = self.in_dim > self.out_dim
-        shape = (self.in_dim, self.out_dim) if wide else (self.out_dim, self.in_dim)
-        g = np.random.default_rng(seed).standard_normal(shape)
-        q, r = np.linalg.qr(g)                                   # orthonormal columns
-        q = q * np.sign(np.diag(r))[None, :]
-        self.layer.kernel[...] = jnp.asarray(scale * (q if wide else q.T), self.layer.kernel[...].dtype)
+        self.layer.kernel[...] = jnp.asarray(isometry(self.in_dim, self.out_dim, scale, seed), self.layer.kernel[...].dtype)
         self.layer.bias[...] = jnp.zeros_like(self.layer.bias[...])
         return self
 
@@ -136,3 +135,71 @@ class MLPProjector(Projector):
             keys[f"{prefix}{2 * i}.weight"] = (("layers", i, "kernel"), True)
             keys[f"{prefix}{2 * i}.bias"] = (("layers", i, "bias"), False)
         return keys
+
+
+def isometry(in_dim: int, out_dim: int, scale: float, seed: int) -> np.ndarray:
+    """`scale` times a random isometry as a kernel [in, out] (rows orthonormal; columns when in > out)."""
+    wide = in_dim > out_dim
+    g = np.random.default_rng(seed).standard_normal((in_dim, out_dim) if wide else (out_dim, in_dim))
+    q, r = np.linalg.qr(g)
+    q = q * np.sign(np.diag(r))[None, :]
+    return scale * (q if wide else q.T)
+
+
+@dataclass(frozen=True)
+class MultiTokenOptions:
+    tokens: int = setting(int, 4, 1, 64)                 # k vectors per passage
+    width: int = setting(int, 0, 0, 1 << 17)             # a GELU hidden layer of this width first; 0: none
+
+
+@register_projector("multi_token")
+class MultiTokenProjector(Projector):
+    """k = `tokens` vectors per passage: [Linear(E -> W), GELU,] Linear(-> k * H), split into k."""
+    Options = MultiTokenOptions
+
+    def __init__(self, in_dim, out_dim, options=None, *, rngs=None, dtype=jnp.float32, param_dtype=jnp.float32):
+        super().__init__(in_dim, out_dim, options, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        o, rngs = self.options, rngs or nnx.Rngs(0)
+        self.tokens_per_passage = o.tokens
+        self.hidden = (Dense(in_dim, o.width, ("proj_in", "proj_hidden"), rngs=rngs, dtype=dtype,
+                             param_dtype=param_dtype) if o.width else None)
+        self.out = Dense(o.width or in_dim, o.tokens * out_dim, ("proj_hidden" if o.width else "proj_in", "embed"),
+                         rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, passages, query=None):
+        x = passages if self.hidden is None else jax.nn.gelu(self.hidden(passages), approximate=False)
+        return self.out(x).reshape(passages.shape[0], self.tokens_per_passage, self.out_dim)
+
+    def init_isometry(self, scale: float, seed: int = 0) -> "MultiTokenProjector":
+        """(no hidden layer) Each of the k vectors starts as the linear kind's isometric start, so the
+        passage's key (the mean of its k vectors) starts where the linear projector does."""
+        if self.hidden is not None:
+            raise ValueError("an isometric start needs multi_token without a hidden layer (width 0)")
+        k = isometry(self.in_dim, self.out_dim, scale, seed)
+        self.out.kernel[...] = jnp.asarray(np.tile(k, (1, self.tokens_per_passage)), self.out.kernel[...].dtype)
+        self.out.bias[...] = jnp.zeros_like(self.out.bias[...])
+        return self
+
+
+@register_projector("film")
+class FiLMProjector(Projector):
+    """Query-conditioned: Linear(p) * (1 + G q) + B q (FiLM); G, B start at zero (= the linear kind)."""
+    uses_query = True
+
+    def __init__(self, in_dim, out_dim, options=None, *, rngs=None, dtype=jnp.float32, param_dtype=jnp.float32):
+        super().__init__(in_dim, out_dim, options, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.layer = Dense(in_dim, out_dim, ("proj_in", "embed"), rngs=rngs or nnx.Rngs(0), dtype=dtype,
+                           param_dtype=param_dtype)
+        self.gamma = nnx.Param(jnp.zeros((in_dim, out_dim), param_dtype), axes=("proj_in", "embed"))
+        self.beta = nnx.Param(jnp.zeros((in_dim, out_dim), param_dtype), axes=("proj_in", "embed"))
+
+    def __call__(self, passages, query=None):
+        q = query.astype(self.dtype)
+        gain = 1.0 + q @ self.gamma[...].astype(self.dtype)
+        return (self.layer(passages) * gain + q @ self.beta[...].astype(self.dtype))[:, None, :]
+
+    def init_isometry(self, scale: float, seed: int = 0) -> "FiLMProjector":
+        """The linear part starts as the linear kind's isometric start (G, B stay zero)."""
+        self.layer.kernel[...] = jnp.asarray(isometry(self.in_dim, self.out_dim, scale, seed), self.layer.kernel[...].dtype)
+        self.layer.bias[...] = jnp.zeros_like(self.layer.bias[...])
+        return self
