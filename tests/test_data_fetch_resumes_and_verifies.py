@@ -38,7 +38,7 @@ def manifest_for(files):
 
 class Mirror(http.server.ThreadingHTTPServer):
     """Serves `files` (URL path -> bytes) with Range; `drop[path] = n` cuts the next reply after n
-    bytes; paths in `slow` trickle out 1 KB every 50 ms."""
+    bytes; paths in `slow` trickle out 1 KB every 200 ms (slow enough that a Ctrl-C lands midway on a loaded machine)."""
     daemon_threads = True
 
     def __init__(self, files):
@@ -72,7 +72,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for i in range(0, len(body), 1024):
                 self.wfile.write(body[i:i + 1024])
                 self.wfile.flush()
-                time.sleep(0.05)
+                time.sleep(0.2)
         else:
             self.wfile.write(body)
         if cut is not None:

@@ -184,8 +184,8 @@ def test_cli_rerank_on_a_mesh_writes_the_one_device_run(tiny_perank_dir_32, tmp_
 
 # ------------------------------------------------------------------ shared prefix
 def _variant(r, template, query_token, share):
-    conf = dict(r.config, prompt_template=template, query_token=query_token,
-                query_scale=r.config.get("query_scale", 1.0) if query_token else 1.0)
+    conf = r.config.replace("test variant", prompt_template=template, query_token=query_token,
+                            query_scale=r.config.query_scale if query_token else 1.0)
     return PERanker(r.decoder, r.projector, r.tokenizer, r.encoder, config=conf, length_bucket=r.length_bucket,
                     passage_bucket=r.passage_bucket, batch_size=r.batch_size, share_prefix=share)
 

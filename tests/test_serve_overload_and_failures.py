@@ -19,12 +19,13 @@ from perank_jax.serve.metrics import ServeMetrics  # noqa: E402
 from perank_jax.serve.scheduler import Scheduler  # noqa: E402
 from perank_jax.serve.server import bind  # noqa: E402
 from perank_jax.serve.settings import ServeSettings  # noqa: E402
+from perank_jax.weights.perank_config import PERankConfig  # noqa: E402
 
 
 class SlowRanker:
     """Ranks documents by text, descending, after `delay` seconds per batch; a query "boom" raises."""
 
-    config = {"default_mode": "decode"}
+    config = PERankConfig.from_dict({"default_mode": "decode"}, "SlowRanker")
 
     def __init__(self, delay: float):
         self.delay, self.batches = delay, []
