@@ -60,3 +60,12 @@ def run_cli(args: list[str], n: int = 2, die: tuple[int, int, str] | None = None
         out.append(log.read())
         log.close()
     return list(zip(codes, out))
+
+
+def sigint_default():
+    """preexec_fn of a child that a test interrupts: Ctrl-C behaves as in a terminal even when the
+    tests run as a background job (whose SIGINT is ignored, and an ignored signal stays ignored
+    across exec) or from a thread state that blocks it (a blocked signal also stays blocked)."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

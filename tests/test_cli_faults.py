@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from helpers_cli import one_line_error
+from helpers_processes import sigint_default
 from perank_jax.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,14 +93,6 @@ def test_evaluate_json_never_touches_a_users_file_named_like_a_temp_file(eval_fi
 
 
 # --- 2. interrupts ----------------------------------------------------------------------------
-def sigint_default():
-    """In the child: Ctrl-C behaves as in a terminal even when this test runs as a background job
-    (whose SIGINT is ignored, and an ignored signal stays ignored across exec) or from a thread
-    state that blocks it (a blocked signal also stays blocked across exec)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 @pytest.mark.parametrize("when,sig", [
     (r"\b[1-9]\d*/400\b", signal.SIGINT),                   # queries are being reranked
     (r"0/400", signal.SIGINT),  # the progress bar is up, the first compile runs (Ctrl-C used to be lost in

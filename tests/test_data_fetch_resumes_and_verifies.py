@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers_processes import sigint_default
 from perank_jax.cli import main
 from perank_jax.data.fetch import MANIFEST, FetchError, fetch_all, is_pinned, load_manifest
 from perank_jax.data.trec import DataError
@@ -150,7 +151,8 @@ def test_ctrl_c_midway_exits_130_keeps_the_part_and_the_next_run_resumes_it(tmp_
     out = tmp_path / "out"
     argv = ["data", "fetch", "--out", str(out), "--mirror", base(server), "--manifest", str(tmp_path / "m.json"),
             "--download-only"]
-    proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *argv], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "perank_jax.cli", *argv], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     part = out / "downloads" / (name + ".part")
     deadline = time.time() + 30
     while not (part.exists() and part.stat().st_size > 4096) and time.time() < deadline:

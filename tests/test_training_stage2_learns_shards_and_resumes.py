@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 from fixtures import stage2_folder
-from helpers_processes import compile_cache_env, free_port
+from helpers_processes import compile_cache_env, free_port, sigint_default
 
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run, fit, train
@@ -215,7 +215,6 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
     import time
 
     from perank_jax.cli import main
-    from test_cli_faults import sigint_default
     out = files / "run_int"
     args = ["train", "configs/tiny.stage2.yaml", *overrides(files, out, "checkpoint.every=0", "log_every=1")]
     log_path = files / "interrupted.log"
