@@ -165,17 +165,6 @@ def check_output(proj: Projector, n: int = 2) -> None:
                              f"shape {want} dtype {want_dtype} (N, tokens_per_passage, hidden_size)")
 
 
-def single_token(proj: Projector, emb, query=None):
-    """Callers that take one vector per passage: emb [..., E] -> [..., H] through a k = 1 projector
-    (the k-vector paths call the projector on [N, E] themselves)."""
-    if proj.tokens_per_passage != 1:
-        raise ProjectorError(f"projector {proj.kind} gives {proj.tokens_per_passage} vectors per passage; "
-                             "this path takes one")
-    lead = emb.shape[:-1]
-    flat_q = None if query is None else query.reshape(-1, query.shape[-1])
-    return proj(emb.reshape(-1, emb.shape[-1]), flat_q).reshape(*lead, proj.out_dim)
-
-
 @partial(jax.jit, static_argnums=0)
 def project(graphdef, state, passages, query=None):
     """THE projection, used by training and inference: `graphdef, state = nnx.split(projector)`;
@@ -202,4 +191,4 @@ def project(graphdef, state, passages, query=None):
 
 __all__ = ["ENTRY_POINT_GROUP", "NoOptions", "Projector", "ProjectorError", "REGISTRY", "build_projector",
            "check_options", "legacy_kind", "legacy_name", "project", "register_projector", "registered_projectors",
-           "resolve_projector", "single_token"]
+           "resolve_projector"]
