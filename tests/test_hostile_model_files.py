@@ -175,9 +175,9 @@ def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, raw, expect):
     ({"lora_targets": ["q", "everything"]}, "field 'lora_targets' must be a list of one of"),
 ])
 def test_perank_config_fields_are_checked_like_the_cli_flags(tmp_path, edit, expect):
+    from perank_jax.weights.packaged import shipped_dir
     from perank_jax.weights.perank_config import PERankConfig
-    conf = {"model_type": "llama", "hidden_size": 32, **json.loads(
-        (Path(__import__("perank_jax").__file__).parent / "shipped" / "config.json").read_text()), **edit}
+    conf = {"model_type": "llama", "hidden_size": 32, **json.loads((shipped_dir() / "config.json").read_text()), **edit}
     (tmp_path / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError) as e:
         PERankConfig.read(tmp_path)

@@ -84,7 +84,7 @@ def test_reference_projector_type_strings_load_and_are_written_back(old, name, o
 
 
 def test_the_shipped_adapter_config_reads_as_a_linear_projector():
-    conf = PERankConfig.read(ROOT / "perank_jax" / "shipped")
+    conf = PERankConfig.read(ROOT / "perank_jax" / "shipped" / "minilm")
     assert (conf.projector, conf.perank_format, conf.query_scale, conf.encoder_max_length) == \
         ("linear", "adapter", 3000.0, 256)
 

