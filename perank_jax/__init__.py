@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_decoder": ("perank_jax.weights.decoder", "load_decoder"),
     "load_encoder": ("perank_jax.weights.encoder", "load_encoder"),
-    "PERanker": ("perank_jax.ranker", "PERanker"),
+    "PERanker": ("perank_jax.inference.ranker", "PERanker"),
     "PERankConfig": ("perank_jax.weights.perank_config", "PERankConfig"),
     "Projector": ("perank_jax.models.projector", "Projector"),
     "register_projector": ("perank_jax.models.projector", "register_projector"),

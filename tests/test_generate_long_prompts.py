@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fixtures import make_tiny_hf_decoder
-from perank_jax import generate
-from perank_jax.buckets import fine_bucket
-from perank_jax.generate import TRACES, greedy_generate
+from perank_jax.inference import generate
+from perank_jax.core.buckets import fine_bucket
+from perank_jax.inference.generate import TRACES, greedy_generate
 from perank_jax.models.decoder import attention, init_cache, self_attention
 from perank_jax.weights.decoder import load_decoder
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from fixtures import make_tiny_hf_decoder
-from perank_jax.generate import TRACES, greedy_generate
+from perank_jax.inference.generate import TRACES, greedy_generate
 from perank_jax.weights.decoder import load_decoder
 
 

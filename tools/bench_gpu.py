@@ -52,7 +52,7 @@ def synthetic_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     from perank_jax.models.presets import load_preset
-    from perank_jax.prompts import add_special_tokens
+    from perank_jax.listwise.prompts import add_special_tokens
     specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
     vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS) | {str(i) for i in range(200)}))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -143,7 +143,7 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int, weight_bytes: int, bw: flo
 
 def rerank_rows(dec, proj, queries: int, depths=(20, 100), batches=(1, 8)):
     """Yield one PE-Rank row at a time (printed as it comes, so a run cut short keeps what it measured)."""
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     tok = synthetic_tokenizer()
     for depth, window in ((20, None), (100, 20)):
         if depth not in depths:

@@ -13,7 +13,7 @@ One run prints one table. Rows:
       prompt, generation of up to 256 tokens, parsed), JAX, same windows; `--textlist-queries` queries
   (e') HF transformers `generate` on the same text-listwise prompts (top-20 only), with the tokens it
       generated compared to (e)'s (tools/bench_textlist.py `textlist_latency`)
-Every JAX row prefills a query's shared prompt prefix once (perank_jax.prefix), so it processes
+Every JAX row prefills a query's shared prompt prefix once (perank_jax.inference.prefix), so it processes
 fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
 data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out data/raw`): top-20 in
 one window, and top-100 with the paper's sliding window (20, stride 10, bottom up: 9 windows).
@@ -44,7 +44,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top
 def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
     from perank_jax.models.projector import build_projector
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     from perank_jax.weights.perank import save_checkpoint
     from perank_jax.weights.decoder import load_decoder
     from perank_jax.weights.convert import gguf_to_hf_dir
@@ -66,7 +66,7 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     from perank_jax.models.presets import decoder_preset, encoder_preset, random_decoder
     from perank_jax.weights.encoder import load_encoder
     from perank_jax.models.projector import build_projector
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     from perank_jax.models.decoder import LoadedDecoder
     from perank_jax.weights.gguf import GGUFSource
     from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
@@ -106,7 +106,7 @@ def reference_rerank(lm, e, prompt_ids, placeholder_id: int, window=None, stride
     """`reference_window` over projected vectors e [N, D], in sliding windows from the bottom up
     (one window without `window`); prompt_ids(n) gives a window's prompt ids [1, T]. Returns
     (order, prompt tokens processed, passages generated)."""
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise.windows import sliding_windows
     order, processed, generated = list(range(len(e))), 0, 0
     for s, t in (sliding_windows(len(e), window, stride) if window else [(0, len(e))]):
         ids = order[s:t]

@@ -5,9 +5,9 @@ weights (SmolLM2-135M-Instruct, float32, CPU by default), same token ids.
     python tools/bench_textlist.py --queries 3 --max-new-tokens 256 --no-torch
 
 Each query's prompt is the text-listwise window prompt (perank_jax.evaluate.textlist:
-perank_jax.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
+perank_jax.listwise.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
 (`--data`, default data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out
-data/raw`, docs/data.md). JAX runs perank_jax.generate.greedy_generate, HF runs
+data/raw`, docs/data.md). JAX runs perank_jax.inference.generate.greedy_generate, HF runs
 `model.generate(do_sample=False, max_new_tokens=N)` on the same ids; the two are timed one
 after the other per query (so machine load hits both alike) and their tokens compared (greedy:
 the same tokens; the table says where they first differ if they ever do). JAX compilation is
@@ -81,7 +81,7 @@ def textlist_latency(requests, *, depth: int = 20, max_new_tokens: int = 256, to
     With `repeats` > 1 both run that many times, alternating, and each keeps its fastest time
     (a shared machine's load then hits neither side's number)."""
     from perank_jax.evaluate.textlist import TextListwiseReranker
-    from perank_jax.generate import greedy_generate, prompt_bucket
+    from perank_jax.inference.generate import greedy_generate, prompt_bucket
     if decoder is None:
         decoder, loaded = load_models(hf_dir, torch=torch and hf_model is None, dtype=dtype)
         hf_model = hf_model if hf_model is not None else loaded
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
 
     import jax
     from perank_jax.data.trec import read_requests
-    from perank_jax.generate import TRACES
+    from perank_jax.inference.generate import TRACES
     requests = read_requests(a.data)[: a.queries]
     t = time.perf_counter()
     dec, ref = load_models(torch=not a.no_torch)

@@ -23,7 +23,7 @@ from flax import nnx
 from perank_jax.models.decoder import Decoder
 from perank_jax.models.presets import decoder_preset, encoder_preset
 from perank_jax.models.projector import build_projector
-from perank_jax.sharding import make_mesh
+from perank_jax.core.sharding import make_mesh
 from perank_jax.train.config import train_config
 from perank_jax.train.step import TrainStep
 

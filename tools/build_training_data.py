@@ -147,7 +147,7 @@ def embed_texts(records: list[dict], encoder: str, max_len: int, caches=()) -> t
     """Every passage and query text of `records`, and its vector from the frozen encoder.
     Texts that are documents of a `perank encode` cache in `caches` (made by this very encoder
     setting: checked, else refused) take the cached vector instead of being encoded again."""
-    from perank_jax.passage_vectors import open_cache
+    from perank_jax.inference.passage_vectors import open_cache
     from perank_jax.train.embeddings import cache_embedder
     from perank_jax.weights.encoder import load_encoder
     from perank_jax.weights.packaged import resolve_model_path

@@ -69,7 +69,7 @@ def pct(xs, q):
 def direct_latencies(args, bodies, tmp: Path) -> list[float]:
     """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles; sets
     args.embeddings to an example-set cache when the requests go by docid and none was given."""
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     ranker = PERanker.from_pretrained(args.model)
     if not args.texts:
         args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))

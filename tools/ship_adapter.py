@@ -5,7 +5,7 @@
 Copies RUN/adapter/{config.json,adapter.safetensors} to perank_jax/shipped/ (with --query-scale,
 config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
 queries; see MODEL_CARD.md; with --query-feedback, the candidate-aware query vector's weight and
-temperature, perank_jax.feedback), with the run's
+temperature, perank_jax.listwise.feedback), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
 tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand.
@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
+from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback
 from perank_jax.weights.perank_config import PERankConfig, check_field
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
     ap.add_argument("--dest", type=Path, default=SHIPPED, help="where to ship (default: %(default)s)")
     a = ap.parse_args(argv)
-    try:      # the rules are PERankConfig's (query_scale) and perank_jax.feedback's
+    try:      # the rules are PERankConfig's (query_scale) and perank_jax.listwise.feedback's
         if a.query_scale is not None:
             check_field("query_scale", a.query_scale, "--query-scale")
         if a.query_feedback is not None:

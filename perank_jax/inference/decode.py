@@ -16,7 +16,7 @@ first-stage order), "single_pass" (everything ranked by the first step's scores)
 All shapes are static per bucket (B, T, N, steps, mode); rows in a bucket may have
 different prompt lengths and passage counts. Steps past a batch's largest n skip
 the forward pass (lax.cond), so padding passages cost no decoder work. The steps after
-the prefill are `decode_steps`, shared with perank_jax.prefix (a query's prompt prefix
+the prefill are `decode_steps`, shared with perank_jax.inference.prefix (a query's prompt prefix
 prefilled once, each window's remainder on top of it).
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.constants import DECODE_MODES
+from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.core.constants import DECODE_MODES
 from perank_jax.models.decoder import init_cache
-from perank_jax.perank_model import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
+from perank_jax.models.perank import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
 
 
 class NonFiniteScores(ValueError):

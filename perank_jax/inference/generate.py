@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, fine_bucket
+from perank_jax.core.buckets import TraceCounter, fine_bucket
 from perank_jax.models.decoder import init_cache
-from perank_jax.prompts import render_chat
+from perank_jax.listwise.prompts import render_chat
 
 
 TRACES = TraceCounter()   # traces of the generation function, all decoders together
