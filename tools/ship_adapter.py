@@ -23,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback
-from perank_jax.weights.perank_config import PERankConfig, check_field
+from perank_jax.listwise import FEEDBACK_KEYS, check_feedback
+from perank_jax.weights import PERankConfig, check_field
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "perank_jax" / "shipped"
@@ -81,7 +81,7 @@ def example_rankings(model_dir: Path) -> dict[str, list[str]]:
     """The packaged example set reranked by the model in model_dir: {qid: docids, best first}."""
     from perank_jax import PERanker
     from perank_jax.cli import EXAMPLE_SET
-    from perank_jax.data.trec import read_requests
+    from perank_jax.data import read_requests
     ranker = PERanker.from_pretrained(model_dir)
     reqs = read_requests(EXAMPLE_SET)
     orders = ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs],
