@@ -7,7 +7,7 @@ e [N, k, D] (k placeholders per slot; n = valid[b].sum() of them are candidates)
     prefill the prompt once (KV cache)
     lax.scan over the decode steps:
         scores_i = h . key_i        (h: final-normed hidden state of the last token; float32;
-                                     key_i the mean of passage i's k vectors, perank_model)
+                                     key_i the mean of passage i's k vectors, models.perank)
         masked argmax over the passages not yet emitted (-1e9 for the others)
         feed the chosen key_i as the next input embedding at position lengths[b] + step
 
@@ -80,7 +80,7 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
 def decode_steps(model, h, cache, lengths, keys, valid, *, steps: int, mode: str = "decode"):
     """The constrained decode after a prefill: h [B,D] is the last prompt token's state, `cache`
     holds the prompt and has room for steps - 1 more tokens, lengths [B] is the position of the
-    next token, keys [B,N,D] the passages' keys (perank_model.passage_keys). Returns
+    next token, keys [B,N,D] the passages' keys (models.perank.passage_keys). Returns
     (chosen [B,steps] int32, first_scores [B,N] float32); a row whose scores
     were NaN/inf at any step gets NaN first_scores, which `finish_order` refuses."""
     B, N = keys.shape[:2]

@@ -251,7 +251,7 @@ class PERanker:
     def _embed_all(self, passage_lists, queries=None, docids=None):
         """Encoder vectors (cache by docid, memo by text, else encoded) projected once; returns
         per-query [n (+1), k, D] numpy slots and {"seconds", "on_the_fly", "from_cache"} (the encoding
-        part). With `queries`, each query's vector (perank_model.list_inputs: candidate-aware
+        part). With `queries`, each query's vector (models.perank.list_inputs: candidate-aware
         with feedback) goes to a projector that uses it and, with a query token, fills row n (its slot)."""
         extra = [strip_special(q) for q in queries] if queries is not None else None
         emb, on_the_fly, from_cache, seconds = passage_vectors(

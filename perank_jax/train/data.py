@@ -303,7 +303,7 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
     """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
     smallest bucket holding the longest record. Padded passages/positions are marked invalid
     (positions point one past the end, so scatters drop them). A record's encoder rows and query
-    vector come from perank_model.list_inputs, as at inference: with a query slot and a
+    vector come from models.perank.list_inputs, as at inference: with a query slot and a
     feedback weight > 0, the slot holds the candidate-aware query over the record's passages.
     query_vector: add "query" [B, E], the vector a projector with `uses_query` receives."""
     if query_vector and not prep.query_idx:
