@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.config import setting
+from perank_jax.core.config import setting
 from perank_jax.models.projector import Projector
 
 

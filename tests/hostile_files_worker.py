@@ -30,11 +30,11 @@ resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
 import numpy as np  # noqa: E402
 
-from perank_jax.config import ConfigError, apply_overrides, parse_yaml, read_config_json  # noqa: E402
+from perank_jax.core.config import ConfigError, apply_overrides, parse_yaml, read_config_json  # noqa: E402
 from perank_jax.models.decoder import DecoderConfig  # noqa: E402
 from perank_jax.models.encoder import EncoderConfig  # noqa: E402
 from perank_jax.train.config import TrainConfig  # noqa: E402
-from perank_jax.config import from_dict  # noqa: E402
+from perank_jax.core.config import from_dict  # noqa: E402
 from perank_jax.weights.gguf import GGUFSource  # noqa: E402
 from perank_jax.weights.io import SafetensorsFile  # noqa: E402
 from perank_jax.weights.perank_config import PERankConfig  # noqa: E402
@@ -78,7 +78,7 @@ def load_yaml_override(path: Path):
 
 
 def load_yaml_file(path: Path):
-    from perank_jax.config import load_yaml
+    from perank_jax.core.config import load_yaml
     load_yaml(TrainConfig, path)
 
 

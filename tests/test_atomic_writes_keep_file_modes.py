@@ -7,7 +7,7 @@ import stat
 
 import numpy as np
 
-from perank_jax.atomic import atomic_text
+from perank_jax.core.atomic import atomic_text
 from perank_jax.weights.io import save_safetensors_atomic
 
 
@@ -38,7 +38,7 @@ def test_replaced_files_keep_their_mode(tmp_path):
 
 
 def test_a_replaced_output_directory_never_loses_a_users_file_and_is_not_private(tmp_path):
-    from perank_jax.atomic import fresh_temp, replace_dir
+    from perank_jax.core.atomic import fresh_temp, replace_dir
     out = tmp_path / "hf"
     (tmp_path / "hf.tmp-convert").mkdir()                 # a user's folder named like an old temp name
     (tmp_path / "hf.tmp-convert" / "mine.txt").write_text("keep")

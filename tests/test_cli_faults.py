@@ -96,7 +96,7 @@ def test_evaluate_json_never_touches_a_users_file_named_like_a_temp_file(eval_fi
 @pytest.mark.parametrize("when,sig", [
     (r"\b[1-9]\d*/400\b", signal.SIGINT),                   # queries are being reranked
     (r"0/400", signal.SIGINT),  # the progress bar is up, the first compile runs (Ctrl-C used to be lost in
-                                # jax's _xla_gc_callback; perank_jax/interrupts.py latches it)
+                                # jax's _xla_gc_callback; perank_jax/core/interrupts.py latches it)
     (r"\b[1-9]\d*/400\b", signal.SIGTERM),                  # `kill`: the same, exit 143
 ], ids=["while-reranking", "during-first-compile", "sigterm-while-reranking"])
 def test_ctrl_c_during_rerank_exits_130_and_leaves_the_previous_output_untouched(tmp_path, tiny_perank, when, sig):
@@ -135,7 +135,7 @@ def test_a_ctrl_c_that_python_drops_still_stops_the_run_before_any_output(tmp_pa
     The run must still stop: exit 130 at the next query boundary, no traceback, the previous
     output untouched and nothing new written."""
     import gc
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     ckpt = tiny_perank[0]
     real = PERanker.rerank_batch
 

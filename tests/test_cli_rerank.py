@@ -6,7 +6,7 @@ import pytest
 
 from perank_jax.cli import main
 from perank_jax.data.trec import read_run
-from perank_jax.ranker import PERanker
+from perank_jax.inference.ranker import PERanker
 
 
 DOCS = {f"d{i}": f"document {i} about {w}" for i, w in enumerate("cats dogs rivers banks loans trees "
@@ -44,7 +44,7 @@ def test_rerank_cli_writes_run_and_stats_matching_the_library(tmp_path, tiny_per
         assert [h.docid for h in hits] == [cands[i] for i in want]
     stats = [json.loads(line) for line in (tmp_path / "out.trec.stats.jsonl").read_text().splitlines()]
     assert [s["qid"] for s in stats] == ["q1", "q2"]
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise.windows import sliding_windows
     wins = sliding_windows(12, 5, 2)                                   # 12 does not divide by 2-strides of 5
     assert stats[0]["windows"] == len(wins) and stats[0]["generated_tokens"] == sum(e - s for s, e in wins)
     assert all(s["latency_s"] > 0 and s["processed_tokens"] > s["n_passages"] for s in stats)

@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from fixtures import tiny_decoder
-from perank_jax.buckets import TraceCounter
-from perank_jax.decode import finish_order, make_decode_fn
+from perank_jax.core.buckets import TraceCounter
+from perank_jax.inference.decode import finish_order, make_decode_fn
 
 C, T, N, D, V = 240, 24, 8, 32, 64
 

@@ -129,7 +129,7 @@ def test_non_gguf_file_is_refused(tmp_path):
 
 
 def test_gguf_tokenizer_conversion_failure_is_reported_not_swallowed(smollm2_gguf, monkeypatch):
-    from perank_jax.generate import chat_generate
+    from perank_jax.inference.generate import chat_generate
     from perank_jax.weights.gguf import GGUFSource
 
     def broken(self):

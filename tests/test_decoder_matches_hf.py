@@ -93,7 +93,7 @@ def test_bf16_compute_stays_close_to_fp32(tmp_path):
 
 @pytest.mark.parametrize("mesh_shape", [(2, 1, 4), (1, 2, 4)])
 def test_forward_on_2x4_mesh_equals_single_device(tmp_path, mesh_shape):
-    from perank_jax.sharding import make_mesh
+    from perank_jax.core.sharding import make_mesh
     make_tiny_hf_decoder(tmp_path, "mistral", num_attention_heads=8, num_key_value_heads=4,
                          hidden_size=64, intermediate_size=128)
     ids, mask = _padded_batch(128, seed=5)
@@ -107,7 +107,7 @@ def test_forward_on_2x4_mesh_equals_single_device(tmp_path, mesh_shape):
 
 
 def test_cached_decoding_on_mesh_keeps_kv_heads_sharded_and_matches_single_device(tmp_path):
-    from perank_jax.sharding import make_mesh
+    from perank_jax.core.sharding import make_mesh
     make_tiny_hf_decoder(tmp_path, "mistral", num_attention_heads=8, num_key_value_heads=4,
                          hidden_size=64, intermediate_size=128)
     ids, mask = _padded_batch(128, seed=6)

@@ -234,7 +234,7 @@ def test_lazy_verification_checks_only_the_chunks_read_and_refuses_a_damaged_one
 
 
 def test_reranking_through_a_damaged_cache_chunk_is_one_error_not_a_ranking(setup, tmp_path):
-    from perank_jax.passage_vectors import passage_vectors
+    from perank_jax.inference.passage_vectors import passage_vectors
     root, corpus, args, clean = setup
     d = copy(clean, tmp_path / "cache")
     overwrite_rows(d, [0])

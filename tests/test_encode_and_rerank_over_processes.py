@@ -75,7 +75,7 @@ def test_two_processes_encode_and_rerank_into_the_one_process_outputs_resuming_a
 
 def test_parts_of_a_run_with_other_settings_are_refused_before_any_work(tmp_path):
     from perank_jax.data.trec import Candidate, DataError, Request
-    from perank_jax.rerank_parts import parts_dir, rerank_in_parts
+    from perank_jax.inference.rerank_parts import parts_dir, rerank_in_parts
     requests = [Request("q1", "cats", [Candidate("d1", 1.0, "a cat"), Candidate("d2", 0.5, "a dog")])]
     out = tmp_path / "x.trec"
     kw = dict(settings={"model": "m"}, part_queries=2)

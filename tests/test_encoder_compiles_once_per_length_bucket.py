@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import perank_jax
-from perank_jax.buckets import length_buckets
+from perank_jax.core.buckets import length_buckets
 from perank_jax.models.dense import DenseEncoder
 from fixtures import tiny_bert
 

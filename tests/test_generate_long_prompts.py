@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from fixtures import make_tiny_hf_decoder
-from perank_jax import generate
-from perank_jax.buckets import fine_bucket
-from perank_jax.generate import TRACES, greedy_generate
+from perank_jax.inference import generate
+from perank_jax.core.buckets import fine_bucket
+from perank_jax.inference.generate import GENERATE_TRACES, greedy_generate
 from perank_jax.models.decoder import attention, init_cache, self_attention
 from perank_jax.weights.decoder import load_decoder
 
@@ -110,13 +110,13 @@ def test_prompts_inside_one_bucket_reuse_one_compilation(tmp_path):
     make_tiny_hf_decoder(tmp_path, "mistral", vocab_size=64, max_position_embeddings=4096)
     dec = load_decoder(tmp_path)
     rng = np.random.RandomState(2)
-    before = TRACES.count
+    before = GENERATE_TRACES.count
     for n in (1030, 1100, 1152):                     # all in the 1,152 bucket
         greedy_generate(dec.graphdef, dec.state, [list(rng.randint(3, 64, n))], 4, [2])
-    assert TRACES.count == before + 1
+    assert GENERATE_TRACES.count == before + 1
     for n in (1153, 1200, 1290, 1300):               # buckets 1,280 and 1,408
         greedy_generate(dec.graphdef, dec.state, [list(rng.randint(3, 64, n))], 4, [2])
-    assert TRACES.count == before + 3
+    assert GENERATE_TRACES.count == before + 3
 
 
 @pytest.mark.slow

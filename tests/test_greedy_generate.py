@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from fixtures import make_tiny_hf_decoder
-from perank_jax.generate import TRACES, greedy_generate
+from perank_jax.inference.generate import GENERATE_TRACES, greedy_generate
 from perank_jax.weights.decoder import load_decoder
 
 
@@ -40,13 +40,13 @@ def test_greedy_generate_stops_at_eos_and_compiles_once_per_bucket(tmp_path):
     make_tiny_hf_decoder(tmp_path, "mistral", vocab_size=64)
     dec = load_decoder(tmp_path)
     rng = np.random.RandomState(1)
-    before = TRACES.count
+    before = GENERATE_TRACES.count
     first = None
     for n in (2, 5, 9, 16):                       # all inside the 16-token bucket
         prompt = list(rng.randint(3, 64, n))
         out, n_gen = greedy_generate(dec.graphdef, dec.state, [prompt, prompt[:1]], 6, [2])
         first = first or list(out[0, :n_gen[0]])
-    assert TRACES.count == before + 1
+    assert GENERATE_TRACES.count == before + 1
     # make the first generated token the EOS: generation stops after one token
     out, n_gen = greedy_generate(dec.graphdef, dec.state, [prompt], 6, [int(out[0, 0])])
     assert n_gen[0] == 1

@@ -275,7 +275,7 @@ def test_yaml_overrides_are_one_line_naming_the_key(tmp_path, capsys, command, v
 @pytest.mark.parametrize("in_thread", [False, True])
 def test_a_chat_template_that_loops_without_bound_is_stopped(in_thread):
     from fixtures import chat_tokenizer
-    from perank_jax.prompts import TEMPLATE_SECONDS, PromptError, render_chat
+    from perank_jax.listwise.prompts import TEMPLATE_SECONDS, PromptError, render_chat
     tok = chat_tokenizer()
     tok.chat_template = ("{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}"
                          "{% endfor %}")

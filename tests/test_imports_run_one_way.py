@@ -1,14 +1,16 @@
 """The package's imports run one way, downward through its layers, with no cycles.
 
 Every `import` / `from ... import` in every module counts, including the lazy ones inside
-functions (a lazy import still ties the two files together). Layers, bottom up:
+functions (a lazy import still ties the two files together), and a package's `__init__` counts
+as a module of its own (its re-exports are edges too). Layers, bottom up (docs/design.md):
 
-  0 foundations  atomic, buckets, config, constants, interrupts, sharding
-  1 models       models/* (modules and their runtime wrappers), prompts, windows, feedback, perank_model
-  2 on disk      weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
-  3 inference    decode, generate, ranker, batch_rerank, prefix, passage_vectors
-  4 workflows    train/*, evaluate/*, serve/* (the HTTP rerank server)
-  5 entry        cli/* (one module per group of subcommands, cli/args.py), the package's __init__ (the public API)
+  0 core       core/* (atomic, buckets, config, constants, interrupts, outputs, processes, sharding)
+  1 listwise   listwise/* (prompts, windows, feedback: prompt, window and feedback maths, no JAX models)
+  2 models     models/* (modules, their runtime wrappers, models/perank.py: THE PE-Rank maths)
+  3 on disk    weights/* (every model format), data/* (runs, corpora, caches, records, fetch, prepare)
+  4 inference  inference/* (decode, prefix, generate, passage vectors, PERanker, batches, parts)
+  5 workflows  train/*, evaluate/*, serve/* (the HTTP rerank server)
+  6 entry      cli/* (one module per group of subcommands, cli/args.py), the package's __init__ (the public API)
 
 A module may import its own layer or any layer below; an upward import, or a cycle between
 modules, fails with the offending edges named.
@@ -18,10 +20,11 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parent.parent / "perank_jax"
 LAYERS = [
-    {"atomic", "buckets", "config", "constants", "interrupts", "outputs", "processes", "sharding"},
-    {"models", "prompts", "windows", "feedback", "perank_model"},
+    {"core"},
+    {"listwise"},
+    {"models"},
     {"weights", "data"},
-    {"decode", "generate", "ranker", "batch_rerank", "prefix", "passage_vectors", "rerank_parts"},
+    {"inference"},
     {"train", "evaluate", "serve"},
     {"cli", "__init__"},
 ]
@@ -63,15 +66,20 @@ def import_graph() -> dict[str, set[str]]:
 def test_every_import_goes_to_the_same_or_a_lower_layer():
     graph = import_graph()
     assert len(graph) > 30
+    for m in graph:                    # every module lies in a layer folder, imported or not
+        layer_of(m)
     upward = [f"{m} (layer {layer_of(m)}) -> {d} (layer {layer_of(d)})"
               for m, deps in sorted(graph.items()) for d in sorted(deps) if layer_of(d) > layer_of(m)]
     assert upward == [], "\n".join(upward)
 
 
 def test_models_never_import_loading_or_data_code():
+    """models/* import only models/* and core/*; models/perank.py (the PE-Rank maths) also listwise/*."""
     graph = import_graph()
+    allowed = lambda m, d: (d.startswith(("perank_jax.models", "perank_jax.core"))
+                            or (m == "perank_jax.models.perank" and d.startswith("perank_jax.listwise")))
     bad = [f"{m} -> {d}" for m, deps in graph.items() if m.startswith("perank_jax.models")
-           for d in deps if not (d.startswith("perank_jax.models") or layer_of(d) == 0)]
+           for d in deps if not allowed(m, d)]
     assert bad == [], bad
 
 
@@ -97,19 +105,41 @@ def test_the_import_graph_has_no_cycle():
 
 
 def test_the_checker_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch):
-    """The walker is not vacuous: a fake package with models -> ranker and a -> b -> a fails."""
+    """The walker is not vacuous: a fake package with models -> inference and a -> b -> a fails."""
     fake = tmp_path / "perank_jax"
-    (fake / "models").mkdir(parents=True)
+    for sub in ("models", "inference"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
     (fake / "__init__.py").write_text("")
-    (fake / "models" / "__init__.py").write_text("")
-    (fake / "models" / "m.py").write_text("def f():\n    from perank_jax.ranker import X\n")
-    (fake / "ranker.py").write_text("import perank_jax.decode\n")
-    (fake / "decode.py").write_text("from perank_jax import ranker\n")
+    (fake / "models" / "m.py").write_text("def f():\n    from perank_jax.inference.ranker import X\n")
+    (fake / "inference" / "ranker.py").write_text("import perank_jax.inference.decode\n")
+    (fake / "inference" / "decode.py").write_text("from perank_jax.inference import ranker\n")
     for i in range(30):
         (fake / "models" / f"pad{i}.py").write_text("")
     monkeypatch.setattr(__import__(__name__), "PKG", fake)
     import pytest
-    with pytest.raises(AssertionError, match=r"models\.m \(layer 1\) -> perank_jax\.ranker \(layer 3\)"):
+    with pytest.raises(AssertionError, match=r"models\.m \(layer 2\) -> perank_jax\.inference\.ranker \(layer 4\)"):
         test_every_import_goes_to_the_same_or_a_lower_layer()
-    with pytest.raises(AssertionError, match="perank_jax.decode -> perank_jax.ranker -> perank_jax.decode"):
+    with pytest.raises(AssertionError, match="perank_jax.inference.decode -> perank_jax.inference.ranker -> "
+                                             "perank_jax.inference.decode"):
         test_the_import_graph_has_no_cycle()
+
+
+def test_the_checker_refuses_a_module_outside_the_layer_folders(tmp_path, monkeypatch):
+    """A new top-level module (perank_jax/loose.py) must be given a layer; models importing listwise fails."""
+    fake = tmp_path / "perank_jax"
+    for sub in ("models", "listwise"):
+        (fake / sub).mkdir(parents=True)
+        (fake / sub / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "loose.py").write_text("")
+    (fake / "models" / "decoder.py").write_text("from perank_jax.listwise.prompts import X\n")
+    (fake / "listwise" / "prompts.py").write_text("")
+    for i in range(30):
+        (fake / "models" / f"pad{i}.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "PKG", fake)
+    import pytest
+    with pytest.raises(AssertionError, match=r"perank_jax\.loose: not in any layer"):
+        test_every_import_goes_to_the_same_or_a_lower_layer()
+    with pytest.raises(AssertionError, match=r"models\.decoder -> perank_jax\.listwise\.prompts"):
+        test_models_never_import_loading_or_data_code()

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perank_jax.ranker import PERanker
-from perank_jax.windows import sliding_windows
+from perank_jax.inference.ranker import PERanker
+from perank_jax.listwise.windows import sliding_windows
 
 from external_projector import TwoTokenProjector
 from fixtures import HashEncoder

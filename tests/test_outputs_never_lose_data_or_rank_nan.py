@@ -83,7 +83,7 @@ def test_encode_refuses_an_out_directory_holding_a_users_docids_txt(t, capsys):
 
 
 def test_train_refuses_an_output_dir_of_someone_elses_files_and_accepts_its_own_runs(t, capsys):
-    from perank_jax.outputs import claim_dir
+    from perank_jax.core.outputs import claim_dir
     out = t / "exp"
     out.mkdir()
     for name in ("config.yaml", "metrics.jsonl", "summary.json"):
@@ -129,14 +129,14 @@ def test_a_second_writer_into_a_locked_directory_refuses_and_a_killed_holder_rel
     finally:
         holder.kill()                                              # a crash: the lock goes with the process
         holder.wait()
-    from perank_jax.outputs import dir_lock
+    from perank_jax.core.outputs import dir_lock
     with dir_lock(out, command):
         pass
 
 
 def test_a_run_and_its_sidecar_change_together_or_not_at_all(tmp_path, monkeypatch):
-    from perank_jax import outputs
-    from perank_jax.atomic import atomic_text
+    from perank_jax.core import outputs
+    from perank_jax.core.atomic import atomic_text
     run, stats = tmp_path / "o.trec", tmp_path / "o.trec.stats.jsonl"
     run.write_text("old run\n")
     stats.write_text("old stats\n")
@@ -166,7 +166,7 @@ def test_a_run_and_its_sidecar_change_together_or_not_at_all(tmp_path, monkeypat
 
 
 def test_temps_left_by_a_killed_process_are_cleaned_by_the_next_run_and_nothing_else(tmp_path):
-    from perank_jax.atomic import fresh_temp
+    from perank_jax.core.atomic import fresh_temp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f".hf.{dead.pid}-abcd1234.tmp"             # a killed `perank convert`'s temp dir
@@ -238,7 +238,7 @@ class FakeManager:
 @pytest.mark.parametrize("override,expect", [("optim.lr=1e-4", "optim.lr: 0.001 -> 0.0001"),
                                              ("data.embeddings=other.npz", "data.embeddings: x.npz -> other.npz")])
 def test_resuming_training_with_other_settings_is_refused_naming_them(override, expect):
-    from perank_jax.config import ConfigError
+    from perank_jax.core.config import ConfigError
     from perank_jax.train.checkpointing import restore_state, run_settings
     from perank_jax.train.config import load_train_config
     base = ["data.embeddings=x.npz", "optim.lr=1e-3"]
@@ -314,7 +314,7 @@ def test_an_empty_passage_is_named_by_file_and_line_before_the_model_loads(t, ca
 
 def test_a_query_too_long_for_the_decoder_is_named_before_any_query_is_reranked(t, capsys, tiny_perank,
                                                                                 monkeypatch):
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     (t / "req.jsonl").write_text(requests_jsonl(3, 3, query=lambda q: "word " * 5000 if q == 3 else f"query {q}"))
     ranked = []
     real = PERanker.rerank_batch
@@ -325,7 +325,7 @@ def test_a_query_too_long_for_the_decoder_is_named_before_any_query_is_reranked(
 
 
 def test_a_full_disk_names_the_output_file(t, capsys, monkeypatch):
-    import perank_jax.atomic as atomic
+    import perank_jax.core.atomic as atomic
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")

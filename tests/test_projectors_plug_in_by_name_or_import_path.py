@@ -181,7 +181,7 @@ def stage2_args(files, out, *extra):
 
 RANK_IN_FRESH_PROCESS = """
 import json, sys
-from perank_jax.ranker import PERanker
+from perank_jax.inference.ranker import PERanker
 from perank_jax.train.embeddings import table_embedder
 class Table:
     encode = staticmethod(table_embedder(sys.argv[2]))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import external_projector as P
-from perank_jax.feedback import feedback_query
-from perank_jax.ranker import PERanker
+from perank_jax.listwise.feedback import feedback_query
+from perank_jax.inference.ranker import PERanker
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run
 from perank_jax.weights.decoder import load_decoder

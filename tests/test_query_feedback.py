@@ -1,4 +1,4 @@
-"""The candidate-aware query vector (perank_jax.feedback):
+"""The candidate-aware query vector (perank_jax.listwise.feedback):
 
 - `feedback_query` equals a plain per-element loop of its formula; weight 0 is the normalised query,
   and a cold temperature adds the single candidate nearest the query;
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from fixtures import HashEncoder, edited_checkpoint, hash_ranker
-from perank_jax.feedback import check_feedback, feedback_query
+from perank_jax.listwise.feedback import check_feedback, feedback_query
 
 
 def _reference(q, e, weight, temperature):

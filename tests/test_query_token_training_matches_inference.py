@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from perank_jax import prompts
+from perank_jax.listwise import prompts
 from perank_jax.data.training_records import listwise_record
-from perank_jax.feedback import feedback_query
+from perank_jax.listwise.feedback import feedback_query
 from perank_jax.models.projector import build_projector
-from perank_jax.ranker import PERanker
+from perank_jax.inference.ranker import PERanker
 from perank_jax.train import data as D
-from perank_jax.constants import MASKED
-from perank_jax.perank_model import listwise_logits, project_lists, scale_query_slot
+from perank_jax.core.constants import MASKED
+from perank_jax.models.perank import listwise_logits, project_lists, scale_query_slot
 from perank_jax.weights.decoder import load_decoder
 
 from fixtures import make_decoder_dir, make_tokenizer
@@ -158,7 +158,7 @@ def test_a_run_trained_with_feedback_saves_it_and_refuses_to_resume_with_other_s
         ranker = PERanker.from_pretrained(d, encoder=enc)
         assert ranker.feedback == (1.0, 0.5) and ranker.query_scale == 50
     # the run's checkpoint was made with the feedback on: resuming it with other settings is refused
-    from perank_jax.config import ConfigError
+    from perank_jax.core.config import ConfigError
     from dataclasses import replace
     for other in (replace(cfg.model, query_feedback=[0.0, 0.01]), replace(cfg.model, query_feedback=[1.0, 0.2])):
         with pytest.raises(ConfigError, match=r"other data or settings \(query_feedback: \[1\.0, 0\.5\] -> "):

@@ -21,9 +21,9 @@ import pytest
 from fixtures import edited_checkpoint, hash_ranker
 from perank_jax.cli import main
 from perank_jax.data.embcache_build import build_embedding_cache
-from perank_jax.passage_vectors import EmbeddingMismatch
-from perank_jax.ranker import PERanker
-from perank_jax.sharding import make_mesh
+from perank_jax.inference.passage_vectors import EmbeddingMismatch
+from perank_jax.inference.ranker import PERanker
+from perank_jax.core.sharding import make_mesh
 
 TOPICS = "cats dogs rivers banks loans trees music pianos courts cities fish birds".split()
 DOCS = {f"d{i}": f"document {i} is about {w} and {TOPICS[(i * 5) % len(TOPICS)]}" for i, w in
@@ -137,7 +137,7 @@ def test_cli_rerank_with_embeddings_matches_encoding_and_refuses_a_mismatch(cach
 # ------------------------------------------------------------------ data parallel
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1)], ids=["data8", "data2_fsdp4"])
 def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, shape, monkeypatch):
-    import perank_jax.ranker as ranker_mod
+    import perank_jax.inference.ranker as ranker_mod
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12, 5, 11)]
     queries = [f"query {i} about {w}" for i, w in enumerate(TOPICS[:5])]
     one = hash_ranker(tiny_perank_dir_32, batch_size=8)
@@ -193,7 +193,7 @@ def _variant(r, template, query_token, share):
 @pytest.mark.parametrize("template", ["paper", "compact"])
 @pytest.mark.parametrize("query_token", [False, True], ids=["no_query_token", "query_token"])
 def test_shared_prefix_ranks_as_whole_prompts_and_counts_the_prefix_once(tiny_perank_dir_32, template, query_token):
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise.windows import sliding_windows
     base = hash_ranker(tiny_perank_dir_32, batch_size=3)
     base.length_bucket = 256
     shared, whole = _variant(base, template, query_token, True), _variant(base, template, query_token, False)

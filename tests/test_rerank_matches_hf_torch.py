@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from perank_jax.ranker import PERanker
+from perank_jax.inference.ranker import PERanker
 
 WORDS = "cat dog river bank money loan fish tree green house music piano law court city".split()
 
@@ -62,7 +62,7 @@ def test_rankings_equal_hf_torch_reference(pair):
 
 
 def test_sliding_window_rerank_equals_hf_reference_window_by_window(pair):
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise.windows import sliding_windows
     ranker, model, projector = pair
     rng = np.random.default_rng(1)
     query = "green river bank"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fixtures import HashEncoder
-from perank_jax.ranker import PERanker
+from perank_jax.inference.ranker import PERanker
 
 
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta"]
@@ -64,7 +64,7 @@ def test_accounting_counts_prompt_tokens_over_windows_and_decode_steps(ranker):
     ps = [f"text {w} {i}" for i, w in enumerate(WORDS * 2)]          # n = 12
     ranker.rerank("q", ps, window=5, stride=3)
     st_ = ranker.last_stats[0]
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise.windows import sliding_windows
     wins = sliding_windows(12, 5, 3)
     assert st_.windows == len(wins)
     assert st_.generated_tokens == sum(e - s for s, e in wins)

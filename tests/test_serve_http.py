@@ -12,7 +12,7 @@ pytest.importorskip("fastapi")
 
 from helpers_serve import ServerProcess, call, metric  # noqa: E402
 from perank_jax.data.embcache_build import build_embedding_cache  # noqa: E402
-from perank_jax.ranker import PERanker  # noqa: E402
+from perank_jax.inference.ranker import PERanker  # noqa: E402
 from perank_jax.weights.encoder import load_encoder  # noqa: E402
 
 WINDOW, STRIDE = 4, 2

@@ -13,7 +13,7 @@ pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 
 from helpers_serve import call, metric  # noqa: E402
-from perank_jax.ranker import RerankStats  # noqa: E402
+from perank_jax.inference.ranker import RerankStats  # noqa: E402
 from perank_jax.serve.app import create_app  # noqa: E402
 from perank_jax.serve.metrics import ServeMetrics  # noqa: E402
 from perank_jax.serve.scheduler import Scheduler  # noqa: E402

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from perank_jax.generate import eos_ids_of, greedy_generate
+from perank_jax.inference.generate import eos_ids_of, greedy_generate
 from perank_jax.weights.decoder import load_decoder
 
 pytestmark = pytest.mark.slow

@@ -44,12 +44,12 @@ def _config(d, out, tiny_perank_dir, tiny_mistral_dir, minilm_dir):
 
 def test_tables_rows_columns_and_consistent_accounting(dataset, tmp_path, tiny_perank_dir, tiny_mistral_dir,
                                                        minilm_dir, monkeypatch, capsys):
-    import perank_jax.generate as generate
+    import perank_jax.inference.generate as generate
     from transformers import AutoTokenizer
     from perank_jax.evaluate.metrics import evaluate
     from perank_jax.data.trec import read_qrels, read_run
     from perank_jax.evaluate.textlist import textlist_messages
-    from perank_jax.prompts import add_special_tokens, embedding_prompt
+    from perank_jax.listwise.prompts import add_special_tokens, embedding_prompt
 
     calls = []  # every greedy generation of the text-listwise baseline: (prompt length, generated)
     real = generate.greedy_generate
@@ -137,7 +137,7 @@ def test_bad_tables_config_is_one_clear_error(tmp_path, capsys):
 
 
 def test_a_query_scale_needs_a_checkpoint_with_a_query_token(tiny_perank_dir):
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     with pytest.raises(ValueError, match="applies only to a checkpoint with a query token"):
         PERanker.from_pretrained(tiny_perank_dir, query_scale=100)
 

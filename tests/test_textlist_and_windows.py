@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from perank_jax.evaluate.textlist import parse_ranking, textlist_messages
-from perank_jax.windows import sliding_rerank, sliding_windows
+from perank_jax.listwise.windows import sliding_rerank, sliding_windows
 
 
 def _reference_loop(n, window, stride):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perank_jax import prompts
+from perank_jax.listwise import prompts
 
 from helpers_tools import load_tool
 

@@ -3,7 +3,7 @@ trains; good records become fixed-shape batches in a seeded, resumable, per-proc
 import numpy as np
 import pytest
 
-from perank_jax import prompts
+from perank_jax.listwise import prompts
 from perank_jax.train import data as D
 from perank_jax.train.embeddings import table_embedder
 from fixtures import make_tokenizer, stage1_records, stage2_records, table_file, write_jsonl

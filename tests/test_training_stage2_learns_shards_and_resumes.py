@@ -161,7 +161,7 @@ def test_sigkilled_training_process_resumes_bit_identical(uninterrupted, files):
 
 
 def test_metrics_log_drops_a_torn_last_line_on_resume(tmp_path):
-    from perank_jax.config import ConfigError
+    from perank_jax.core.config import ConfigError
     from perank_jax.train.metrics_log import MetricsLog
     p = tmp_path / "metrics.jsonl"
     p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
@@ -238,7 +238,7 @@ def test_ctrl_c_stops_training_with_exit_130_and_a_checkpoint_that_resumes_bit_i
 
 
 def test_model_embedding_dim_that_disagrees_with_the_embeddings_is_refused(files, tmp_path):
-    from perank_jax.config import ConfigError
+    from perank_jax.core.config import ConfigError
     with pytest.raises(ConfigError, match=r"model.embedding_dim is 99 but the passage embeddings .* have 16"):
         Run(cfg_for(files, tmp_path / "dim", "model.embedding_dim=99"))
     assert Run(cfg_for(files, tmp_path / "dim16", "model.embedding_dim=16")).projector.in_dim == 16

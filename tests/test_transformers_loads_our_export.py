@@ -216,7 +216,7 @@ def test_transformers_loads_stage2_export_decoder_with_the_trained_changes(stage
 
 
 def test_stage2_export_tokenizer_loads_with_autotokenizer_and_encodes_the_same(stage2_export):
-    from perank_jax.prompts import PLACEHOLDER, RANK
+    from perank_jax.listwise.prompts import PLACEHOLDER, RANK
     out, run, _, _ = stage2_export
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     ours = run.tokenizer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from perank_jax.atomic import atomic_write
+from perank_jax.core.atomic import atomic_write
 
 from perank_jax.data.ir_datasets import load_ir_dataset
 from perank_jax.data.trec import (Candidate, DataError, Hit, Request, build_rerank_requests, read_corpus,

@@ -35,7 +35,7 @@ def _jax_fns(dec, batch, prompt, steps):
     @jax.jit
     def prefill(state, ids):
         m = nnx.merge(gd, state)
-        from perank_jax.models.decoder import init_cache
+        from perank_jax.models import init_cache
         cache = init_cache(cfg, ids.shape[0], prompt + steps, m.dtype)
         pos = jnp.broadcast_to(jnp.arange(prompt, dtype=jnp.int32), ids.shape)
         h, cache = m.forward(m.embed(ids), pos, None, cache)
@@ -109,9 +109,8 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
 
-    from perank_jax.models.decoder import LoadedDecoder
-    from perank_jax.models.presets import decoder_preset, random_decoder
-    from perank_jax.weights.decoder import load_decoder
+    from perank_jax.models import decoder_preset, LoadedDecoder, random_decoder
+    from perank_jax.weights import load_decoder
     tmp = tempfile.TemporaryDirectory()
     if a.mistral7b_random:
         model = random_decoder(decoder_preset("mistral-7b"), a.dtype)      # made on the device
@@ -119,8 +118,7 @@ def main():
     else:
         path = a.model
         if path is None:
-            from perank_jax.weights.convert import gguf_to_hf_dir
-            from perank_jax.weights.packaged import smollm2_gguf
+            from perank_jax.weights import gguf_to_hf_dir, smollm2_gguf
             path = gguf_to_hf_dir(smollm2_gguf(), f"{tmp.name}/smollm2")
         dec, name, torch_path = load_decoder(path, dtype=a.dtype), str(a.model or "SmolLM2-135M-Instruct"), path
 

@@ -69,8 +69,8 @@ def main(argv=None):
     import torch
 
     import perank_jax
-    from perank_jax.data.trec import read_corpus
-    from perank_jax.weights.packaged import minilm_dir, mpnet_dir
+    from perank_jax.data import read_corpus
+    from perank_jax.weights import minilm_dir, mpnet_dir
 
     texts = list(read_corpus(a.corpus, title_format=True).values())[: a.passages]
     dirs = {"minilm": ("all-MiniLM-L6-v2", minilm_dir), "mpnet": ("all-mpnet-base-v2", mpnet_dir)}

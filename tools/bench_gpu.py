@@ -42,7 +42,7 @@ PRESET, SMOKE_PRESET, ENCODER = "mistral-7b", "tiny-mistral", "jina-v2-base"    
 
 def encoder_dim() -> int:
     """The width of the paper's encoder (jina-embeddings-v2-base): the stand-in passage vectors' size."""
-    from perank_jax.models.presets import encoder_preset
+    from perank_jax.models import encoder_preset
     return encoder_preset(ENCODER).hidden_size
 
 
@@ -51,8 +51,8 @@ def synthetic_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from perank_jax.models.presets import load_preset
-    from perank_jax.prompts import add_special_tokens
+    from perank_jax.models import load_preset
+    from perank_jax.listwise import add_special_tokens
     specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
     vocab = {w: i for i, w in enumerate(specials + sorted(set(WORDS) | {str(i) for i in range(200)}))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -82,9 +82,7 @@ class RandomVectors:
 def build(smoke: bool, dtype: str, unroll: bool = False):
     from flax import nnx
 
-    from perank_jax.models.decoder import LoadedDecoder
-    from perank_jax.models.presets import decoder_preset, random_decoder
-    from perank_jax.models.projector import build_projector
+    from perank_jax.models import build_projector, decoder_preset, LoadedDecoder, random_decoder
     cfg = decoder_preset(SMOKE_PRESET if smoke else PRESET)
     dt = jnp.dtype(dtype)
     model = random_decoder(cfg, dt, unroll=unroll)      # made on the device, never on the host
@@ -109,7 +107,7 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int, weight_bytes: int, bw: flo
     """Yield the decode-step rows (batch 1 and 8, beside the roofline) and the prefill row."""
     from flax import nnx
 
-    from perank_jax.models.decoder import init_cache
+    from perank_jax.models import init_cache
     gd, state = dec.graphdef, dec.state
 
     @jax.jit
@@ -143,7 +141,7 @@ def decoder_rows(dec, cfg, repeats: int, prompt: int, weight_bytes: int, bw: flo
 
 def rerank_rows(dec, proj, queries: int, depths=(20, 100), batches=(1, 8)):
     """Yield one PE-Rank row at a time (printed as it comes, so a run cut short keeps what it measured)."""
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference import PERanker
     tok = synthetic_tokenizer()
     for depth, window in ((20, None), (100, 20)):
         if depth not in depths:

@@ -33,7 +33,7 @@ def build(smoke: bool, device: str):
     from transformers import MistralConfig, MistralForCausalLM
 
     from bench_gpu import encoder_dim
-    from perank_jax.models.presets import decoder_preset
+    from perank_jax.models import decoder_preset
     cfg = MistralConfig.from_dict(decoder_preset("tiny-mistral" if smoke else "mistral-7b").to_hf())
     dt = torch.float32 if smoke else torch.bfloat16
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def rerank(lm, proj, tok, placeholder_id, vectors, query, texts, win, dt, device
     import torch
 
     from bench_rerank import reference_rerank
-    from perank_jax.prompts import build_prompt, tokenize_prompt
+    from perank_jax.listwise import build_prompt, tokenize_prompt
 
     def prompt_ids(n):
         p = tokenize_prompt(tok, build_prompt(tok, query, n), n, placeholder_id)
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     device = "cpu" if a.smoke or not torch.cuda.is_available() else "cuda"
     t0 = time.perf_counter()
     lm, proj, dt = build(a.smoke, device)
-    from perank_jax.prompts import add_special_tokens
+    from perank_jax.listwise import add_special_tokens
     tok = synthetic_tokenizer()          # it already holds the PE-Rank tokens: this only looks them up
     placeholder_id, _ = add_special_tokens(tok)
     rows = []

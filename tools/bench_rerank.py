@@ -13,7 +13,7 @@ One run prints one table. Rows:
       prompt, generation of up to 256 tokens, parsed), JAX, same windows; `--textlist-queries` queries
   (e') HF transformers `generate` on the same text-listwise prompts (top-20 only), with the tokens it
       generated compared to (e)'s (tools/bench_textlist.py `textlist_latency`)
-Every JAX row prefills a query's shared prompt prefix once (perank_jax.prefix), so it processes
+Every JAX row prefills a query's shared prompt prefix once (perank_jax.inference.prefix), so it processes
 fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
 data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out data/raw`): top-20 in
 one window, and top-100 with the paper's sliding window (20, stride 10, bottom up: 9 windows).
@@ -43,15 +43,12 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top
 
 def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
-    from perank_jax.models.projector import build_projector
-    from perank_jax.ranker import PERanker
-    from perank_jax.weights.perank import save_checkpoint
-    from perank_jax.weights.decoder import load_decoder
-    from perank_jax.weights.convert import gguf_to_hf_dir
-    from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
+    from perank_jax.models import build_projector
+    from perank_jax.inference import PERanker
+    from perank_jax.weights import gguf_to_hf_dir, load_decoder, minilm_dir, save_checkpoint, smollm2_gguf
     hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
     dec = load_decoder(hf)
-    from perank_jax.models.presets import encoder_preset
+    from perank_jax.models import encoder_preset
     proj = build_projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
                      rngs=nnx.Rngs(0))
     ck = save_checkpoint(tmp / "perank", dec.model, proj, dec.tokenizer, encoder_name=str(minilm_dir()))
@@ -63,13 +60,12 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     (Mistral's is not available offline) and MiniLM as the encoder."""
     import jax.numpy as jnp
     from flax import nnx
-    from perank_jax.models.presets import decoder_preset, encoder_preset, random_decoder
-    from perank_jax.weights.encoder import load_encoder
-    from perank_jax.models.projector import build_projector
-    from perank_jax.ranker import PERanker
-    from perank_jax.models.decoder import LoadedDecoder
-    from perank_jax.weights.gguf import GGUFSource
-    from perank_jax.weights.packaged import minilm_dir, smollm2_gguf
+    from perank_jax.models import decoder_preset, encoder_preset, random_decoder
+    from perank_jax.weights import load_encoder
+    from perank_jax.models import build_projector
+    from perank_jax.inference import PERanker
+    from perank_jax.models import LoadedDecoder
+    from perank_jax.weights import GGUFSource, minilm_dir, smollm2_gguf
     tok = GGUFSource(smollm2_gguf()).tokenizer()
     dt = jnp.dtype(dtype)
     cfg = decoder_preset("mistral-7b", layers=layers)
@@ -106,7 +102,7 @@ def reference_rerank(lm, e, prompt_ids, placeholder_id: int, window=None, stride
     """`reference_window` over projected vectors e [N, D], in sliding windows from the bottom up
     (one window without `window`); prompt_ids(n) gives a window's prompt ids [1, T]. Returns
     (order, prompt tokens processed, passages generated)."""
-    from perank_jax.windows import sliding_windows
+    from perank_jax.listwise import sliding_windows
     order, processed, generated = list(range(len(e))), 0, 0
     for s, t in (sliding_windows(len(e), window, stride) if window else [(0, len(e))]):
         ids = order[s:t]
@@ -123,7 +119,7 @@ class TorchReference:
     def __init__(self, hf_dir, ranker):
         import torch
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-        from perank_jax.weights.packaged import minilm_dir
+        from perank_jax.weights import minilm_dir
         self.torch = torch
         self.lm = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
         self.enc = AutoModel.from_pretrained(str(minilm_dir())).eval()
@@ -189,7 +185,7 @@ def textlist_rows(ctx: Context, depth, window, stride, queries: int, torch: bool
     query, one after the other, compilation excluded, generated tokens compared)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_textlist import load_models, textlist_latency
-    from perank_jax.evaluate.textlist import TextListwiseReranker
+    from perank_jax.evaluate import TextListwiseReranker
     reqs = ctx.requests[:queries]
     if ctx.textlist is None:
         ctx.textlist = load_models(ctx.hf, torch=False, dtype=ctx.dtype)[0]
@@ -224,7 +220,7 @@ def textlist_rows(ctx: Context, depth, window, stride, queries: int, torch: bool
 
 def build_cache(ranker, requests, out: Path):
     """A `perank encode` cache of every candidate of `requests` (docid -> the request's text)."""
-    from perank_jax.data.embcache_build import build_embedding_cache
+    from perank_jax.data import build_embedding_cache
     docs = {c.docid: c.text for r in requests for c in r.candidates}
     corpus = out.parent / "candidates.jsonl"
     corpus.write_text("".join(json.dumps({"_id": d, "text": t}) + "\n" for d, t in docs.items()))
@@ -311,7 +307,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
 
     import jax
-    from perank_jax.data.trec import read_requests
+    from perank_jax.data import read_requests
     sweep = [int(x) for x in a.sweep.split(",") if x.strip()]
     n_batch = -(-a.queries // a.batch_queries) * a.batch_queries
     requests = read_requests(a.data)[: 1 + max(a.queries, n_batch, *sweep, 0)]   # [0]: the warm-up query
@@ -332,7 +328,7 @@ def main(argv=None):
                 ref.embed([" ".join(["word"] * max(b - 2, 1))])
         enc_compile = time.perf_counter() - t
         cache_s, n_docs = build_cache(ranker, requests, Path(tmp) / "cache")
-        from perank_jax.data.embcache import load_embedding_cache
+        from perank_jax.data import load_embedding_cache
         cache = load_embedding_cache(Path(tmp) / "cache")
         ctx = Context(ranker, hf, a.dtype, requests[0], requests[1:1 + a.queries], requests[1:1 + n_batch],
                       a.batch_queries, hf_model=None if ref is None else ref.lm)

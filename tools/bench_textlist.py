@@ -5,9 +5,9 @@ weights (SmolLM2-135M-Instruct, float32, CPU by default), same token ids.
     python tools/bench_textlist.py --queries 3 --max-new-tokens 256 --no-torch
 
 Each query's prompt is the text-listwise window prompt (perank_jax.evaluate.textlist:
-perank_jax.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
+perank_jax.listwise.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
 (`--data`, default data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out
-data/raw`, docs/data.md). JAX runs perank_jax.generate.greedy_generate, HF runs
+data/raw`, docs/data.md). JAX runs perank_jax.inference.generate.greedy_generate, HF runs
 `model.generate(do_sample=False, max_new_tokens=N)` on the same ids; the two are timed one
 after the other per query (so machine load hits both alike) and their tokens compared (greedy:
 the same tokens; the table says where they first differ if they ever do). JAX compilation is
@@ -57,10 +57,9 @@ def first_difference(a, b) -> int | None:
 def load_models(hf_dir: str | os.PathLike | None = None, torch: bool = True, dtype: str = "float32"):
     """(LoadedDecoder, HF torch model or None) from an HF directory (default: the packaged
     SmolLM2 GGUF converted into a temporary directory, removed once both are loaded)."""
-    from perank_jax.weights.decoder import load_decoder
+    from perank_jax.weights import load_decoder
     if hf_dir is None:
-        from perank_jax.weights.convert import gguf_to_hf_dir
-        from perank_jax.weights.packaged import smollm2_gguf
+        from perank_jax.weights import gguf_to_hf_dir, smollm2_gguf
         with tempfile.TemporaryDirectory(prefix="bench_textlist_") as tmp:
             return load_models(gguf_to_hf_dir(smollm2_gguf(), Path(tmp) / "smollm2"), torch, dtype)
     dec = load_decoder(hf_dir, dtype=dtype)
@@ -80,8 +79,8 @@ def textlist_latency(requests, *, depth: int = 20, max_new_tokens: int = 256, to
     by HF `generate`. Models are loaded from `hf_dir` unless given (`decoder`, `hf_model`).
     With `repeats` > 1 both run that many times, alternating, and each keeps its fastest time
     (a shared machine's load then hits neither side's number)."""
-    from perank_jax.evaluate.textlist import TextListwiseReranker
-    from perank_jax.generate import greedy_generate, prompt_bucket
+    from perank_jax.evaluate import TextListwiseReranker
+    from perank_jax.inference import greedy_generate, prompt_bucket
     if decoder is None:
         decoder, loaded = load_models(hf_dir, torch=torch and hf_model is None, dtype=dtype)
         hf_model = hf_model if hf_model is not None else loaded
@@ -157,18 +156,18 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import jax
-    from perank_jax.data.trec import read_requests
-    from perank_jax.generate import TRACES
+    from perank_jax.data import read_requests
+    from perank_jax.inference import GENERATE_TRACES
     requests = read_requests(a.data)[: a.queries]
     t = time.perf_counter()
     dec, ref = load_models(torch=not a.no_torch)
     load_s = time.perf_counter() - t
-    traces = TRACES.count
+    traces = GENERATE_TRACES.count
     rows = textlist_latency(requests, depth=a.depth, max_new_tokens=a.max_new_tokens, decoder=dec, hf_model=ref,
                             repeats=a.repeats)
     print(f"# SmolLM2-135M-Instruct float32 on {jax.devices()[0].device_kind} ({os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}); load {load_s:.1f} s; {a.queries} DL20 queries, top-{a.depth} window, "
-          f"max_new_tokens {a.max_new_tokens}; fastest of {a.repeats} run(s) per side; JAX compilations: {TRACES.count - traces} "
+          f"max_new_tokens {a.max_new_tokens}; fastest of {a.repeats} run(s) per side; JAX compilations: {GENERATE_TRACES.count - traces} "
           f"for {len({r.bucket for r in rows})} prompt bucket(s)")
     print(format_table(rows))
     return 0

@@ -20,12 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.models.decoder import Decoder
-from perank_jax.models.presets import decoder_preset, encoder_preset
-from perank_jax.models.projector import build_projector
-from perank_jax.sharding import make_mesh
-from perank_jax.train.config import train_config
-from perank_jax.train.step import TrainStep
+from perank_jax.models import build_projector, Decoder, decoder_preset, encoder_preset
+from perank_jax.core import make_mesh
+from perank_jax.train import train_config, TrainStep
 
 
 
@@ -72,8 +69,7 @@ def main(argv=None) -> int:
     mesh = make_mesh(tuple(int(x) for x in a.mesh.split(",")))
     t = time.time()
     if a.model == "smollm2":
-        from perank_jax.weights.decoder import load_decoder
-        from perank_jax.weights.packaged import smollm2_gguf
+        from perank_jax.weights import load_decoder, smollm2_gguf
         decoder = load_decoder(smollm2_gguf(), dtype=a.dtype, param_dtype=a.param_dtype, mesh=mesh, remat=a.remat).model
     else:
         cfg = decoder_preset("mistral-7b", layers=a.layers)

@@ -15,8 +15,7 @@ import sys
 
 import numpy as np
 
-from perank_jax.data.trec import read_corpus
-from perank_jax.data.training_records import reconstruction_record, write_records
+from perank_jax.data import read_corpus, reconstruction_record, write_records
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,8 @@ import sys
 
 import numpy as np
 
-from perank_jax.data.trec import read_corpus, read_qrels, read_queries, read_requests, read_run
-from perank_jax.data.training_records import qrels_lists, request_lists, write_records
+from perank_jax.data import read_corpus, read_qrels, read_queries, read_requests, read_run
+from perank_jax.data import qrels_lists, request_lists, write_records
 
 
 def main(argv=None) -> int:

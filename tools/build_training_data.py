@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perank_jax.data.trec import DataError, read_corpus, read_qrels, read_queries, read_run
-from perank_jax.data.training_records import listwise_record, qrels_lists, reconstruction_record, write_records
+from perank_jax.data import DataError, read_corpus, read_qrels, read_queries, read_run
+from perank_jax.data import listwise_record, qrels_lists, reconstruction_record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT = ROOT / "configs" / "splits" / "dl20.json"
@@ -41,7 +41,7 @@ STAGE2_SOURCES = ("dl22", "dl20-train", "scifact-train")
 
 def read_split(path=SPLIT) -> dict:
     """{"train": [qid...], "heldout": [qid...]} of DL20, disjoint (perank_jax.evaluate.datasets.read_split)."""
-    from perank_jax.evaluate.datasets import read_split
+    from perank_jax.evaluate import read_split
     split = read_split(path)
     missing = {"train", "heldout"} - set(split)
     if missing:
@@ -112,7 +112,7 @@ def stage2_records(data: Path, args, split) -> tuple[list[dict], dict]:
         d = data / "scifact"
         run = read_run(d / "run.bm25.train.top100.txt")
         if args.scifact_split:       # only its `train` part gives lists; `val` stays unseen
-            from perank_jax.evaluate.datasets import read_split_qids
+            from perank_jax.evaluate import read_split_qids
             allowed = set(read_split_qids(f"{args.scifact_split}:train"))
             run = {q: hits for q, hits in run.items() if q in allowed}
         sci = list(qrels_lists(run, read_queries(d / "queries.train.tsv"),
@@ -147,10 +147,9 @@ def embed_texts(records: list[dict], encoder: str, max_len: int, caches=()) -> t
     """Every passage and query text of `records`, and its vector from the frozen encoder.
     Texts that are documents of a `perank encode` cache in `caches` (made by this very encoder
     setting: checked, else refused) take the cached vector instead of being encoded again."""
-    from perank_jax.passage_vectors import open_cache
-    from perank_jax.train.embeddings import cache_embedder
-    from perank_jax.weights.encoder import load_encoder
-    from perank_jax.weights.packaged import resolve_model_path
+    from perank_jax.inference import open_cache
+    from perank_jax.train import cache_embedder
+    from perank_jax.weights import load_encoder, resolve_model_path
     texts = list(dict.fromkeys(t for r in records for t in r["extra_texts"] + ([r["query_text"]] if "query_text" in r else [])))
     enc = load_encoder(resolve_model_path(encoder), normalize=True, max_length=max_len, dtype="float32")
     embed = lambda ts: enc.encode(ts, batch_size=64)  # noqa: E731
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
         n1 = write_records(s1, out / "stage1.jsonl")
         n2 = write_records(s2, out / "stage2.jsonl")
         if table is not None:
-            from perank_jax.train.embeddings import save_table
+            from perank_jax.train import save_table
             save_table(out / "stage2.emb.npz", *table)
         n_emb = len(table[0]) if table is not None else 0
     except (ValueError, OSError) as e:   # DataError, ConfigError, unreadable files: one line

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from perank_jax.train.config import load_train_config
-from perank_jax.train.loop import export_latest
+from perank_jax.train import export_latest, load_train_config
 
 
 def main(argv=None) -> int:

@@ -53,7 +53,7 @@ def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
 
 def example_cache(encoder, out: Path) -> Path:
     """An embedding cache of the example set's passages, made by the model's own encoder."""
-    from perank_jax.data.embcache_build import build_embedding_cache
+    from perank_jax.data import build_embedding_cache
     rows = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
     corpus = out / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": c["docid"], "text": c["text"]}) + "\n"
@@ -69,7 +69,7 @@ def pct(xs, q):
 def direct_latencies(args, bodies, tmp: Path) -> list[float]:
     """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles; sets
     args.embeddings to an example-set cache when the requests go by docid and none was given."""
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference import PERanker
     ranker = PERanker.from_pretrained(args.model)
     if not args.texts:
         args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))

@@ -7,7 +7,7 @@ Copies RUN/adapter/{config.json,adapter.safetensors} to the shipped reranker NAM
 perank_jax/shipped/<encoder>/ (weights.packaged.SHIPPED_RERANKERS; with --query-scale,
 config.json's inference `query_scale` replaced: the factor on the query token, chosen on validation
 queries; see MODEL_CARD.md; with --query-feedback, the candidate-aware query vector's weight and
-temperature, perank_jax.feedback), with the run's
+temperature, perank_jax.listwise.feedback), with the run's
 metrics.jsonl and metrics.png (as training_metrics.jsonl / training_loss.png), then reranks the
 packaged example set with it and records each query's ranking (example_rankings.json), which
 tests/test_shipped_model.py checks. MODEL_CARD.md there is written by hand. Which shipped reranker
@@ -26,9 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
-from perank_jax.weights.packaged import DEFAULT_RERANKER, SHIPPED_RERANKERS, shipped_dir
-from perank_jax.weights.perank_config import PERankConfig, check_field
+from perank_jax.listwise import FEEDBACK_KEYS, check_feedback
+from perank_jax.weights import DEFAULT_RERANKER, SHIPPED_RERANKERS, PERankConfig, check_field, shipped_dir
 
 
 def main(argv=None) -> int:
@@ -43,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", type=Path, default=None, help="where to ship (default: NAME's folder in the package)")
     a = ap.parse_args(argv)
     a.dest = a.dest or shipped_dir(a.name, must_exist=False)
-    try:      # the rules are PERankConfig's (query_scale) and perank_jax.feedback's
+    try:      # the rules are PERankConfig's (query_scale) and perank_jax.listwise.feedback's
         if a.query_scale is not None:
             check_field("query_scale", a.query_scale, "--query-scale")
         if a.query_feedback is not None:
@@ -85,7 +84,7 @@ def example_rankings(model_dir: Path) -> dict[str, list[str]]:
     """The packaged example set reranked by the model in model_dir: {qid: docids, best first}."""
     from perank_jax import PERanker
     from perank_jax.cli import EXAMPLE_SET
-    from perank_jax.data.trec import read_requests
+    from perank_jax.data import read_requests
     ranker = PERanker.from_pretrained(model_dir)
     reqs = read_requests(EXAMPLE_SET)
     orders = ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs],

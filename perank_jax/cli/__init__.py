@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:               # --help (0) or a usage error, already printed (2)
         return e.code
-    from perank_jax.interrupts import Terminated, latched_interrupts
+    from perank_jax.core.interrupts import Terminated, latched_interrupts
     try:
         with latched_interrupts():       # a Ctrl-C is never lost, even where Python drops it
             args.func(args)

@@ -2,7 +2,7 @@
 
 Each is an argparse `type=` or a pre-flight check that raises ValueError (printed by the CLI as one
 line, exit status 2) before any model loads or any output is written. Output-path checks live in
-perank_jax.outputs.
+perank_jax.core.outputs.
 """
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ NONNEGATIVE = number(int, 0)
 
 
 def mesh_shape(text: str) -> tuple[int, int, int]:
-    """An argparse type: 'data=8' or 'data=2,fsdp=4' (axes of perank_jax.sharding, default 1 each)."""
-    from perank_jax.sharding import MESH_AXES
+    """An argparse type: 'data=8' or 'data=2,fsdp=4' (axes of perank_jax.core.sharding, default 1 each)."""
+    from perank_jax.core.sharding import MESH_AXES
     sizes = dict.fromkeys(MESH_AXES, 1)
     for part in text.split(","):
         name, _, value = part.partition("=")
@@ -51,7 +51,7 @@ def warn(message: str) -> None:
 
 
 def add_distributed(p) -> None:
-    """--distributed and the coordinator flags: every process runs the same command (perank_jax.processes)."""
+    """--distributed and the coordinator flags: every process runs the same command (perank_jax.core.processes)."""
     g = p.add_argument_group("several processes (jax.distributed; as `perank train` with mesh.distributed=true)")
     g.add_argument("--distributed", action="store_true",
                    help="run as one of several processes (each runs the same command); a TPU pod slice or a "
@@ -70,7 +70,7 @@ def start_distributed(a) -> None:
         return
     if a.process_id is not None and a.num_processes is not None and a.process_id >= a.num_processes:
         raise ValueError(f"--process-id {a.process_id} must be below --num-processes {a.num_processes}")
-    from perank_jax.processes import init_distributed
+    from perank_jax.core.processes import init_distributed
     init_distributed(a.coordinator_address, a.num_processes, a.process_id)
 
 

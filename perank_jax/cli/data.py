@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from perank_jax.outputs import check_outputs
+from perank_jax.core.outputs import check_outputs
 
 
 # --- data (the public retrieval data, fetched at pinned versions) ------------------------

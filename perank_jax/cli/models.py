@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 from perank_jax.cli.args import POSITIVE
-from perank_jax.outputs import check_outputs
+from perank_jax.core.outputs import check_outputs
 
 
 # --- convert (decoder weights: GGUF -> HF directory) -------------------------------------
@@ -30,7 +30,7 @@ def add_generate(sub):
     p.add_argument("prompt")
 
     def run(a):
-        from perank_jax.generate import chat_generate
+        from perank_jax.inference.generate import chat_generate
         model = a.model
         if model is None:
             from perank_jax.weights.packaged import smollm2_gguf

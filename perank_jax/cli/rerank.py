@@ -5,8 +5,8 @@ from pathlib import Path
 
 from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, add_distributed, mesh_shape, number, start_distributed, warn,
                                  warn_cut)
-from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH
-from perank_jax.outputs import check_outputs
+from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH
+from perank_jax.core.outputs import check_outputs
 
 
 # --- encode (issue: dense encoders) ---------------------------------------------------
@@ -42,7 +42,7 @@ def add_encode(sub):
 
     def run(a):
         from perank_jax.data.embcache_build import build_embedding_cache
-        from perank_jax.passage_vectors import cache_encoder
+        from perank_jax.inference.passage_vectors import cache_encoder
         check_outputs(dirs=[a.out])
         start_distributed(a)
         encoder = cache_encoder(a.model, a.encoder, max_length=a.max_length, pooling=a.pooling,
@@ -97,7 +97,7 @@ def add_rerank(sub):
                         "checkpoint's config.json, 3000 for the shipped model)")
     p.add_argument("--query-feedback", type=number(float), nargs=2, default=None, metavar=("W", "T"),
                    help="candidate-aware query vector: weight W >= 0 (0: off) and temperature T > 0 "
-                        "(perank_jax.feedback; default: the checkpoint's config.json)")
+                        "(perank_jax.listwise.feedback; default: the checkpoint's config.json)")
     p.add_argument("--tag", default="perank")
     add_distributed(p)
     p.add_argument("--part-queries", type=POSITIVE, default=64,
@@ -105,15 +105,15 @@ def add_rerank(sub):
 
     def run(a):
         from perank_jax.data import trec
-        from perank_jax.batch_rerank import rerank_requests
-        from perank_jax.ranker import PERanker
-        from perank_jax.rerank_parts import rerank_in_parts, write_reranked
+        from perank_jax.inference.batch_rerank import rerank_requests
+        from perank_jax.inference.ranker import PERanker
+        from perank_jax.inference.rerank_parts import rerank_in_parts, write_reranked
         if a.out is None and a.stats:
             raise ValueError("--stats needs --out (without --out the rankings are printed)")
         if a.distributed and a.out is None:
             raise ValueError("--distributed needs --out (process 0 writes it from every process's parts)")
         if a.query_feedback is not None:
-            from perank_jax.feedback import check_feedback
+            from perank_jax.listwise.feedback import check_feedback
             check_feedback(*a.query_feedback)
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
         check_outputs(files=[a.out, stats_path], inputs={"--run": a.run, "--corpus": a.corpus,
@@ -129,7 +129,7 @@ def add_rerank(sub):
             print(f"no input given: reranking the example set {EXAMPLE_SET}")
         cache = None
         if a.embeddings:       # documents are read in the title format the cache was encoded with
-            from perank_jax.passage_vectors import cache_and_title_format
+            from perank_jax.inference.passage_vectors import cache_and_title_format
             cache, a.title_format = cache_and_title_format(a.embeddings, a.title_format)
         if a.requests:
             if a.run or a.corpus or a.queries:
@@ -147,7 +147,7 @@ def add_rerank(sub):
                                                   k=a.depth)
         mesh = None
         if a.mesh:
-            from perank_jax.sharding import make_mesh
+            from perank_jax.core.sharding import make_mesh
             import jax
             mesh = make_mesh(a.mesh, devices=jax.local_devices())     # each process: its own devices
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, mesh_shape, number)
-from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES
+from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES
 
 
 # --- serve (issue 25: an HTTP rerank server) -----------------------------------------------

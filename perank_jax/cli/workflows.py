@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from perank_jax.cli.args import (POSITIVE, number, warn)
-from perank_jax.outputs import check_outputs
+from perank_jax.core.outputs import check_outputs
 
 
 # --- train (issue: two-stage training) --------------------------------------------------
@@ -96,7 +96,7 @@ def add_evaluate(sub):
                 for q, vals in e.per_query.items():
                     print(q + "\t" + "\t".join(f"{vals[m]:.4f}" for m in measures))
         if a.json:
-            from perank_jax.atomic import atomic_json
+            from perank_jax.core.atomic import atomic_json
             out = {k: {"file": getattr(a, k), "aggregate": e.aggregate, "per_query": e.per_query,
                        "missing": e.missing} for k, e in evals.items()}
             out["tests"] = [dict(vars(t), delta=t.delta) for t in tests]

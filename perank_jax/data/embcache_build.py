@@ -26,13 +26,13 @@ from typing import Sequence
 
 import numpy as np
 
-from perank_jax.atomic import atomic_write, fresh_temp, target_mode
-from perank_jax.constants import ENCODER_MAX_LENGTH
-from perank_jax.outputs import claim_dir, dir_lock
+from perank_jax.core.atomic import atomic_write, fresh_temp, target_mode
+from perank_jax.core.constants import ENCODER_MAX_LENGTH
+from perank_jax.core.outputs import claim_dir, dir_lock
 from perank_jax.data.embcache import (CACHE_VERSION, EMB, IDS, META, PARTIAL, CacheError, DamagedCacheError,
                                       bad_chunks, describe_rows, encoder_fingerprint, open_embeddings,
                                       read_metadata, row_ranges, sha256_of)
-from perank_jax.processes import barrier, checked_here, gather_flags, rank, share
+from perank_jax.core.processes import barrier, checked_here, gather_flags, rank, share
 
 
 def _atomic(path: Path, write) -> None:
@@ -69,7 +69,7 @@ def build_embedding_cache(encoder, corpus, out_dir, *, batch_size: int = 32, max
     `encoder` is an encoder directory, an already loaded `DenseEncoder` (whose own pooling,
     normalize and max_length are then used) or a function returning one (called once the corpus
     has been read, so bad input fails before the model loads).
-    Under jax.distributed (perank_jax.processes) every process runs this with the same arguments:
+    Under jax.distributed (perank_jax.core.processes) every process runs this with the same arguments:
     each encodes its share of the chunks still to do, and process 0 assembles the cache."""
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise CacheError(f"chunk_size must be a positive integer, got {chunk_size!r}")

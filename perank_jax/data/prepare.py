@@ -28,7 +28,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from perank_jax.atomic import atomic_write
+from perank_jax.core.atomic import atomic_write
 from perank_jax.data.trec import DataError, read_corpus, read_queries
 from perank_jax.data.trec_write import write_run
 

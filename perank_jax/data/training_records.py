@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from perank_jax import prompts
+from perank_jax.listwise import prompts
 from perank_jax.data.trec import DataError, Request
 
 STAGE1_PROMPT = (f"The special token [{prompts.PLACEHOLDER}] represents a passage. "
@@ -130,7 +130,7 @@ def request_lists(requests: Sequence[Request], rankings: Mapping[str, Sequence[s
 def write_records(records: Iterable[dict], path) -> int:
     """Write records as JSONL atomically (temp file + os.replace); returns the count."""
     import json
-    from perank_jax.atomic import atomic_write
+    from perank_jax.core.atomic import atomic_write
     count = 0
 
     def write(f):

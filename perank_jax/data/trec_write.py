@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from perank_jax.atomic import atomic_write
+from perank_jax.core.atomic import atomic_write
 from perank_jax.data.trec import Candidate, DataError, Hit, Request
 
 

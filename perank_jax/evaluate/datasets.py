@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from perank_jax.config import ConfigError
+from perank_jax.core.config import ConfigError
 from perank_jax.data.trec import build_rerank_requests, read_corpus, read_qrels, read_queries, read_requests, read_run
 
 

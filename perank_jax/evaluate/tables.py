@@ -21,18 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from perank_jax.atomic import atomic_text, atomic_write
-from perank_jax.outputs import claim_dir, mark_dir
-from perank_jax.config import ConfigError, load_yaml
-from perank_jax.constants import DECODE_MODES
+from perank_jax.core.atomic import atomic_text, atomic_write
+from perank_jax.core.outputs import claim_dir, mark_dir
+from perank_jax.core.config import ConfigError, load_yaml
+from perank_jax.core.constants import DECODE_MODES
 from perank_jax.models.projector import check_projector
 from perank_jax.weights.perank_config import check_field
 from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
 from perank_jax.evaluate.metrics import evaluate
-from perank_jax.feedback import check_feedback, feedback_query
-from perank_jax.interrupts import check_interrupt
+from perank_jax.listwise.feedback import check_feedback, feedback_query
+from perank_jax.core.interrupts import check_interrupt
 from perank_jax.weights.packaged import resolve_model_path
 
 KINDS = ("first_stage", "embedding", "textlist", "perank")
@@ -56,7 +56,7 @@ class MethodSpec:
     max_length: int | None = None    # embedding: encoder tokens per text (None: the encoder's maximum)
     query_scale: float | None = None  # perank checkpoint with a query token: instead of its config.json's
     query_feedback: list[float] | None = None  # [weight, temperature] of the candidate-aware query vector
-                                               # (perank_jax.feedback): embedding, or perank with a checkpoint
+                                               # (perank_jax.listwise.feedback): embedding, or perank with a checkpoint
 
 
 @dataclass
@@ -152,7 +152,7 @@ class Methods:
         share it; None outside Table 2)."""
         if self.embedding_memos is None:
             return None
-        from perank_jax.passage_vectors import encoder_identity
+        from perank_jax.inference.passage_vectors import encoder_identity
         return self.embedding_memos.setdefault(encoder_identity(encoder), {})
 
     def encoder(self, path, max_length: int | None = None):
@@ -169,7 +169,7 @@ class Methods:
         if m.kind == "first_stage":
             return lambda q, cands: (list(range(len(cands))), Usage())
         if m.kind == "embedding":
-            from perank_jax.passage_vectors import passage_vectors
+            from perank_jax.inference.passage_vectors import passage_vectors
             enc = self.encoder(m.encoder, m.max_length)
 
             def cosine(q, cands):
@@ -213,7 +213,7 @@ class Methods:
         fingerprinted) once per method and cache, not per query; no match is said once."""
         key = ("cache usable", method, tuple(str(c.directory) for c in self.embedding_caches))
         if key not in self._cache:
-            from perank_jax.passage_vectors import EmbeddingMismatch, check_cache_matches
+            from perank_jax.inference.passage_vectors import EmbeddingMismatch, check_cache_matches
             self._cache[key], why = None, []
             for cache in self.embedding_caches:
                 try:
@@ -227,7 +227,7 @@ class Methods:
         return self._cache[key]
 
     def _perank(self, m: MethodSpec):
-        from perank_jax.ranker import PERanker
+        from perank_jax.inference.ranker import PERanker
         if m.checkpoint:
             return PERanker.from_pretrained(resolve_model_path(m.checkpoint), resolve_model_path(m.encoder),
                                             dtype=m.dtype, query_scale=m.query_scale,

@@ -1,17 +1,17 @@
 """The text-listwise baseline's pure pieces (RankMistral_p / RankGPT style).
 
-The prompt is the reference's text-only user turn (perank_jax.prompts.text_prompt, verbatim
+The prompt is the reference's text-only user turn (perank_jax.listwise.prompts.text_prompt, verbatim
 from PERANK.md) as chat `messages`; the model answers "[4] > [2] > ...", which
 `parse_ranking` turns into a permutation the robust way: keep the digit runs, 1-based ->
 0-based, drop duplicates and out-of-range ids, append the missing ids in first-stage order.
-Windows follow perank_jax.windows.sliding_windows, exactly like PE-Rank.
+Windows follow perank_jax.listwise.windows.sliding_windows, exactly like PE-Rank.
 """
 from __future__ import annotations
 
 import re
 from typing import Sequence
 
-from perank_jax.prompts import text_prompt
+from perank_jax.listwise.prompts import text_prompt
 
 _DIGITS = re.compile(r"\d+")
 
@@ -43,13 +43,13 @@ def parse_ranking(answer: str, n: int) -> list[int]:
 
 class TextListwiseReranker:
     """The baseline on the JAX decoder: per window, the text prompt in the model's chat
-    template, greedy generation in one compiled loop (perank_jax.generate), `parse_ranking`;
+    template, greedy generation in one compiled loop (perank_jax.inference.generate), `parse_ranking`;
     windows by `sliding_windows`, exactly as PE-Rank. `rerank` returns the new order of the
     candidates and a Usage (prompt tokens and generated tokens summed over windows)."""
 
     def __init__(self, decoder, window: int = 20, stride: int = 10, max_new_tokens: int = 256,
                  max_words: int | None = None):
-        from perank_jax.generate import eos_ids_of
+        from perank_jax.inference.generate import eos_ids_of
         if decoder.tokenizer is None:
             raise ValueError("the text-listwise baseline needs the decoder's tokenizer")
         self.decoder, self.tok = decoder, decoder.tokenizer
@@ -64,13 +64,13 @@ class TextListwiseReranker:
         return cls(load_decoder(path, dtype=dtype), **kwargs)
 
     def prompt_ids(self, query: str, texts: Sequence[str]) -> list[int]:
-        from perank_jax.prompts import render_chat
+        from perank_jax.listwise.prompts import render_chat
         text = render_chat(self.tok, textlist_messages(query, texts, self.max_words)[0]["content"])
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def rank_window(self, query: str, texts: Sequence[str]) -> tuple[list[int], int, int, str]:
         """(permutation, prompt tokens, generated tokens, answer text) for one window."""
-        from perank_jax.generate import greedy_generate
+        from perank_jax.inference.generate import greedy_generate
         ids = self.prompt_ids(query, texts)
         out, n = greedy_generate(self.decoder.graphdef, self.decoder.state, [ids], self.max_new_tokens,
                                  self.eos_ids, pad_id=self.pad_id)
@@ -80,7 +80,7 @@ class TextListwiseReranker:
     def rerank(self, query: str, texts: Sequence[str]):
         """New order (indices into `texts`, best first) and its accounting Usage."""
         from perank_jax.evaluate.accounting import Usage
-        from perank_jax.windows import sliding_rerank
+        from perank_jax.listwise.windows import sliding_rerank
         usage = Usage()
 
         def one(sub):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perank_jax.constants import MASKED
+from perank_jax.core.constants import MASKED
 
 
 def _allowed(q_pos, k_pos, window):

@@ -25,8 +25,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from perank_jax.models.attention import attention, self_attention, use_flash
-from perank_jax.config import check_number, is_int
-from perank_jax.sharding import constrain
+from perank_jax.core.config import check_number, is_int
+from perank_jax.core.sharding import constrain
 
 
 class DecoderConfigError(ValueError):

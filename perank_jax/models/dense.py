@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, length_buckets, smallest_fitting
-from perank_jax.constants import ENCODER_MAX_LENGTH
+from perank_jax.core.buckets import TraceCounter, length_buckets, smallest_fitting
+from perank_jax.core.constants import ENCODER_MAX_LENGTH
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS, l2_normalize, pool
 

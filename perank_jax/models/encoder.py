@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.config import check_number
-from perank_jax.constants import MASKED
+from perank_jax.core.config import check_number
+from perank_jax.core.constants import MASKED
 
 MPNET_PADDING_IDX = 1   # hard-coded in HF MPNetEmbeddings
 

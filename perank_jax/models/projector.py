@@ -1,13 +1,13 @@
 """The projector interface and registry: a passage's dense embedding -> k vectors in the LLM's input space.
 
 A projector is an `nnx.Module` subclass of `Projector`, registered under a name. It declares
-  Options              a frozen dataclass of its own typed options (`perank_jax.config.setting` fields,
+  Options              a frozen dataclass of its own typed options (`perank_jax.core.config.setting` fields,
                        checked like every config field: a wrong type / range names the key)
   tokens_per_passage   k >= 1, the LLM input vectors one passage becomes
   uses_query           True when it needs the query's encoder vector
   in_dim, out_dim      encoder dimension E, LLM hidden size H
 and maps `projector(passages [N, E], query [N, E] | None) -> [N, k, H]`. Its weights carry logical
-sharding axes (`nnx.Param(..., axes=...)`; perank_jax.sharding.RULES places them).
+sharding axes (`nnx.Param(..., axes=...)`; perank_jax.core.sharding.RULES places them).
 
 Registration, three ways: `@register_projector("name")` in code; "my_pkg.my_module:MyProjector" as the
 config's `projector`; the entry-point group `perank_jax.projectors` of an installed package.
@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from perank_jax.config import check_settings
+from perank_jax.core.config import check_settings
 from perank_jax.models.projector_base import REGISTRY, NoOptions, Projector, ProjectorError, register_projector
 from perank_jax.models import projector_kinds  # noqa: F401  (registers the built-in kinds)
 

@@ -12,7 +12,7 @@
   film      query-conditioned (FiLM): Linear(p) * (1 + G q) + B q, with G and B [E, H] starting at
             zero, so it starts as the linear projector; weights stored generically.
 
-Weights are in JAX layout (kernel [in, out]) with logical axes (perank_jax.sharding.RULES);
+Weights are in JAX layout (kernel [in, out]) with logical axes (perank_jax.core.sharding.RULES);
 on disk the Linears use torch's [out, in] layout.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.config import setting
+from perank_jax.core.config import setting
 from perank_jax.models.projector_base import Projector, register_projector
 
 NORMS = ("none", "layernorm", "rmsnorm")

@@ -1,4 +1,4 @@
-"""`perank serve`: an HTTP rerank server that batches concurrent requests over the compiled decode.
+"""Layer 5, `perank serve`: an HTTP rerank server that batches concurrent requests over the compiled decode.
 
     settings.py   ServeSettings: decoding defaults, batching limits, request limits (checked once)
     schemas.py    the request/response shapes (Cohere/Jina `/v1/rerank`, TEI `/rerank`) and their checks
@@ -11,3 +11,7 @@
 The ASGI stack (fastapi, uvicorn) is the optional extra `perank-jax[serve]`; nothing outside
 this package imports it. docs/serving.md describes the API and the batching policy.
 """
+from perank_jax.serve.server import run_server
+from perank_jax.serve.settings import ServeSettings
+
+__all__ = ["ServeSettings", "run_server"]

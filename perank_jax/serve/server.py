@@ -40,7 +40,7 @@ def run_server(settings: ServeSettings, *, model=None, encoder=None, embeddings=
         from perank_jax.serve.app import create_app
     except ImportError as e:
         raise ValueError(f"perank serve needs the serve extra: pip install 'perank-jax[serve]' ({e})") from None
-    from perank_jax.ranker import PERanker
+    from perank_jax.inference.ranker import PERanker
     from perank_jax.serve.metrics import ServeMetrics
     from perank_jax.serve.scheduler import Scheduler
     from perank_jax.serve.warmup import warm_up
@@ -51,7 +51,7 @@ def run_server(settings: ServeSettings, *, model=None, encoder=None, embeddings=
     print(f"perank serve: listening on http://{host_}:{port_} (loading the model; /health turns 200 once "
           f"warm-up has compiled)", flush=True)
     if mesh is not None:
-        from perank_jax.sharding import make_mesh
+        from perank_jax.core.sharding import make_mesh
         mesh = make_mesh(mesh)
     ranker = PERanker.from_pretrained(model, encoder_path=encoder, dtype=dtype, mesh=mesh, embeddings=embeddings,
                                       share_prefix=share_prefix, passage_bucket=settings.passage_bucket)

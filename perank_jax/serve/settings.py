@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from perank_jax.constants import DECODE_MODES
+from perank_jax.core.constants import DECODE_MODES
 
 
 @dataclass

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from perank_jax.buckets import round_up
+from perank_jax.core.buckets import round_up
 
 log = logging.getLogger("perank.serve")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from perank_jax.config import ConfigError
+from perank_jax.core.config import ConfigError
 
 
 # settings that do not change what a step computes (how long, how often, where, how shown)

@@ -1,4 +1,4 @@
-"""Typed training configuration (YAML in configs/, parsed strictly by perank_jax.config).
+"""Typed training configuration (YAML in configs/, parsed strictly by perank_jax.core.config).
 
     perank train configs/tiny.stage2.yaml data.train=... optim.lr=1e-4
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perank_jax.constants import COMPUTE_DTYPES, WEIGHTINGS
-from perank_jax.config import ConfigError, from_dict, load_yaml
-from perank_jax.feedback import check_feedback
+from perank_jax.core.constants import COMPUTE_DTYPES, WEIGHTINGS
+from perank_jax.core.config import ConfigError, from_dict, load_yaml
+from perank_jax.listwise.feedback import check_feedback
 from perank_jax.models.lora import DEFAULT_TARGETS
 from perank_jax.models.projector import check_projector
 from perank_jax.weights.perank_config import PERankConfig, check_field
@@ -32,7 +32,7 @@ class ModelConfig:
     query_token: bool = False              # stage 2: records carry `query_text` (its embedding opens the answer)
     query_scale: float = 1.0               # stage 2: the query slot's projected vector times this (residual shortcut)
     query_feedback: list[float] = field(default_factory=lambda: [0.0, 0.01])  # stage 2: [weight, temperature]
-                                           # of the candidate-aware query (perank_jax.feedback) over each list's
+                                           # of the candidate-aware query (perank_jax.listwise.feedback) over each list's
                                            # passages, in training and saved for inference; weight 0 = off
     default_mode: str = "decode"           # saved in the export: `perank rerank`'s mode for it (decode | single_pass)
 

@@ -30,16 +30,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from perank_jax.buckets import smallest_fitting
+from perank_jax.core.buckets import smallest_fitting
 from perank_jax.data.trec import DataError
-from perank_jax.perank_model import list_inputs
-from perank_jax.prompts import PLACEHOLDER, RANK, expand_placeholders, render_messages
+from perank_jax.models.perank import list_inputs
+from perank_jax.listwise.prompts import PLACEHOLDER, RANK, expand_placeholders, render_messages
 VIEWS = {"wo": "messages_wo_content", "w": "messages_w_content"}
 
 
 def perank_token_ids(tokenizer) -> tuple[int, int]:
     """Ids of <PLACEHOLDER> and <RANK> (added as special tokens if the tokenizer lacks them)."""
-    from perank_jax.prompts import add_special_tokens
+    from perank_jax.listwise.prompts import add_special_tokens
     return add_special_tokens(tokenizer)
 
 
@@ -117,7 +117,7 @@ def _tokenise(tokenizer, messages, ph_id, rank_id, want_labels: bool, per_slot: 
 def _rank_messages(messages, n, query_token: bool = False):
     """The reference's stage-2 conversation: the assistant turn is n <RANK> slots (after the
     query's own placeholder when the record has a `query_text`)."""
-    from perank_jax.prompts import assistant_prefix
+    from perank_jax.listwise.prompts import assistant_prefix
     msgs = [dict(m) for m in messages]
     content = assistant_prefix(query_token) + RANK * n
     if msgs and msgs[-1]["role"] == "assistant":
@@ -303,7 +303,7 @@ def collate(prep: Prepared, idx: np.ndarray, buckets: Sequence[int], max_passage
     """Fixed-shape numpy batch of records `idx`. Sequence length per view: `seq_len[view]`, or the
     smallest bucket holding the longest record. Padded passages/positions are marked invalid
     (positions point one past the end, so scatters drop them). A record's encoder rows and query
-    vector come from perank_model.list_inputs, as at inference: with a query slot and a
+    vector come from models.perank.list_inputs, as at inference: with a query slot and a
     feedback weight > 0, the slot holds the candidate-aware query over the record's passages.
     query_vector: add "query" [B, E], the vector a projector with `uses_query` receives."""
     if query_vector and not prep.query_idx:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from perank_jax.atomic import atomic_write
+from perank_jax.core.atomic import atomic_write
 from perank_jax.weights.io import read_npz
 
 Embedder = Callable[[Sequence[str]], np.ndarray]

@@ -8,8 +8,8 @@ import jax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from perank_jax.atomic import atomic_json
-from perank_jax.config import ConfigError
+from perank_jax.core.atomic import atomic_json
+from perank_jax.core.config import ConfigError
 from perank_jax.models.projector import legacy_name
 from perank_jax.weights.io import save_safetensors_atomic
 from perank_jax.weights.packaged import resolve_model_path

@@ -23,12 +23,12 @@ from typing import Callable
 import jax
 import numpy as np
 
-from perank_jax.constants import DTYPES
-from perank_jax.atomic import atomic_json
-from perank_jax.config import ConfigError
-from perank_jax.processes import init_distributed as start_processes
+from perank_jax.core.constants import DTYPES
+from perank_jax.core.atomic import atomic_json
+from perank_jax.core.config import ConfigError
+from perank_jax.core.processes import init_distributed as start_processes
 from perank_jax.train import data as D
-from perank_jax.outputs import claim_dir, dir_lock
+from perank_jax.core.outputs import claim_dir, dir_lock
 from perank_jax.train.checkpointing import (open_manager, quiet_failed_saves, restore_state, run_settings,
                                              save_state)
 from perank_jax.train.config import TrainConfig
@@ -92,7 +92,7 @@ class Run:
         from perank_jax.weights.decoder import load_decoder
         from perank_jax.models.projector import build_projector
         from perank_jax.weights.projector import load_projector
-        from perank_jax.sharding import make_mesh
+        from perank_jax.core.sharding import make_mesh
         init_distributed(cfg.mesh)
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -256,7 +256,7 @@ def _fit(cfg: TrainConfig, on_step) -> Trained:
         mngr.close()
         raise
     if run.main:
-        from perank_jax.config import dump_yaml
+        from perank_jax.core.config import dump_yaml
         dump_yaml(cfg, out / "config.yaml")
     log = MetricsLog(out / "metrics.jsonl", start, run.main)
     every = cfg.checkpoint.every

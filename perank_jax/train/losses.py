@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from perank_jax.constants import MASKED, WEIGHTINGS
+from perank_jax.core.constants import MASKED, WEIGHTINGS
 
 
 

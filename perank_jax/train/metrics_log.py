@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from perank_jax.atomic import atomic_text, atomic_write
-from perank_jax.config import ConfigError
+from perank_jax.core.atomic import atomic_text, atomic_write
+from perank_jax.core.config import ConfigError
 
 
 class MetricsLog:

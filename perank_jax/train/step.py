@@ -11,7 +11,7 @@ The encoder is never part of a step: passage embeddings are precomputed (frozen 
 One step = gradient accumulation over `grad_accum` microbatches (lax.scan), global-norm
 clipping, AdamW with linear warmup + cosine decay. Parameters may be kept in float32
 (master weights) while the modules compute in bfloat16. Every array carries an explicit
-NamedSharding derived from the logical axes and perank_jax.sharding.RULES; the step is
+NamedSharding derived from the logical axes and perank_jax.core.sharding.RULES; the step is
 jax.jit with in_shardings/out_shardings and donates the old state.
 """
 from __future__ import annotations
@@ -26,10 +26,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from perank_jax.buckets import TraceCounter
+from perank_jax.core.buckets import TraceCounter
 from perank_jax.models import lora as lora_lib
-from perank_jax.perank_model import hidden_states, listwise_logits, project_lists, scale_query_slot
-from perank_jax.sharding import logical_to_spec, named_sharding
+from perank_jax.models.perank import hidden_states, listwise_logits, project_lists, scale_query_slot
+from perank_jax.core.sharding import logical_to_spec, named_sharding
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
 
 
@@ -108,7 +108,7 @@ class StepFns:
         return dec_params
 
     def loss(self, params, frozen, batch):
-        """The stage's loss and metrics; the model maths is perank_jax.perank_model's, as in decoding."""
+        """The stage's loss and metrics; the model maths is perank_jax.models.perank's, as in decoding."""
         dec = nnx.merge(self.dec_gd, self.decoder_params(params, frozen))
         e = project_lists(self.proj_gd, params["projector"], batch["emb"], batch.get("query"))   # [B, n, k, H]
         if self.stage == 1:

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from perank_jax.atomic import fresh_temp, replace_dir
+from perank_jax.core.atomic import fresh_temp, replace_dir
 from perank_jax.weights.decoder import expected_hf_shapes
 from perank_jax.weights.gguf import GGUFSource
 from perank_jax.weights.io import check_keymap, save_safetensors_atomic

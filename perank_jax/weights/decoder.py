@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perank_jax.config import read_config_json
+from perank_jax.core.config import read_config_json
 from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, LoadedDecoder, build_decoder, param_specs
-from perank_jax.sharding import named_sharding
+from perank_jax.core.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place
 
 _LAYER = r"model\.layers\.(\d+)\."

@@ -14,7 +14,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from perank_jax.config import read_json_object
+from perank_jax.core.config import read_json_object
 
 MAX_HEADER_BYTES = 100_000_000     # the safetensors library's own header limit
 
@@ -204,9 +204,9 @@ def place(read: Callable[[tuple], np.ndarray], shape: tuple[int, ...], dtype, sh
 
 def save_safetensors_atomic(tensors: dict[str, np.ndarray], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> None:
-    """Write a safetensors file via a temp file + rename (never half-written; perank_jax.atomic)."""
+    """Write a safetensors file via a temp file + rename (never half-written; perank_jax.core.atomic)."""
     from safetensors.numpy import save_file
-    from perank_jax.atomic import atomic_path
+    from perank_jax.core.atomic import atomic_path
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, tmp, metadata=metadata)
 

@@ -18,8 +18,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from perank_jax.atomic import fresh_temp, replace_dir
-from perank_jax.config import ConfigError
+from perank_jax.core.atomic import fresh_temp, replace_dir
+from perank_jax.core.config import ConfigError
 
 
 class PackagedWeightsMissing(FileNotFoundError):

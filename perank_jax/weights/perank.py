@@ -21,7 +21,7 @@ from flax import nnx
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.decoder import LoadedDecoder
 from perank_jax.models.projector import PREFIXES, Projector, options_dict
-from perank_jax.prompts import add_special_tokens
+from perank_jax.listwise.prompts import add_special_tokens
 from perank_jax.weights.perank_config import PERankConfig
 from perank_jax.weights.projector import load_projector
 from perank_jax.weights.decoder import load_decoder, to_hf_tensors

@@ -1,8 +1,8 @@
 """PERankConfig: the typed settings of a PE-Rank model, the ONLY reader and writer of its config.json.
 
-Each field states its one default and its allowed range / choices (`perank_jax.config.setting`);
+Each field states its one default and its allowed range / choices (`perank_jax.core.config.setting`);
 rules that other modules own (the projector's options: perank_jax.models.projector; the feedback
-pair: perank_jax.feedback) are checked by calling them. A full checkpoint's config.json also holds
+pair: perank_jax.listwise.feedback) are checked by calling them. A full checkpoint's config.json also holds
 the HF decoder's fields: they are kept in `hf` and written back unchanged.
 
 Old files keep loading: the released `embed_mistral` layout, and `projector_type` (mlp<N>x_gelu,
@@ -15,14 +15,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perank_jax.atomic import atomic_json
-from perank_jax.config import check_settings, read_config_json, settings_rules, setting
-from perank_jax.constants import DECODE_MODES, ENCODER_MAX_LENGTH
-from perank_jax.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
+from perank_jax.core.atomic import atomic_json
+from perank_jax.core.config import check_settings, read_config_json, settings_rules, setting
+from perank_jax.core.constants import DECODE_MODES, ENCODER_MAX_LENGTH
+from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.pooling import POOLINGS
 from perank_jax.models.projector import check_projector, legacy_kind, legacy_name, options_dict
-from perank_jax.prompts import TEMPLATES
+from perank_jax.listwise.prompts import TEMPLATES
 
 MODEL_TYPES = ("embed_mistral", "mistral", "llama")
 CONFIG_FILE = "config.json"

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.models.projector import PREFIXES, Projector, build_projector
-from perank_jax.sharding import named_sharding
+from perank_jax.core.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, SafetensorsFile, WeightError, check_keymap, place, read_npz
 
 

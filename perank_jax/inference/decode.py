@@ -7,7 +7,7 @@ e [N, k, D] (k placeholders per slot; n = valid[b].sum() of them are candidates)
     prefill the prompt once (KV cache)
     lax.scan over the decode steps:
         scores_i = h . key_i        (h: final-normed hidden state of the last token; float32;
-                                     key_i the mean of passage i's k vectors, perank_model)
+                                     key_i the mean of passage i's k vectors, models.perank)
         masked argmax over the passages not yet emitted (-1e9 for the others)
         feed the chosen key_i as the next input embedding at position lengths[b] + step
 
@@ -16,7 +16,7 @@ first-stage order), "single_pass" (everything ranked by the first step's scores)
 All shapes are static per bucket (B, T, N, steps, mode); rows in a bucket may have
 different prompt lengths and passage counts. Steps past a batch's largest n skip
 the forward pass (lax.cond), so padding passages cost no decoder work. The steps after
-the prefill are `decode_steps`, shared with perank_jax.prefix (a query's prompt prefix
+the prefill are `decode_steps`, shared with perank_jax.inference.prefix (a query's prompt prefix
 prefilled once, each window's remainder on top of it).
 """
 from __future__ import annotations
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.constants import DECODE_MODES
+from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.core.constants import DECODE_MODES
 from perank_jax.models.decoder import init_cache
-from perank_jax.perank_model import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
+from perank_jax.models.perank import as_slots, embed_prompt, passage_keys, passage_scores, rank_inputs
 
 
 class NonFiniteScores(ValueError):
@@ -80,7 +80,7 @@ def decode_rows(model, ids, prompt_mask, ph_mask, passages, valid, *, steps: int
 def decode_steps(model, h, cache, lengths, keys, valid, *, steps: int, mode: str = "decode"):
     """The constrained decode after a prefill: h [B,D] is the last prompt token's state, `cache`
     holds the prompt and has room for steps - 1 more tokens, lengths [B] is the position of the
-    next token, keys [B,N,D] the passages' keys (perank_model.passage_keys). Returns
+    next token, keys [B,N,D] the passages' keys (models.perank.passage_keys). Returns
     (chosen [B,steps] int32, first_scores [B,N] float32); a row whose scores
     were NaN/inf at any step gets NaN first_scores, which `finish_order` refuses."""
     B, N = keys.shape[:2]

@@ -5,7 +5,7 @@ placeholder (chat header, instruction, query; with the paper's and the compact t
 window size is part of it, so windows of another size get their own prefix). The distinct
 prefixes of a rerank call are prefilled once, together, into a KV table; each window then
 prefills only its remainder (placeholders, suffix, query slot) on top of its query's prefix
-and decodes as usual (perank_jax.decode.decode_steps).
+and decodes as usual (perank_jax.inference.decode.decode_steps).
 
     plan = plan_prefixes({key: TokenizedPrompt})      host side: rows, which row each key uses
     kv = prefill_prefixes(model, ids, mask)           [P, Tp] -> PrefixKV (k, v, pos)
@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.decode import decode_steps
+from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.inference.decode import decode_steps
 from perank_jax.models.decoder import KVCache, init_cache
-from perank_jax.perank_model import as_slots, embed_prompt, passage_keys
-from perank_jax.prompts import TokenizedPrompt
+from perank_jax.models.perank import as_slots, embed_prompt, passage_keys
+from perank_jax.listwise.prompts import TokenizedPrompt
 
 
 class PrefixKV(NamedTuple):

@@ -4,10 +4,10 @@ docids, so a ranker with an embedding cache (`ranker.use_embeddings`) looks them
 from __future__ import annotations
 
 from perank_jax.data.trec import Candidate, DataError, Request
-from perank_jax.decode import NonFiniteScores
-from perank_jax.interrupts import check_interrupt
-from perank_jax.prompts import PromptError
-from perank_jax.ranker import PERanker
+from perank_jax.inference.decode import NonFiniteScores
+from perank_jax.core.interrupts import check_interrupt
+from perank_jax.listwise.prompts import PromptError
+from perank_jax.inference.ranker import PERanker
 
 
 def check_requests(requests) -> None:

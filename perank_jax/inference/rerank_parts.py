@@ -2,7 +2,7 @@
 
 The queries are cut into parts of `part_queries` consecutive queries (a multiple of the batch size,
 so every query is reranked in the same batch as in a one-process run). Each process reranks its
-share of the parts still to do (perank_jax.processes) and writes each part atomically to
+share of the parts still to do (perank_jax.core.processes) and writes each part atomically to
 `<out>.parts/part_NNNNNN.jsonl` (per query: the ranked docids with their scores, and its stats).
 After a barrier, process 0 assembles the parts in query order and writes the TREC run or rank_llm
 JSONL and the stats sidecar with the same writers, so the files are those of a one-process run (the
@@ -21,13 +21,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from perank_jax.atomic import atomic_json, atomic_text
-from perank_jax.batch_rerank import check_requests, rerank_requests
-from perank_jax.buckets import round_up
+from perank_jax.core.atomic import atomic_json, atomic_text
+from perank_jax.inference.batch_rerank import check_requests, rerank_requests
+from perank_jax.core.buckets import round_up
 from perank_jax.data import trec_write
 from perank_jax.data.trec import Candidate, DataError, Request
-from perank_jax.outputs import commit_files
-from perank_jax.processes import barrier, checked_here, gather_flags, rank, share
+from perank_jax.core.outputs import commit_files
+from perank_jax.core.processes import barrier, checked_here, gather_flags, rank, share
 
 PLAN_VERSION = 1
 

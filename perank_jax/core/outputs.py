@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from perank_jax.atomic import atomic_json, fresh_temp, target_mode
+from perank_jax.core.atomic import atomic_json, fresh_temp, target_mode
 
 MARKER = ".perank-output"
 

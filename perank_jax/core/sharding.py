@@ -76,7 +76,7 @@ def logical_to_spec(axes: Sequence[str | None] | None, shape: Sequence[int] | No
     for i, ax in enumerate(axes):
         target = rules.get(ax) if ax is not None else None
         if ax is not None and ax not in rules:
-            raise KeyError(f"logical axis {ax!r} has no entry in perank_jax.sharding.RULES")
+            raise KeyError(f"logical axis {ax!r} has no entry in perank_jax.core.sharding.RULES")
         if target is None:
             out.append(None)
             continue

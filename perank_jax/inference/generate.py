@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from perank_jax.buckets import TraceCounter, fine_bucket
+from perank_jax.core.buckets import TraceCounter, fine_bucket
 from perank_jax.models.decoder import init_cache
-from perank_jax.prompts import render_chat
+from perank_jax.listwise.prompts import render_chat
 
 
-TRACES = TraceCounter()   # traces of the generation function, all decoders together
+GENERATE_TRACES = TraceCounter()   # traces of the generation function, all decoders together
 
 
 def prompt_bucket(n: int, min_bucket: int = 16) -> int:
@@ -38,7 +38,7 @@ def prompt_bucket(n: int, min_bucket: int = 16) -> int:
 def compiled_generate(graphdef):
     """The jitted generation function of one decoder structure (cached: one per graphdef)."""
     @partial(jax.jit, static_argnames=("max_new",))
-    @TRACES.counted
+    @GENERATE_TRACES.counted
     def run(state, ids, lengths, eos_ids, max_new: int):
         m = nnx.merge(graphdef, state)
         B, T = ids.shape
