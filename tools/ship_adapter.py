@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 from perank_jax.feedback import FEEDBACK_KEYS, check_feedback
-from perank_jax.weights.perank_config import PERankConfig, check_field
+from perank_jax.cli.args import perank_flag
+from perank_jax.weights.perank_config import PERankConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "perank_jax" / "shipped"
@@ -33,15 +34,13 @@ SHIPPED = ROOT / "perank_jax" / "shipped"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a stage-2 output_dir with adapter/ (a LoRA run)")
-    ap.add_argument("--query-scale", type=float, default=None,
+    ap.add_argument("--query-scale", type=perank_flag("query_scale", float), default=None,
                     help="replace the adapter's query_scale (inference only; default: as trained)")
     ap.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
     ap.add_argument("--dest", type=Path, default=SHIPPED, help="where to ship (default: %(default)s)")
     a = ap.parse_args(argv)
-    try:      # the rules are PERankConfig's (query_scale) and perank_jax.feedback's
-        if a.query_scale is not None:
-            check_field("query_scale", a.query_scale, "--query-scale")
+    try:      # the rules are PERankConfig's (query_scale, by its flag type) and perank_jax.feedback's
         if a.query_feedback is not None:
             a.query_feedback = check_feedback(*a.query_feedback)
     except ValueError as e:

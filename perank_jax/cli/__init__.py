@@ -9,6 +9,7 @@ subcommands live in `perank_jax.cli.args`. Errors that the library raises for ba
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from perank_jax.cli.data import add_data
@@ -24,6 +25,8 @@ class Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line (`perank rerank: error: ...`) and exit status 2."""
 
     def error(self, message):
+        # a flag refused by its rule reads as the config key would: "--window must be ..." (args.flag_type)
+        message = re.sub(r"^argument (\S+): must be ", r"\1 must be ", message)
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 

@@ -3,8 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, mesh_shape, number)
+from perank_jax.cli.args import flag_type, mesh_shape, number
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES
+from perank_jax.windows import STRIDE, TOP_K, WINDOW
+
+
+def setting_flag(name: str, kind: type):
+    """The type of the flag that sets ServeSettings field `name`: that field's rule."""
+    def rule():
+        from perank_jax.config import settings_rules
+        from perank_jax.serve.settings import ServeSettings
+        return settings_rules(ServeSettings)[name]
+    return flag_type(rule, kind)
 
 
 # --- serve (issue 25: an HTTP rerank server) -----------------------------------------------
@@ -22,26 +32,27 @@ def add_serve(sub):
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
     p.add_argument("--mode", choices=DECODE_MODES, default=None, help="default: the checkpoint's `default_mode`")
-    p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window; 0 = one window (default 20)")
-    p.add_argument("--stride", type=POSITIVE, default=10)
-    p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
+    p.add_argument("--window", type=flag_type(WINDOW), default=WINDOW.default,
+                   help="sliding window; 0 = one window (default 20)")
+    p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
+    p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
     p.add_argument("--share-prefix", action="store_true",
                    help="prefill each query's prompt prefix once for all its windows (fewer tokens for long "
                         "lists, but warm-up then covers only the common batch shapes)")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch", type=POSITIVE, default=8, help="requests decoded together (1: batching off)")
-    b.add_argument("--passage-bucket", type=POSITIVE, default=8, help="windows padded to a multiple of this "
+    b.add_argument("--max-batch", type=setting_flag("max_batch", int), default=8, help="requests decoded together (1: batching off)")
+    b.add_argument("--passage-bucket", type=setting_flag("passage_bucket", int), default=8, help="windows padded to a multiple of this "
                    "many passages: fewer compiled shapes (default 8)")
-    b.add_argument("--max-wait-ms", type=number(float, 0), default=5.0,
+    b.add_argument("--max-wait-ms", type=setting_flag("max_wait_ms", float), default=5.0,
                    help="wait this long after a first request for others to join its batch (default 5)")
-    b.add_argument("--queue-size", type=POSITIVE, default=64, help="waiting requests; beyond: 503 (default 64)")
-    b.add_argument("--deadline", type=number(float, 0, lo_open=True), default=30.0, metavar="SECONDS",
+    b.add_argument("--queue-size", type=setting_flag("queue_size", int), default=64, help="waiting requests; beyond: 503 (default 64)")
+    b.add_argument("--deadline", type=setting_flag("deadline_s", float), default=30.0, metavar="SECONDS",
                    help="a request not answered in time gets 504 (default 30)")
-    b.add_argument("--max-body-bytes", type=number(int, 64), default=2_000_000)
-    b.add_argument("--max-documents", type=POSITIVE, default=200)
-    b.add_argument("--max-text-chars", type=POSITIVE, default=20_000)
-    b.add_argument("--max-query-tokens", type=POSITIVE, default=64)
-    b.add_argument("--drain", type=number(float, 0), default=30.0, metavar="SECONDS",
+    b.add_argument("--max-body-bytes", type=setting_flag("max_body_bytes", int), default=2_000_000)
+    b.add_argument("--max-documents", type=setting_flag("max_documents", int), default=200)
+    b.add_argument("--max-text-chars", type=setting_flag("max_text_chars", int), default=20_000)
+    b.add_argument("--max-query-tokens", type=setting_flag("max_query_tokens", int), default=64)
+    b.add_argument("--drain", type=setting_flag("drain_s", float), default=30.0, metavar="SECONDS",
                    help="on SIGTERM: time to finish queued requests (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
