@@ -125,6 +125,7 @@ def check_number(name: str, value, kind, lo=None, hi=None, error: type[Exception
         value = kind(value)
     except OverflowError:
         raise error(f"{lead}is out of range, got {shown}") from None
+    shown = repr(value) if len(repr(value)) <= 40 else shown     # as checked: a JSON 0 for a float reads 0.0
     if value in also:
         return value
     lo_open = kind is float if lo_open is None else lo_open
@@ -202,6 +203,9 @@ class Field:
 def setting(kind: type, default=None, lo=None, hi=None, choices: tuple = (), **more):
     """A dataclass field carrying its `Field` rule: `Field(kind, default, lo, hi, choices, ...).setting()`."""
     return Field(kind, default, lo, hi, tuple(choices), **more).setting()
+
+
+SEED = Field(int, 0, 0, 2 ** 32 - 1)     # every random seed a config takes (numpy's range)
 
 
 def settings_rules(cls) -> dict[str, Field]:

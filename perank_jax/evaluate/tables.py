@@ -23,7 +23,7 @@ import numpy as np
 
 from perank_jax.atomic import atomic_text, atomic_write
 from perank_jax.outputs import claim_dir, mark_dir
-from perank_jax.config import ConfigError, Field, load_yaml, setting
+from perank_jax.config import SEED, ConfigError, Field, load_yaml, setting
 from perank_jax.constants import DECODE_MODES
 from perank_jax.models.projector import check_projector
 from perank_jax.weights.perank_config import PERANK_RULES
@@ -53,7 +53,7 @@ class MethodSpec:
     top_k: int | None = TOP_K.setting()   # perank: decode only the top k of each window
     projector: str = "mlp2x_gelu"    # untrained perank projector: a registered name or "pkg.module:Class"
     projector_options: dict | None = None   # its typed options (perank_jax.models.projector)
-    seed: int = 0
+    seed: int = SEED.setting()
     max_new_tokens: int = COUNT.setting(256)   # textlist (the reference used 256)
     max_words: int | None = COUNT.setting()    # textlist passage truncation (None: as the reference)
     dtype: str = "float32"

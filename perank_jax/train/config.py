@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perank_jax.constants import COMPUTE_DTYPES, WEIGHTINGS
-from perank_jax.config import ConfigError, Field, from_dict, load_yaml, setting
+from perank_jax.config import SEED, ConfigError, Field, from_dict, load_yaml, setting
 from perank_jax.feedback import check_feedback
 from perank_jax.models.lora import DEFAULT_TARGETS
 from perank_jax.models.projector import check_projector
@@ -58,7 +58,7 @@ class DataConfig:
     buckets: list[int] = setting(list, [512], 1, items=int)
     max_passages: int = POSITIVE.setting(20)
     use_content_view: bool = True          # stage 2: second (with-content) view, loss2 and KL
-    seed: int = 0
+    seed: int = SEED.setting()
 
 
 @dataclass
@@ -128,7 +128,7 @@ class TrainConfig:
     remat: bool = False
     log_every: int = POSITIVE.setting(1)
     eval_every: int = COUNT.setting(0)     # 0: evaluate only at the end (when data.eval is set)
-    seed: int = 0
+    seed: int = SEED.setting()
     progress: bool = True
     xla_options: dict = field(default_factory=dict)   # XLA compiler options for the step, e.g.
                                                       # {xla_backend_optimization_level: 0} for fast tests

@@ -88,6 +88,11 @@ class Run:
     """Everything one training run needs, built from the config (see `build`)."""
 
     def __init__(self, cfg: TrainConfig):
+        from perank_jax.sharding import axis_rules
+        with axis_rules(cfg.mesh.rules):          # the config's rules place the weights and the batches
+            self._build(cfg)
+
+    def _build(self, cfg: TrainConfig):
         from flax import nnx
         from perank_jax.weights.decoder import load_decoder
         from perank_jax.models.projector import build_projector
