@@ -13,7 +13,6 @@ import copy
 import dataclasses
 import json
 import math
-import sys
 import types
 import typing
 from pathlib import Path
@@ -102,7 +101,7 @@ def number_rule(kind, lo=None, hi=None, lo_open: bool | None = None, hi_open: bo
     """What `check_number` asks of a value, in words: "in [1, 64]", "> 0 and <= 1e+06", "0 or >= 2"."""
     lo_open = kind is float if lo_open is None else lo_open
     low = None if _unbounded(lo) else (f"> {lo:g}" if lo_open else f">= {lo:g}")
-    high = None if _unbounded(hi) or hi >= sys.float_info.max else (f"< {hi:g}" if hi_open else f"<= {hi:g}")
+    high = None if _unbounded(hi) else (f"< {hi:g}" if hi_open else f"<= {hi:g}")
     if low and high:
         text = f"in [{lo}, {hi}]" if kind is int and not lo_open and not hi_open else f"{low} and {high}"
     else:
@@ -226,6 +225,21 @@ def check_settings(cls: type[T], data: dict, where: str, allow_unknown: bool = F
     return cls(**{name: rule.check(name, data.get(name), where) for name, rule in rules.items()})
 
 
+def _from_yaml_text(tp, value):
+    """A scalar as `tp` where YAML left it otherwise: "1e-4" (PyYAML reads it as a string) or "yes" from an
+    override, 2.0 for an int, 3 for a float; anything else unchanged (the checker then refuses it)."""
+    if isinstance(value, str) and tp is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, str) and tp in (int, float):
+        try:
+            return tp(value)
+        except ValueError:
+            return value
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return float(value) if tp is float and is_int(value) else value
+
+
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -237,14 +251,11 @@ def _coerce(tp, value, where: str):
         real = [a for a in args if a is not type(None)]
         if len(real) == 1:                 # `X | None`: X's own error (naming the key) is the clearest
             return _coerce(real[0], value, where)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        for a in real:
             try:
                 return _coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -253,10 +264,6 @@ def _coerce(tp, value, where: str):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         inner = args[0] if args else Any
         seq = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
@@ -264,44 +271,8 @@ def _coerce(tp, value, where: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an int, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    if typing.get_origin(tp) is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {args}")
+    if tp in (bool, int, float, str):          # scalars: the one checker's words ("must be an integer, ...")
+        return Field(tp).validate(where, _from_yaml_text(tp, value))
     return value
 
 
@@ -326,8 +297,11 @@ def _build(cls, data: dict, label: str, nested: bool):
     kwargs = {}
     for k, v in data.items():
         sub = f"{label}.{k}" if nested else f"{label}: {k}" if label else k
-        value = _coerce(hints[k], v, sub)
         rule = fields[k].metadata.get("rule")
+        if rule is not None and v is not None and rule.kind in (bool, int, float, str):
+            kwargs[k] = rule.validate(sub, _from_yaml_text(rule.kind, v))      # type and range: the rule's words
+            continue
+        value = _coerce(hints[k], v, sub)
         kwargs[k] = value if rule is None or value is None else rule.validate(sub, value)
     try:
         return cls(**kwargs)
