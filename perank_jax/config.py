@@ -184,7 +184,8 @@ class Field:
         for v in (value if self.kind is list else [value]):
             if not isinstance(v, str) or self.choices and v not in self.choices:
                 what = f"one of {list(self.choices)}" if self.choices else "a string"
-                raise error(f"{lead}must be " + (f"a list of {what}" if self.kind is list else what) + f", got {value!r}")
+                what = f"a list of {what}" if self.kind is list else what
+                raise error(f"{lead}must be {what}, got {value!r}")
         return list(value) if self.kind is list else value
 
     def setting(self, default=dataclasses.MISSING, required: bool = False):

@@ -60,7 +60,8 @@ def test_a_window_of_one_reads_the_same_from_rerank_serve_and_a_tables_config(tm
     assert error_line(capsys, ["rerank", "--window", "1"]) == f"--window {body}"
     assert error_line(capsys, ["serve", "--window", "1"]) == f"--window {body}"
     assert error_line(capsys, ["tables", str(tables)]) == f"{tables}: window {body}"
-    assert error_line(capsys, ["tables", str(tables_config(tmp_path)), "--set", "window=1"]) == f"{tables}: window {body}"
+    set_by_flag = error_line(capsys, ["tables", str(tables_config(tmp_path)), "--set", "window=1"])
+    assert set_by_flag == f"{tables}: window {body}"
 
 
 @pytest.mark.parametrize("override,expect", [

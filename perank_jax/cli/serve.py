@@ -5,16 +5,11 @@ from pathlib import Path
 
 from perank_jax.cli.args import flag_type, mesh_shape, number
 from perank_jax.constants import COMPUTE_DTYPES, DECODE_MODES
+from perank_jax.config import settings_rules
+from perank_jax.serve.settings import ServeSettings
 from perank_jax.windows import STRIDE, TOP_K, WINDOW
 
-
-def setting_flag(name: str, kind: type):
-    """The type of the flag that sets ServeSettings field `name`: that field's rule."""
-    def rule():
-        from perank_jax.config import settings_rules
-        from perank_jax.serve.settings import ServeSettings
-        return settings_rules(ServeSettings)[name]
-    return flag_type(rule, kind)
+SETTINGS = settings_rules(ServeSettings)     # each flag below that sets a field takes that field's rule
 
 
 # --- serve (issue 25: an HTTP rerank server) -----------------------------------------------
@@ -40,25 +35,24 @@ def add_serve(sub):
                    help="prefill each query's prompt prefix once for all its windows (fewer tokens for long "
                         "lists, but warm-up then covers only the common batch shapes)")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch", type=setting_flag("max_batch", int), default=8, help="requests decoded together (1: batching off)")
-    b.add_argument("--passage-bucket", type=setting_flag("passage_bucket", int), default=8, help="windows padded to a multiple of this "
-                   "many passages: fewer compiled shapes (default 8)")
-    b.add_argument("--max-wait-ms", type=setting_flag("max_wait_ms", float), default=5.0,
-                   help="wait this long after a first request for others to join its batch (default 5)")
-    b.add_argument("--queue-size", type=setting_flag("queue_size", int), default=64, help="waiting requests; beyond: 503 (default 64)")
-    b.add_argument("--deadline", type=setting_flag("deadline_s", float), default=30.0, metavar="SECONDS",
-                   help="a request not answered in time gets 504 (default 30)")
-    b.add_argument("--max-body-bytes", type=setting_flag("max_body_bytes", int), default=2_000_000)
-    b.add_argument("--max-documents", type=setting_flag("max_documents", int), default=200)
-    b.add_argument("--max-text-chars", type=setting_flag("max_text_chars", int), default=20_000)
-    b.add_argument("--max-query-tokens", type=setting_flag("max_query_tokens", int), default=64)
-    b.add_argument("--drain", type=setting_flag("drain_s", float), default=30.0, metavar="SECONDS",
-                   help="on SIGTERM: time to finish queued requests (default 30)")
+    for flag, name, more in (
+            ("--max-batch", "max_batch", dict(help="requests decoded together (1: batching off)")),
+            ("--passage-bucket", "passage_bucket", dict(help="windows padded to a multiple of this many passages: "
+                                                             "fewer compiled shapes (default 8)")),
+            ("--max-wait-ms", "max_wait_ms", dict(help="wait this long after a first request for others to join "
+                                                       "its batch (default 5)")),
+            ("--queue-size", "queue_size", dict(help="waiting requests; beyond: 503 (default 64)")),
+            ("--deadline", "deadline_s", dict(metavar="SECONDS", help="a request not answered in time gets 504 "
+                                                                      "(default 30)")),
+            ("--max-body-bytes", "max_body_bytes", {}), ("--max-documents", "max_documents", {}),
+            ("--max-text-chars", "max_text_chars", {}), ("--max-query-tokens", "max_query_tokens", {}),
+            ("--drain", "drain_s", dict(metavar="SECONDS", help="on SIGTERM: time to finish queued requests "
+                                                                "(default 30)"))):
+        b.add_argument(flag, type=flag_type(SETTINGS[name]), default=SETTINGS[name].default, **more)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def run(a):
         from perank_jax.serve.server import run_server
-        from perank_jax.serve.settings import ServeSettings
         settings = ServeSettings(
             window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
             passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,
