@@ -6,6 +6,8 @@ model configs next to the models) and reuses these helpers, so every config
 file in configs/ is parsed the same strict way: unknown keys and wrong types
 are errors naming the key. A mapping's `base: FILE` (or a list of files) includes another YAML
 file, relative to the including one, with the mapping's own keys merged over it (`resolve_includes`).
+A setting's range or choices is stated once, on its field (`setting` / `Field`), and `Field.validate`
+(numbers: `check_number`) is the one checker of YAML configs, config.json settings and CLI flags alike.
 """
 from __future__ import annotations
 
