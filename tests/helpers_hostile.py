@@ -80,7 +80,7 @@ def named_cases(tmp: Path) -> list[tuple[str, str, bytes, str]]:
         ("config.json string heads", "config.json", cfg(num_attention_heads="2"), "must be an integer"),
         ("config.json rope_theta -1", "config.json", cfg(rope_theta=-1), "rope_theta must be > 0"),
         ("config.json rope_theta NaN", "config.json", cfg(rope_theta=float("nan")), "rope_theta must be > 0"),
-        ("config.json negative embedding_size", "config.json", cfg(embedding_size=-4), "'embedding_size' must be in"),
+        ("config.json negative embedding_size", "config.json", cfg(embedding_size=-4), "embedding_size must be in"),
         ("config.json query_token \"false\"", "config.json", cfg(query_token="false"), "true or false"),
         ("YAML billion laughs (override)", "yaml-override", laughs.encode(), "aliases"),
         ("YAML billion laughs (file)", "yaml-file", laughs.encode(), "aliases"),

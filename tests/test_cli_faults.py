@@ -193,40 +193,40 @@ def test_a_ctrl_c_that_python_drops_still_stops_the_run_before_any_output(tmp_pa
 
 # --- 3. impossible numbers ------------------------------------------------------------------
 NUMBER_CASES = [
-    (["rerank", "--depth", "0"], "--depth: 0 is out of range"),
-    (["rerank", "--depth", "-1", "--requests", "r.jsonl"], "--depth: -1 is out of range"),
-    (["rerank", "--depth", "-1", "--run", "r", "--corpus", "c", "--queries", "q"], "--depth: -1 is out of range"),
-    (["rerank", "--window", "-2"], "--window: -2 is out of range"),
-    (["rerank", "--stride", "0"], "--stride: 0 is out of range"),
-    (["rerank", "--top-k", "0"], "--top-k: 0 is out of range"),
-    (["rerank", "--batch-queries", "0"], "--batch-queries: 0 is out of range"),
-    (["rerank", "--show", "-1"], "--show: -1 is out of range"),
-    (["rerank", "--query-scale", "0"], "--query-scale: 0 is out of range (must be in (0, 1e+06])"),
-    (["rerank", "--query-scale", "nan"], "--query-scale: nan is out of range"),
+    (["rerank", "--depth", "0"], "--depth must be >= 1, got 0"),
+    (["rerank", "--depth", "-1", "--requests", "r.jsonl"], "--depth must be >= 1, got -1"),
+    (["rerank", "--depth", "-1", "--run", "r", "--corpus", "c", "--queries", "q"], "--depth must be >= 1, got -1"),
+    (["rerank", "--window", "-2"], "--window must be 0 or in [2, 1048576], got -2"),
+    (["rerank", "--stride", "0"], "--stride must be in [1, 1048576], got 0"),
+    (["rerank", "--top-k", "0"], "--top-k must be in [1, 1048576], got 0"),
+    (["rerank", "--batch-queries", "0"], "--batch-queries must be >= 1, got 0"),
+    (["rerank", "--show", "-1"], "--show must be >= 0, got -1"),
+    (["rerank", "--query-scale", "0"], "--query-scale must be > 0 and <= 1e+06, got 0.0"),
+    (["rerank", "--query-scale", "nan"], "--query-scale must be > 0 and <= 1e+06, got nan"),
     (["rerank", "--query-feedback", "1"], "--query-feedback: expected 2 arguments"),
     (["rerank", "--query-feedback", "-1", "0.01"], "query feedback weight must be >= 0, got -1.0"),
     (["rerank", "--query-feedback", "1", "0"], "query feedback temperature must be a finite number > 0, got 0.0"),
     (["rerank", "--depth", "ten"], "'ten' is not an integer"),
     (["rerank", "--mesh", "data=0"], "--mesh: 'data=0': expected AXIS=SIZE"),
     (["rerank", "--mesh", "gpus=2"], "--mesh: 'gpus=2': expected AXIS=SIZE"),
-    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--batch-size", "0"], "--batch-size: 0"),
-    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--max-length", "1"], "--max-length: 1"),
-    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--chunk-size", "-5"], "--chunk-size: -5"),
-    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k", "0"], "--k: 0 is out of range"),
-    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--b", "1.5"], "--b: 1.5 is out of range"),
-    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k1", "nan"], "--k1: nan is out of range"),
-    (["generate", "--max-new-tokens", "0", "hello"], "--max-new-tokens: 0 is out of range"),
-    (["rerank", "--part-queries", "0"], "--part-queries: 0 is out of range"),
-    (["encode", "--corpus", "c", "--out", "o", "--num-processes", "0"], "--num-processes: 0 is out of range"),
-    (["rerank", "--process-id", "-1"], "--process-id: -1 is out of range"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--max-length", "1"], "--max-length must be in [2, 1048576], got 1"),
+    (["encode", "--encoder", "e", "--corpus", "c", "--out", "o", "--chunk-size", "-5"], "--chunk-size must be >= 1, got -5"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k", "0"], "--k must be >= 1, got 0"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--b", "1.5"], "--b must be >= 0 and <= 1, got 1.5"),
+    (["retrieve", "--corpus", "c", "--queries", "q", "--out", "o", "--k1", "nan"], "--k1 must be >= 0, got nan"),
+    (["generate", "--max-new-tokens", "0", "hello"], "--max-new-tokens must be >= 1, got 0"),
+    (["rerank", "--part-queries", "0"], "--part-queries must be >= 1, got 0"),
+    (["encode", "--corpus", "c", "--out", "o", "--num-processes", "0"], "--num-processes must be >= 1, got 0"),
+    (["rerank", "--process-id", "-1"], "--process-id must be >= 0, got -1"),
     (["rerank", "--distributed", "--out", "x.trec", "--num-processes", "2", "--process-id", "2"],
      "--process-id 2 must be below --num-processes 2"),
-    (["serve", "--port", "70000"], "--port: 70000 is out of range"),
-    (["serve", "--max-batch", "0"], "--max-batch: 0 is out of range"),
-    (["serve", "--deadline", "0"], "--deadline: 0 is out of range"),
-    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms: -1 is out of range"),
-    (["serve", "--window", "1"], "serve setting window=1: must be >= 2"),
-    (["serve", "--window", "4", "--stride", "6"], "serve setting stride=6: must be <= window"),
+    (["serve", "--port", "70000"], "--port must be in [0, 65535], got 70000"),
+    (["serve", "--max-batch", "0"], "--max-batch must be >= 1, got 0"),
+    (["serve", "--deadline", "0"], "--deadline must be > 0, got 0.0"),
+    (["serve", "--max-wait-ms", "-1"], "--max-wait-ms must be >= 0, got -1.0"),
+    (["serve", "--window", "1"], "--window must be 0 or in [2, 1048576], got 1"),
+    (["serve", "--window", "4", "--stride", "6"], "serve setting stride must be <= window (4), got 6"),
 ]
 
 
@@ -261,10 +261,10 @@ def test_serve_on_a_port_in_use_is_one_error_line_before_the_model_loads(capsys)
 
 
 @pytest.mark.parametrize("override,expect", [
-    ("depth=-5", "depth = -5 is out of range"), ("window=1", "window must be 0"),
-    ("efficiency_depths=[20, 0]", "efficiency_depths[1] = 0"), ("stride=0", "stride = 0"),
-    ("methods=[{name: p, kind: perank, checkpoint: x, top_k: 0}]", "methods[0].top_k = 0"),
-    ("methods=[{name: p, kind: perank, checkpoint: x, mode: fast}]", "methods[0].mode must be one of")])
+    ("depth=-5", "t.yaml: depth must be >= 1, got -5"), ("window=1", "t.yaml: window must be 0 or in [2, 1048576], got 1"),
+    ("efficiency_depths=[20, 0]", "efficiency_depths[1] must be >= 1, got 0"), ("stride=0", "t.yaml: stride must be in [1, 1048576], got 0"),
+    ("methods=[{name: p, kind: perank, checkpoint: x, top_k: 0}]", "t.yaml: methods[0].top_k must be in [1, 1048576], got 0"),
+    ("methods=[{name: p, kind: perank, checkpoint: x, mode: fast}]", "t.yaml: methods[0].mode must be one of")])
 def test_an_impossible_number_in_a_tables_config_is_one_error_naming_the_key(eval_files, capsys, override, expect):
     cfg = eval_files / "t.yaml"
     cfg.write_text(f"out_dir: {eval_files / 'tables'}\ndatasets: [{{name: x, queries: {eval_files / 'queries.tsv'}, "
@@ -279,7 +279,7 @@ def test_a_window_of_one_is_refused_and_non_overlapping_windows_warn(tmp_path, c
     req.write_text(json.dumps({"query": {"text": "cats", "qid": "1"},
                                "candidates": [{"docid": f"d{i}", "doc": {"contents": f"text {i}"}, "score": 1.0}
                                               for i in range(6)]}) + "\n")
-    one_line_error(capsys, main(["rerank", "--requests", str(req), "--window", "1"]), "--window must be 0")
+    one_line_error(capsys, main(["rerank", "--requests", str(req), "--window", "1"]), "--window must be 0 or in")
     assert main(["rerank", "--model", str(tiny_perank[0]), "--requests", str(req), "--window", "3",
                  "--stride", "3", "--out", str(tmp_path / "o.trec")]) == 0
     assert "windows do not overlap" in capsys.readouterr().err

@@ -108,8 +108,8 @@ def test_rerank_refuses_bad_depth_and_output_paths_before_any_work(tmp_path, cap
                                "candidates": [{"docid": "d1", "doc": {"contents": "alpha"}, "score": 1.0}]}) + "\n")
     base = ["rerank", "--model", str(tiny_perank_dir_32), "--requests", str(req)]
     (tmp_path / "adir").mkdir()
-    for extra, expect in ((["--depth", "-1", "--out", str(tmp_path / "o.trec")], "--depth: -1 is out of range"),
-                          (["--depth", "0", "--out", str(tmp_path / "o.trec")], "--depth: 0 is out of range"),
+    for extra, expect in ((["--depth", "-1", "--out", str(tmp_path / "o.trec")], "--depth must be >= 1, got -1"),
+                          (["--depth", "0", "--out", str(tmp_path / "o.trec")], "--depth must be >= 1, got 0"),
                           (["--out", str(tmp_path / "adir")], "is a directory"),
                           (["--out", str(tmp_path / "o.trec"), "--stats", str(tmp_path / "o.trec")], "two outputs")):
         assert main(base + extra) == 2

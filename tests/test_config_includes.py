@@ -117,3 +117,21 @@ def test_each_shipped_dataset_block_lives_in_one_file():
                  "data/raw/nfcorpus/qrels.test.txt"):
         owners = [p for p, t in texts.items() if path in t]
         assert len(owners) == 1 and owners[0].parent.name == "datasets", (path, owners)
+
+
+def test_no_tool_or_module_repeats_a_dl20_path():
+    """The DL20 files' default paths are written in configs/datasets/ only: tools read them from there
+    (tools/build_training_data.py reads the prepared layout under its own --data root)."""
+    import re
+    names = {Path(v).name for f in ("dl20.yaml", "dl20-candidates.yaml")
+             for v in load_yaml(DatasetSpec, ROOT / "configs" / "datasets" / f).__dict__.values()
+             if isinstance(v, str) and v.startswith("data/raw/dl20/")}
+    assert names >= {"queries.tsv", "run.bm25.top100.txt", "docs.tsv", "qrels.txt", "bm25.top100.candidates.jsonl"}
+    sep = r"""(/|["']\s*/\s*["'])"""                 # data/raw/dl20/x or "data" / "raw" / "dl20" / "x"
+    pattern = re.compile(rf"raw{sep}dl20{sep}({'|'.join(map(re.escape, sorted(names)))})\b")
+    files = [*ROOT.glob("tools/*.py"), *ROOT.glob("tools/*.sh"), *ROOT.glob("perank_jax/**/*.py"),
+             *ROOT.glob("configs/**/*.yaml")]
+    hits = sorted(f"{f.relative_to(ROOT)}:{i + 1}" for f in files
+                  for i, line in enumerate(f.read_text().splitlines()) if pattern.search(line))
+    assert hits == ["configs/datasets/dl20-candidates.yaml:6", "configs/datasets/dl20.yaml:5",
+                    "configs/datasets/dl20.yaml:6", "configs/datasets/dl20.yaml:7", "configs/datasets/dl20.yaml:8"], hits

@@ -163,16 +163,16 @@ def test_a_config_json_that_is_not_an_object_is_one_line(tmp_path, raw, expect):
 
 # ---------------------------------------------------------------- PE-Rank config.json fields
 @pytest.mark.parametrize("edit,expect", [
-    ({"query_token": "false"}, "field 'query_token' must be true or false"),
-    ({"query_scale": 0}, "field 'query_scale' must be > 0 and <= 1e+06"),
-    ({"query_scale": float("nan")}, "field 'query_scale' must be > 0 and <= 1e+06"),
-    ({"query_feedback_weight": float("inf")}, "field 'query_feedback_weight' must be a finite number"),
+    ({"query_token": "false"}, ": query_token must be true or false"),
+    ({"query_scale": 0}, ": query_scale must be > 0 and <= 1e+06"),
+    ({"query_scale": float("nan")}, ": query_scale must be > 0 and <= 1e+06"),
+    ({"query_feedback_weight": float("inf")}, ": query_feedback_weight must be a finite number"),
     ({"query_feedback_weight": -1.0}, "query feedback weight must be >= 0"),
     ({"query_feedback_temperature": 0}, "temperature must be a finite number > 0"),
-    ({"lora_rank": -2}, "field 'lora_rank' must be in [0, 4096]"),
-    ({"embedding_size": -384}, "field 'embedding_size' must be in"),
+    ({"lora_rank": -2}, ": lora_rank must be in [0, 4096]"),
+    ({"embedding_size": -384}, ": embedding_size must be in"),
     ({"projector_type": "mlp1000000000x_gelu"}, "unknown projector_type"),
-    ({"lora_targets": ["q", "everything"]}, "field 'lora_targets' must be a list of one of"),
+    ({"lora_targets": ["q", "everything"]}, ": lora_targets must be a list of one of"),
 ])
 def test_perank_config_fields_are_checked_like_the_cli_flags(tmp_path, edit, expect):
     from perank_jax.weights.packaged import shipped_dir

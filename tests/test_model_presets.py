@@ -57,7 +57,7 @@ def test_an_unknown_or_mismatched_preset_is_one_error_naming_it(tmp_path):
         load_preset(str(both))
     typo = tmp_path / "typo.yaml"
     typo.write_text("name: x\ndecoder: {vocab_size: 8, hidden_sise: 8}\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml.decoder: unknown key\(s\) \['hidden_sise'\]"):
+    with pytest.raises(ConfigError, match=r"typo.yaml: decoder: unknown key\(s\) \['hidden_sise'\]"):
         load_preset(str(typo))
 
 

@@ -90,14 +90,14 @@ def test_the_shipped_adapter_config_reads_as_a_linear_projector():
 
 
 @pytest.mark.parametrize("edit,key", [
-    ({"query_scale": 0}, "'query_scale'"), ({"query_scale": "3"}, "'query_scale'"),
-    ({"encoder_max_length": 1}, "'encoder_max_length'"), ({"prompt_template": "fancy"}, "'prompt_template'"),
-    ({"projector": "mlp", "projector_options": {"depth": 0}}, "'depth'"),
-    ({"projector": "mlp", "projector_options": {"depth": 2.5}}, "'depth'"),
-    ({"projector": "mlp", "projector_options": {"pre_norm": "batchnorm"}}, "'pre_norm'"),
+    ({"query_scale": 0}, ": query_scale must"), ({"query_scale": "3"}, ": query_scale must"),
+    ({"encoder_max_length": 1}, ": encoder_max_length must"), ({"prompt_template": "fancy"}, ": prompt_template must"),
+    ({"projector": "mlp", "projector_options": {"depth": 0}}, "): depth must"),
+    ({"projector": "mlp", "projector_options": {"depth": 2.5}}, "): depth must"),
+    ({"projector": "mlp", "projector_options": {"pre_norm": "batchnorm"}}, "): pre_norm must"),
     ({"projector": "mlp", "projector_options": {"widht": 3}}, "'widht'"),
     ({"projector": "linear", "projector_type": "mlp2x_gelu"}, "projector_type 'mlp2x_gelu' disagrees"),
-    ({"projector": "external_projector:GatedLinear", "projector_options": {"gain": -1}}, "'gain'"),
+    ({"projector": "external_projector:GatedLinear", "projector_options": {"gain": -1}}, "): gain must"),
 ])
 def test_a_wrong_type_or_out_of_range_field_is_refused_naming_the_key(tmp_path, edit, key):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "embedding_size": 8, **edit}))
@@ -110,7 +110,7 @@ def test_a_wrong_type_or_out_of_range_field_is_refused_naming_the_key(tmp_path, 
 def test_overrides_go_through_replace_and_are_checked_again():
     conf = PERankConfig.from_dict({"model_type": "llama", "embedding_size": 8, "query_token": True})
     assert conf.replace(query_scale=2.0).query_scale == 2.0 and conf.query_scale == 1.0
-    with pytest.raises(ValueError, match=r"^--query-scale: field 'query_scale' must be > 0"):
+    with pytest.raises(ValueError, match=r"^--query-scale: query_scale must be > 0"):
         conf.replace("--query-scale", query_scale=-1.0)
     with pytest.raises(ValueError, match="unknown PE-Rank config field 'qeury_scale'"):
         conf.replace(qeury_scale=2.0)
@@ -243,8 +243,8 @@ def test_training_refuses_records_built_with_another_prompt_template(files, tmp_
                                                          "not a subclass of perank_jax.models.projector.Projector"),
     ("model.projector=external_projector:FlatOutput", "projector external_projector.FlatOutput returned shape "
                                                       "(2, 32) dtype float32 for 2 passages; expected shape (2, 1, 32)"),
-    ("model.projector_options={depth: 0}", "field 'depth' must be in [1, 16], got 0"),
-    ("model.query_scale=-2", "model.query_scale: field 'query_scale' must be > 0"),
+    ("model.projector_options={depth: 0}", "model.projector_options (projector 'mlp'): depth must be in [1, 16], got 0"),
+    ("model.query_scale=-2", "tiny.stage2.yaml: model.query_scale must be > 0 and <= 1e+06, got -2.0"),
 ])
 def test_projector_and_config_errors_are_one_line_exit_2(files, tmp_path, capsys, override, expect):
     from perank_jax.cli import main
@@ -263,4 +263,4 @@ def test_a_checkpoint_config_with_a_bad_field_is_one_line_exit_2_at_rerank(tmp_p
     req.write_text(json.dumps({"query": {"text": "q", "qid": "1"},
                                "candidates": [{"docid": "d1", "doc": {"contents": "x"}, "score": 1.0}]}) + "\n")
     code = main(["rerank", "--model", str(tmp_path / "ck"), "--requests", str(req), "--out", str(tmp_path / "o.trec")])
-    one_line_error(capsys, code, "field 'depth' must be an integer, got '2'")
+    one_line_error(capsys, code, "projector_options (projector 'mlp'): depth must be an integer, got '2'")

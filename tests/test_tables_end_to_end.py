@@ -127,12 +127,12 @@ def test_bad_tables_config_is_one_clear_error(tmp_path, capsys):
     p.write_text(yaml.safe_dump({"datasets": [{"name": "x", "qrels": "q.txt", "requests": "r.jsonl"}],
                                  "methods": [{"name": "pe", "kind": "perank", "checkpoint": "c", "query_scale": 0}]}))
     assert main(["tables", str(p)]) == 2
-    assert "methods[0] (pe): field 'query_scale' must be > 0" in capsys.readouterr().err
+    assert f"{p}: methods[0].query_scale must be > 0 and <= 1e+06, got 0.0" in capsys.readouterr().err
     p.write_text(yaml.safe_dump({"datasets": [{"name": "x", "qrels": "q.txt", "requests": "r.jsonl"}],
                                  "methods": [{"name": "pe", "kind": "perank", "decoder": "d", "encoder": "e",
                                               "projector": "mlp", "projector_options": {"depth": 99}}]}))
     assert main(["tables", str(p)]) == 2
-    assert "methods[0] (pe): projector_options (projector 'mlp'): field 'depth' must be in [1, 16]" in \
+    assert "methods[0] (pe): projector_options (projector 'mlp'): depth must be in [1, 16]" in \
         capsys.readouterr().err
 
 

@@ -15,7 +15,7 @@ One run prints one table. Rows:
       generated compared to (e)'s (tools/bench_textlist.py `textlist_latency`)
 Every JAX row prefills a query's shared prompt prefix once (perank_jax.inference.prefix), so it processes
 fewer tokens than (d). Scenarios (DL20 BM25 candidates, `--data`, default
-data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out data/raw`): top-20 in
+the `requests` of configs/datasets/dl20-candidates.yaml from `perank data fetch --out data/raw`): top-20 in
 one window, and top-100 with the paper's sliding window (20, stride 10, bottom up: 9 windows).
 Latency covers encoding + projection + decoding (the paper's definition); compilation is
 measured apart (a warm-up query per row, and any compile later is subtracted). (c) reranks
@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top100.candidates.jsonl"
 
 
 def build_smollm2_ranker(tmp: Path, dtype: str):
@@ -301,7 +299,7 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--mistral7b-random", action="store_true")
     ap.add_argument("--layers", type=int, default=None, help="override the 7B layer count (smoke runs)")
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=None, help="rank_llm request JSONL (default: DL20 BM25 candidates)")
     ap.add_argument("--textlist-queries", type=int, default=2,
                     help="queries for rows (e)/(e'), text-listwise (0: skip; ~12 s per window on 2 CPU cores)")
     a = ap.parse_args(argv)
@@ -310,7 +308,9 @@ def main(argv=None):
     from perank_jax.data import read_requests
     sweep = [int(x) for x in a.sweep.split(",") if x.strip()]
     n_batch = -(-a.queries // a.batch_queries) * a.batch_queries
-    requests = read_requests(a.data)[: 1 + max(a.queries, n_batch, *sweep, 0)]   # [0]: the warm-up query
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_textlist import default_data          # the DL20 candidates, as configs/datasets names them
+    requests = read_requests(a.data or default_data())[: 1 + max(a.queries, n_batch, *sweep, 0)]   # [0]: the warm-up query
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         if a.mistral7b_random:

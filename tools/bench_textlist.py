@@ -6,7 +6,7 @@ weights (SmolLM2-135M-Instruct, float32, CPU by default), same token ids.
 
 Each query's prompt is the text-listwise window prompt (perank_jax.evaluate.textlist:
 perank_jax.listwise.prompts.text_prompt in the chat template) over its top-`--depth` BM25 candidates
-(`--data`, default data/raw/dl20/bm25.top100.candidates.jsonl from `perank data fetch --out
+(`--data`, default the `requests` of configs/datasets/dl20-candidates.yaml from `perank data fetch --out
 data/raw`, docs/data.md). JAX runs perank_jax.inference.generate.greedy_generate, HF runs
 `model.generate(do_sample=False, max_new_tokens=N)` on the same ids; the two are timed one
 after the other per query (so machine load hits both alike) and their tokens compared (greedy:
@@ -25,7 +25,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "raw" / "dl20" / "bm25.top100.candidates.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data() -> Path:
+    """The DL20 BM25 candidates, as configs/datasets/dl20-candidates.yaml names them (from the checkout)."""
+    from perank_jax.core.config import load_yaml
+    from perank_jax.evaluate.datasets import DatasetSpec
+    return ROOT / load_yaml(DatasetSpec, ROOT / "configs" / "datasets" / "dl20-candidates.yaml").requests
 
 
 @dataclass
@@ -152,13 +159,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256, help="the baseline's default, 256")
     ap.add_argument("--repeats", type=int, default=1, help="runs per query and side, fastest kept (default 1)")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=None, help="rank_llm request JSONL (default: DL20 BM25 candidates)")
     a = ap.parse_args(argv)
 
     import jax
     from perank_jax.data import read_requests
     from perank_jax.inference import GENERATE_TRACES
-    requests = read_requests(a.data)[: a.queries]
+    requests = read_requests(a.data or default_data())[: a.queries]
     t = time.perf_counter()
     dec, ref = load_models(torch=not a.no_torch)
     load_s = time.perf_counter() - t

@@ -26,14 +26,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from perank_jax.cli import perank_flag
 from perank_jax.listwise import FEEDBACK_KEYS, check_feedback
-from perank_jax.weights import DEFAULT_RERANKER, SHIPPED_RERANKERS, PERankConfig, check_field, shipped_dir
+from perank_jax.weights import DEFAULT_RERANKER, SHIPPED_RERANKERS, PERankConfig, shipped_dir
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="a stage-2 output_dir with adapter/ (a LoRA run)")
-    ap.add_argument("--query-scale", type=float, default=None,
+    ap.add_argument("--query-scale", type=perank_flag("query_scale", float), default=None,
                     help="replace the adapter's query_scale (inference only; default: as trained)")
     ap.add_argument("--query-feedback", type=float, nargs=2, default=None, metavar=("W", "T"),
                     help="set the candidate-aware query vector's weight and temperature (inference only)")
@@ -42,9 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dest", type=Path, default=None, help="where to ship (default: NAME's folder in the package)")
     a = ap.parse_args(argv)
     a.dest = a.dest or shipped_dir(a.name, must_exist=False)
-    try:      # the rules are PERankConfig's (query_scale) and perank_jax.listwise.feedback's
-        if a.query_scale is not None:
-            check_field("query_scale", a.query_scale, "--query-scale")
+    try:      # the rules are PERankConfig's (query_scale, by its flag type) and perank_jax.listwise.feedback's
         if a.query_feedback is not None:
             a.query_feedback = check_feedback(*a.query_feedback)
     except ValueError as e:

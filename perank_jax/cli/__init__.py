@@ -9,21 +9,25 @@ subcommands live in `perank_jax.cli.args`. Errors that the library raises for ba
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
+from perank_jax.cli.args import perank_flag
 from perank_jax.cli.data import add_data
 from perank_jax.cli.models import add_convert, add_generate
 from perank_jax.cli.rerank import EXAMPLE_SET, add_encode, add_rerank, print_rankings
 from perank_jax.cli.serve import add_serve
 from perank_jax.cli.workflows import add_evaluate, add_retrieve, add_tables, add_train
 
-__all__ = ["EXAMPLE_SET", "build_parser", "main", "print_rankings"]
+__all__ = ["EXAMPLE_SET", "build_parser", "main", "perank_flag", "print_rankings"]
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with usage errors as one line (`perank rerank: error: ...`) and exit status 2."""
 
     def error(self, message):
+        # a flag refused by its rule reads as the config key would: "--window must be ..." (args.flag_type)
+        message = re.sub(r"^argument (\S+): must be ", r"\1 must be ", message)
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 

@@ -8,29 +8,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable
+
+from perank_jax.core.config import Field
+
+
+def flag_type(rule: Field | Callable[[], Field], kind: type | None = None):
+    """An argparse `type=` from a setting's rule (`perank_jax.core.config.Field`): the text parsed as the rule's
+    kind, then checked by the rule itself, so a flag that mirrors a config field is refused with that
+    field's words ("--window must be 0 or >= 2, got 1" where a config says "t.yaml: window must be ...").
+    `rule` may be a function returning it (read when the flag is given: its module imports jax), then
+    `kind` names the value's type for --help."""
+    def parse(text: str):
+        rule_ = rule if isinstance(rule, Field) else rule()
+        if rule_.kind in (int, float):
+            try:
+                value = rule_.kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if rule_.kind is int else 'a number'}")
+        else:
+            value = text
+        try:
+            return rule_.validate("", value)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = (rule.kind if isinstance(rule, Field) else kind or str).__name__
+    return parse
 
 
 def number(kind, lo=None, hi=None, lo_open=False):
-    """An argparse type: `kind` (int/float) within [lo, hi] (lo excluded when lo_open); NaN and
-    infinities refused (a non-finite factor would turn every score into NaN or inf)."""
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if v in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
-        if v != v or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-            bound = (f"> {lo}" if lo_open else f">= {lo}") if hi is None else \
-                f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
+    """An argparse type for a flag no config field mirrors: `kind` (int/float) within [lo, hi] (lo
+    excluded when lo_open); NaN and infinities refused (a non-finite factor would turn every score into
+    NaN or inf). The same rule and checker as a config field's (`flag_type`)."""
+    return flag_type(Field(kind, None, lo, hi, lo_open=lo_open))
 
 
 POSITIVE = number(int, 1)
 NONNEGATIVE = number(int, 0)
+
+
+def perank_flag(name: str, kind: type):
+    """The type of a flag that sets PE-Rank model setting `name` (of `kind`): PERankConfig's rule for it."""
+    def rule():
+        from perank_jax.weights.perank_config import PERANK_RULES
+        return PERANK_RULES[name]
+    return flag_type(rule, kind)
 
 
 def mesh_shape(text: str) -> tuple[int, int, int]:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, add_distributed, mesh_shape, number, start_distributed, warn,
-                                 warn_cut)
+from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, add_distributed, flag_type, mesh_shape, number, perank_flag,
+                                 start_distributed, warn, warn_cut)
 from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH
 from perank_jax.core.outputs import check_outputs
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
 
 
 # --- encode (issue: dense encoders) ---------------------------------------------------
@@ -27,7 +28,7 @@ def add_encode(sub):
     p.add_argument("--corpus", required=True, help="corpus .jsonl or .tsv")
     p.add_argument("--out", required=True, help="output cache directory")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
-    p.add_argument("--max-length", type=number(int, 2), default=None,
+    p.add_argument("--max-length", type=perank_flag("encoder_max_length", int), default=None,
                    help=f"plain --encoder only: encoder tokens per passage (default {ENCODER_MAX_LENGTH}, the paper's)")
     p.add_argument("--chunk-size", type=POSITIVE, default=10000, help="documents per resumable chunk")
     p.add_argument("--pooling", choices=("mean", "cls", "last"), default=None,
@@ -76,9 +77,10 @@ def add_rerank(sub):
                                  "(default: print the ranked lists)")
     p.add_argument("--show", type=NONNEGATIVE, default=5, help="passages printed per query without --out (default 5)")
     p.add_argument("--stats", help="per-query JSONL sidecar (default: OUT.stats.jsonl)")
-    p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window size; 0 = one window (default 20)")
-    p.add_argument("--stride", type=POSITIVE, default=10)
-    p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
+    p.add_argument("--window", type=flag_type(WINDOW), default=WINDOW.default,
+                   help="sliding window size; 0 = one window (default 20)")
+    p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
+    p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
     p.add_argument("--mode", choices=DECODE_MODES, default=None,
                    help="default: the checkpoint's `default_mode` (decode for the paper's checkpoints)")
     p.add_argument("--batch-queries", type=POSITIVE, default=1,
@@ -92,7 +94,7 @@ def add_rerank(sub):
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
-    p.add_argument("--query-scale", type=number(float, 0, 1e6, lo_open=True), default=None, metavar="F",
+    p.add_argument("--query-scale", type=perank_flag("query_scale", float), default=None, metavar="F",
                    help="factor on the query's own embedding (checkpoints with a query token; default: the "
                         "checkpoint's config.json, 3000 for the shipped model)")
     p.add_argument("--query-feedback", type=number(float), nargs=2, default=None, metavar=("W", "T"),
@@ -118,8 +120,6 @@ def add_rerank(sub):
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
         check_outputs(files=[a.out, stats_path], inputs={"--run": a.run, "--corpus": a.corpus,
                                                          "--queries": a.queries, "--requests": a.requests})
-        if a.window == 1:
-            raise ValueError("--window must be 0 (one window over all candidates) or >= 2")
         if a.window and a.stride >= a.window:
             warn(f"--stride {a.stride} >= --window {a.window}: windows do not overlap, so a passage can "
                  f"only move within its own window")

@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, mesh_shape, number)
+from perank_jax.cli.args import flag_type, mesh_shape, number
+from perank_jax.core.config import settings_rules
 from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
+from perank_jax.serve.settings import ServeSettings
+
+SETTINGS = settings_rules(ServeSettings)     # each flag below that sets a field takes that field's rule
 
 
 # --- serve (issue 25: an HTTP rerank server) -----------------------------------------------
@@ -22,32 +27,32 @@ def add_serve(sub):
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
     p.add_argument("--mode", choices=DECODE_MODES, default=None, help="default: the checkpoint's `default_mode`")
-    p.add_argument("--window", type=NONNEGATIVE, default=20, help="sliding window; 0 = one window (default 20)")
-    p.add_argument("--stride", type=POSITIVE, default=10)
-    p.add_argument("--top-k", type=POSITIVE, default=None, help="decode only the top k per window")
+    p.add_argument("--window", type=flag_type(WINDOW), default=WINDOW.default,
+                   help="sliding window; 0 = one window (default 20)")
+    p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
+    p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
     p.add_argument("--share-prefix", action="store_true",
                    help="prefill each query's prompt prefix once for all its windows (fewer tokens for long "
                         "lists, but warm-up then covers only the common batch shapes)")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch", type=POSITIVE, default=8, help="requests decoded together (1: batching off)")
-    b.add_argument("--passage-bucket", type=POSITIVE, default=8, help="windows padded to a multiple of this "
-                   "many passages: fewer compiled shapes (default 8)")
-    b.add_argument("--max-wait-ms", type=number(float, 0), default=5.0,
-                   help="wait this long after a first request for others to join its batch (default 5)")
-    b.add_argument("--queue-size", type=POSITIVE, default=64, help="waiting requests; beyond: 503 (default 64)")
-    b.add_argument("--deadline", type=number(float, 0, lo_open=True), default=30.0, metavar="SECONDS",
-                   help="a request not answered in time gets 504 (default 30)")
-    b.add_argument("--max-body-bytes", type=number(int, 64), default=2_000_000)
-    b.add_argument("--max-documents", type=POSITIVE, default=200)
-    b.add_argument("--max-text-chars", type=POSITIVE, default=20_000)
-    b.add_argument("--max-query-tokens", type=POSITIVE, default=64)
-    b.add_argument("--drain", type=number(float, 0), default=30.0, metavar="SECONDS",
-                   help="on SIGTERM: time to finish queued requests (default 30)")
+    for flag, name, more in (
+            ("--max-batch", "max_batch", dict(help="requests decoded together (1: batching off)")),
+            ("--passage-bucket", "passage_bucket", dict(help="windows padded to a multiple of this many passages: "
+                                                             "fewer compiled shapes (default 8)")),
+            ("--max-wait-ms", "max_wait_ms", dict(help="wait this long after a first request for others to join "
+                                                       "its batch (default 5)")),
+            ("--queue-size", "queue_size", dict(help="waiting requests; beyond: 503 (default 64)")),
+            ("--deadline", "deadline_s", dict(metavar="SECONDS", help="a request not answered in time gets 504 "
+                                                                      "(default 30)")),
+            ("--max-body-bytes", "max_body_bytes", {}), ("--max-documents", "max_documents", {}),
+            ("--max-text-chars", "max_text_chars", {}), ("--max-query-tokens", "max_query_tokens", {}),
+            ("--drain", "drain_s", dict(metavar="SECONDS", help="on SIGTERM: time to finish queued requests "
+                                                                "(default 30)"))):
+        b.add_argument(flag, type=flag_type(SETTINGS[name]), default=SETTINGS[name].default, **more)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     def run(a):
         from perank_jax.serve.server import run_server
-        from perank_jax.serve.settings import ServeSettings
         settings = ServeSettings(
             window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
             passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,

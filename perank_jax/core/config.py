@@ -6,17 +6,19 @@ model configs next to the models) and reuses these helpers, so every config
 file in configs/ is parsed the same strict way: unknown keys and wrong types
 are errors naming the key. A mapping's `base: FILE` (or a list of files) includes another YAML
 file, relative to the including one, with the mapping's own keys merged over it (`resolve_includes`).
+A setting's range or choices is stated once, on its field (`setting` / `Field`), and `Field.validate`
+(numbers: `check_number`) is the one checker of YAML configs, config.json settings and CLI flags alike.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
-import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -93,75 +95,119 @@ def is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_number(name: str, value, kind, lo, hi, error: type[Exception] = ValueError):
-    """`value` as `kind` (int: a JSON integer; float: any finite JSON number) in [lo, hi] (for floats
-    lo excluded: every float limit here is a "> lo"), or one `error` naming the field."""
+def _unbounded(x) -> bool:
+    return x is None or x in (math.inf, -math.inf)
+
+
+def number_rule(kind, lo=None, hi=None, lo_open: bool | None = None, hi_open: bool = False, also: tuple = ()) -> str:
+    """What `check_number` asks of a value, in words: "in [1, 64]", "> 0 and <= 1e+06", "0 or >= 2"."""
+    lo_open = kind is float if lo_open is None else lo_open
+    low = None if _unbounded(lo) else (f"> {lo:g}" if lo_open else f">= {lo:g}")
+    high = None if _unbounded(hi) else (f"< {hi:g}" if hi_open else f"<= {hi:g}")
+    if low and high:
+        text = f"in [{lo}, {hi}]" if kind is int and not lo_open and not hi_open else f"{low} and {high}"
+    else:
+        text = low or high or ("an integer" if kind is int else "a finite number")
+    return " or ".join([*(f"{v:g}" for v in also), text])
+
+
+def check_number(name: str, value, kind, lo=None, hi=None, error: type[Exception] = ValueError,
+                 lo_open: bool | None = None, hi_open: bool = False, also: tuple = ()):
+    """THE range check of every number a user gives (config fields, CLI flags, model files): `value` as
+    `kind` (int: a JSON integer; float: any finite JSON number) within `lo`..`hi` (None: unbounded;
+    `lo` excluded for floats unless lo_open=False, `hi` excluded when hi_open) or one of `also`; else
+    one `error` "NAME must be RULE, got VALUE" (the same words wherever the value came from)."""
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    lead = f"{name} " if name else ""
     ok_type = is_int(value) if kind is int else isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok_type:
-        raise error(f"{name} must be {'an integer' if kind is int else 'a number'}, got {shown}")
+        raise error(f"{lead}must be {'an integer' if kind is int else 'a number'}, got {shown}")
     try:
         value = kind(value)
     except OverflowError:
-        raise error(f"{name} is out of range, got {shown}") from None
-    if kind is int and not lo <= value <= hi:
-        raise error(f"{name} must be in [{lo}, {hi}], got {shown}")
-    if kind is float and not (lo < value <= hi and math.isfinite(value)):
-        bound = ("a finite number" if lo == -math.inf and hi >= sys.float_info.max
-                 else f"> {lo:g} and <= {hi:g}")
-        raise error(f"{name} must be {bound}, got {shown}")
+        raise error(f"{lead}is out of range, got {shown}") from None
+    shown = repr(value) if len(repr(value)) <= 40 else shown     # as checked: a JSON 0 for a float reads 0.0
+    if value in also:
+        return value
+    lo_open = kind is float if lo_open is None else lo_open
+    ok = math.isfinite(value) and (_unbounded(lo) or (value > lo if lo_open else value >= lo)) and \
+        (_unbounded(hi) or (value < hi if hi_open else value <= hi))
+    if not ok:
+        raise error(f"{lead}must be {number_rule(kind, lo, hi, lo_open, hi_open, also)}, got {shown}")
     return value
 
 
 @dataclasses.dataclass(frozen=True)
 class Field:
-    """One typed setting of a JSON config (a PE-Rank config.json field, a projector's option): its
-    type, default (None: optional, null allowed) and allowed values, stated once. A number is finite
-    and in [lo, hi] (floats: lo excluded); a str / list of str is one of `choices` (empty: any)."""
-    kind: type                       # bool, int, float, str, list (of str) or dict (a JSON object)
+    """One typed setting (a config field, a CLI flag's value, a projector option): its type, default
+    (None: optional, null allowed) and allowed values, stated once. A number is finite and within
+    lo..hi (floats: lo excluded unless lo_open=False; hi excluded when hi_open) or one of `also`; a str
+    (or each str of a list) is one of `choices` (empty: any); a list of numbers checks each as `items`."""
+    kind: type                       # bool, int, float, str, list or dict (a JSON object)
     default: Any = None
     lo: float | None = None
     hi: float | None = None
     choices: tuple = ()
+    lo_open: bool | None = None
+    hi_open: bool = False
+    also: tuple = ()                 # numbers allowed outside lo..hi (a window of 0: one window)
+    items: type = str                # list: the kind of its items
+    shape: Callable | None = None    # a structured value's own check (label, value) -> value (its owner's rule,
+                                     # e.g. sharding.check_axis_rules), after the kind check
 
-    def check(self, name: str, value, where: str):
-        """`value` checked (None: the default), or one ValueError naming `where` and the field."""
+    def check(self, name: str, value, where: str = ""):
+        """`value` checked (None: the default), or one ConfigError "WHERE: NAME must be ...", the same
+        words as a flag's (`flag_type`) and every config loader's (`from_dict`)."""
         if value is None:
-            return dict(self.default) if isinstance(self.default, dict) else (
-                list(self.default) if isinstance(self.default, list) else self.default)
-        bad = f"{where}: field {name!r} must be "
+            return copy.deepcopy(self.default)
+        return self.validate(f"{where}: {name}" if where and name else where or name, value)
+
+    def validate(self, label: str, value, error: type[Exception] | None = None):
+        """A non-None `value` checked against this rule; `label` names it in the one-line error."""
+        error = error or ConfigError
+        lead = f"{label} " if label else ""
         if self.kind is bool:
             if not isinstance(value, bool):
-                raise ValueError(bad + f"true or false (a JSON bool), got {value!r}")
+                raise error(f"{lead}must be true or false, got {value!r}")
             return value
         if self.kind in (int, float):
-            lo = -math.inf if self.lo is None else self.lo
-            hi = sys.float_info.max if self.hi is None else self.hi      # floats: finite always
-            try:
-                return check_number(repr(name), value, self.kind, lo, hi, ValueError)
-            except ValueError as e:
-                raise ValueError(f"{where}: field {e}") from None
+            return check_number(label, value, self.kind, self.lo, self.hi, error, self.lo_open, self.hi_open, self.also)
         if self.kind is dict:
             if not isinstance(value, dict):
-                raise ValueError(bad + f"a JSON object, got {value!r}")
+                raise error(f"{lead}must be a mapping, got {value!r}")
             return dict(value)
-        items = value if self.kind is list else [value]
-        if self.kind is list and not isinstance(value, list):
-            raise ValueError(bad + f"a list, got {value!r}")
-        for v in items:
+        if self.kind is list and not isinstance(value, (list, tuple)):
+            raise error(f"{lead}must be a list, got {value!r}")
+        if self.shape is not None:
+            return self.shape(label, value)
+        if self.kind is list and self.items in (int, float):
+            return [check_number(f"{label}[{i}]", v, self.items, self.lo, self.hi, error, self.lo_open, self.hi_open,
+                                 self.also) for i, v in enumerate(value)]
+        for v in (value if self.kind is list else [value]):
             if not isinstance(v, str) or self.choices and v not in self.choices:
                 what = f"one of {list(self.choices)}" if self.choices else "a string"
-                raise ValueError(bad + (f"a list of {what}" if self.kind is list else what) + f", got {value!r}")
+                what = f"a list of {what}" if self.kind is list else what
+                raise error(f"{lead}must be {what}, got {value!r}")
         return list(value) if self.kind is list else value
 
+    def setting(self, default=dataclasses.MISSING, required: bool = False):
+        """This rule as a dataclass field (read by `check_settings` and `from_dict`), its default the rule's
+        (or `default`, e.g. None where "unset" means "the model's own"; none when `required`); lists /
+        dicts copied per instance."""
+        rule = self if default is dataclasses.MISSING else dataclasses.replace(self, default=default)
+        if required:
+            return dataclasses.field(metadata={"rule": rule})
+        if isinstance(rule.default, (list, dict)):
+            return dataclasses.field(default_factory=lambda: copy.deepcopy(rule.default), metadata={"rule": rule})
+        return dataclasses.field(default=rule.default, metadata={"rule": rule})
 
-def setting(kind: type, default=None, lo=None, hi=None, choices: tuple = ()):
-    """A dataclass field carrying its `Field` rule (read by `check_settings`); the dataclass default is
-    the rule's default (lists / dicts copied per instance)."""
-    rule = Field(kind, default, lo, hi, tuple(choices))
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: rule.check("", None, ""), metadata={"rule": rule})
-    return dataclasses.field(default=default, metadata={"rule": rule})
+
+def setting(kind: type, default=None, lo=None, hi=None, choices: tuple = (), **more):
+    """A dataclass field carrying its `Field` rule: `Field(kind, default, lo, hi, choices, ...).setting()`."""
+    return Field(kind, default, lo, hi, tuple(choices), **more).setting()
+
+
+SEED = Field(int, 0, 0, 2 ** 32 - 1)     # every random seed a config takes (numpy's range)
 
 
 def settings_rules(cls) -> dict[str, Field]:
@@ -172,14 +218,29 @@ def settings_rules(cls) -> dict[str, Field]:
 def check_settings(cls: type[T], data: dict, where: str, allow_unknown: bool = False) -> T:
     """An instance of dataclass `cls` (its fields declared with `setting`) from a JSON mapping: every
     field checked by its rule, missing ones defaulted; an unknown key (unless allow_unknown), a wrong
-    type or an out-of-range value is one ValueError naming `where` and the key."""
+    type or an out-of-range value is one ConfigError naming `where` and the key."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a JSON object of settings, got {data!r}")
+        raise ConfigError(f"{where}: expected a JSON object of settings, got {data!r}")
     rules = settings_rules(cls)
     unknown = sorted(set(data) - set(rules))
     if unknown and not allow_unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(rules)})")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known: {sorted(rules)})")
     return cls(**{name: rule.check(name, data.get(name), where) for name, rule in rules.items()})
+
+
+def _from_yaml_text(tp, value):
+    """A scalar as `tp` where YAML left it otherwise: "1e-4" (PyYAML reads it as a string) or "yes" from an
+    override, 2.0 for an int, 3 for a float; anything else unchanged (the checker then refuses it)."""
+    if isinstance(value, str) and tp is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    if isinstance(value, str) and tp in (int, float):
+        try:
+            return tp(value)
+        except ValueError:
+            return value
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return float(value) if tp is float and is_int(value) else value
 
 
 def _coerce(tp, value, where: str):
@@ -193,26 +254,19 @@ def _coerce(tp, value, where: str):
         real = [a for a in args if a is not type(None)]
         if len(real) == 1:                 # `X | None`: X's own error (naming the key) is the clearest
             return _coerce(real[0], value, where)
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        for a in real:
             try:
                 return _coerce(a, value, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
-        return from_dict(tp, value, where)
+        return _build(tp, value, where, nested=True)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         inner = args[0] if args else Any
         seq = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(seq) if origin is tuple else seq
@@ -220,65 +274,45 @@ def _coerce(tp, value, where: str):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected a bool, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an int, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    if typing.get_origin(tp) is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {args}")
+    if tp in (bool, int, float, str):          # scalars: the one checker's words ("must be an integer, ...")
+        return Field(tp).validate(where, _from_yaml_text(tp, value))
     return value
 
 
 def from_dict(cls: type[T], data: dict, where: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and bad types raise ConfigError."""
+    """Build dataclass `cls` from a mapping read from `where` (a file): unknown keys and bad types are
+    ConfigErrors naming "WHERE: key.sub"; a field declared with `setting` is checked by its rule (the
+    same words as a flag's); an error the dataclass itself raises (a rule between fields) names WHERE."""
+    return _build(cls, data, where, nested=False)
+
+
+def _build(cls, data: dict, label: str, nested: bool):
+    name = label or cls.__name__
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known: {sorted(names)}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in data
+        raise ConfigError(f"{name}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    missing = [f.name for f in fields.values() if f.name not in data
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{where or cls.__name__}: missing required key(s) {missing}")
+        raise ConfigError(f"{name}: missing required key(s) {missing}")
     kwargs = {}
     for k, v in data.items():
-        kwargs[k] = _coerce(hints[k], v, f"{where + '.' if where else ''}{k}")
+        sub = f"{label}.{k}" if nested else f"{label}: {k}" if label else k
+        rule = fields[k].metadata.get("rule")
+        if rule is not None and v is not None and rule.kind in (bool, int, float, str):
+            kwargs[k] = rule.validate(sub, _from_yaml_text(rule.kind, v))      # type and range: the rule's words
+            continue
+        value = _coerce(hints[k], v, sub)
+        kwargs[k] = value if rule is None or value is None else rule.validate(sub, value)
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from None
+        raise ConfigError(f"{name}: {e}") from None
+    except ConfigError as e:
+        msg = str(e)
+        raise type(e)(msg if not label or msg.startswith(label) else f"{name}: {msg}") from None
 
 
 def to_dict(obj) -> dict:

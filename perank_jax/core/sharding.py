@@ -5,14 +5,23 @@ names ("embed", "heads", "mlp", ...). This module is the single place that maps
 them onto the physical mesh axes ("data", "fsdp", "tensor"). A logical axis
 whose size does not divide evenly over its mesh axes is left replicated, so the
 same model code runs on 1 device, on a (2, 4) CPU test mesh and on a pod.
+
+`RULES` is the default table; a config overrides entries of it as a list of
+[logical axis, mesh axis | [mesh axes] | null] pairs (`AXIS_RULES`, the training
+config's `mesh.rules`, as MaxText's logical_axis_rules), put in force around a run
+with `axis_rules(pairs)`.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from perank_jax.core.config import ConfigError, Field
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -45,6 +54,56 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
+def check_axis_rules(label: str, pairs) -> list:
+    """`pairs` as [[logical axis, mesh axis | [mesh axes] | None], ...]: each logical axis one of
+    RULES' and named once, each mesh axis one of MESH_AXES; else one ConfigError naming `label[i]`."""
+    if not isinstance(pairs, (list, tuple)):
+        raise ConfigError(f"{label} must be a list of [logical axis, mesh axis | null] pairs, got {pairs!r}")
+    out, seen = [], set()
+    for i, pair in enumerate(pairs):
+        where = f"{label}[{i}]"
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise ConfigError(f"{where} must be a [logical axis, mesh axis | null] pair, got {pair!r}")
+        logical, target = pair
+        if logical not in RULES:
+            raise ConfigError(f"{where}: unknown logical axis {logical!r} (known: {sorted(RULES)})")
+        if logical in seen:
+            raise ConfigError(f"{where}: logical axis {logical!r} is named twice")
+        seen.add(logical)
+        names = [] if target is None else [target] if isinstance(target, str) else target
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) and n in MESH_AXES for n in names) \
+                or len(set(names)) != len(names):
+            raise ConfigError(f"{where}: unknown mesh axis in {target!r} (mesh axes: {list(MESH_AXES)}, or null)")
+        out.append([logical, None if not names else names[0] if isinstance(target, str) else list(names)])
+    return out
+
+
+AXIS_RULES = Field(list, [[k, list(v) if isinstance(v, tuple) else v] for k, v in RULES.items()],
+                   shape=check_axis_rules)
+_ACTIVE: contextvars.ContextVar[dict] = contextvars.ContextVar("perank_axis_rules", default=RULES)
+
+
+def rules_table(pairs) -> dict:
+    """RULES with the entries `pairs` names replaced (pairs already checked by check_axis_rules)."""
+    return {**RULES, **{k: tuple(v) if isinstance(v, list) else v for k, v in pairs}}
+
+
+@contextlib.contextmanager
+def axis_rules(pairs):
+    """The rules table in force (for every placement and sharding constraint traced inside) is
+    RULES overridden by `pairs`; restored on exit."""
+    token = _ACTIVE.set(rules_table(check_axis_rules("axis rules", pairs)))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_rules() -> dict:
+    """The logical-axis rules table in force (RULES outside `axis_rules`)."""
+    return _ACTIVE.get()
+
+
 def make_mesh(shape: Sequence[int] = (1, 1, 1), axis_names: Sequence[str] = MESH_AXES,
               devices=None) -> Mesh:
     """A Mesh with Auto axis types (jax 0.10 defaults make_mesh to Explicit)."""
@@ -70,7 +129,7 @@ def logical_to_spec(axes: Sequence[str | None] | None, shape: Sequence[int] | No
     """
     if axes is None:
         return P()
-    rules = RULES if rules is None else rules
+    rules = current_rules() if rules is None else rules
     used: set[str] = set()
     out = []
     for i, ax in enumerate(axes):

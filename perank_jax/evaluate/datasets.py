@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from perank_jax.core.config import ConfigError
+from perank_jax.core.config import ConfigError, setting
 from perank_jax.data.trec import build_rerank_requests, read_corpus, read_qrels, read_queries, read_requests, read_run
 
 
@@ -19,7 +19,7 @@ class DatasetSpec:
     corpus: str | None = None
     requests: str | None = None      # rank_llm / dl20 candidates JSONL instead of queries+run+corpus
     title_format: bool = False       # BEIR "Title: {title} Content: {text}"
-    max_queries: int | None = None   # the first N queries of the run (None: all)
+    max_queries: int | None = setting(int, None, 1)   # the first N queries of the run (None: all)
     split: str | None = None         # "file.json:key": only the qids listed under `key` (e.g. a held-out half)
     embeddings: str | list[str] | None = None  # `perank encode` caches of the corpus (one per encoder):
                                      # Table 2's PE-Rank and embedding methods take passage vectors by

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from perank_jax.core.atomic import atomic_text, atomic_write
-from perank_jax.core.outputs import claim_dir, mark_dir
-from perank_jax.core.config import ConfigError, load_yaml
+from perank_jax.core.config import SEED, ConfigError, Field, load_yaml, setting
 from perank_jax.core.constants import DECODE_MODES
+from perank_jax.core.outputs import claim_dir, mark_dir
 from perank_jax.models.projector import check_projector
-from perank_jax.weights.perank_config import check_field
+from perank_jax.weights.perank_config import PERANK_RULES
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
 from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
@@ -38,23 +39,28 @@ from perank_jax.weights.packaged import resolve_model_path
 KINDS = ("first_stage", "embedding", "textlist", "perank")
 
 
+COUNT = Field(int, None, 1)           # depths, query counts, token counts: >= 1
+
+
 @dataclass
 class MethodSpec:
     name: str
-    kind: str
+    kind: str = Field(str, choices=KINDS).setting(required=True)
     encoder: str | None = None       # embedding, perank
     decoder: str | None = None       # textlist; perank without checkpoint (untrained projector)
     checkpoint: str | None = None    # perank
-    mode: str = "decode"             # perank: decode | single_pass
-    top_k: int | None = None         # perank: decode only the top k of each window
+    mode: str = setting(str, "decode", choices=DECODE_MODES)   # perank: decode | single_pass
+    top_k: int | None = TOP_K.setting()   # perank: decode only the top k of each window
     projector: str = "mlp2x_gelu"    # untrained perank projector: a registered name or "pkg.module:Class"
     projector_options: dict | None = None   # its typed options (perank_jax.models.projector)
-    seed: int = 0
-    max_new_tokens: int = 256        # textlist (the reference used 256)
-    max_words: int | None = None     # textlist passage truncation (None: as the reference)
+    seed: int = SEED.setting()
+    max_new_tokens: int = COUNT.setting(256)   # textlist (the reference used 256)
+    max_words: int | None = COUNT.setting()    # textlist passage truncation (None: as the reference)
     dtype: str = "float32"
-    max_length: int | None = None    # embedding: encoder tokens per text (None: the encoder's maximum)
-    query_scale: float | None = None  # perank checkpoint with a query token: instead of its config.json's
+    max_length: int | None = PERANK_RULES["encoder_max_length"].setting(None)   # embedding: encoder tokens per
+                                               # text (None: the encoder's maximum)
+    query_scale: float | None = PERANK_RULES["query_scale"].setting(None)   # perank checkpoint with a query
+                                               # token: instead of its config.json's
     query_feedback: list[float] | None = None  # [weight, temperature] of the candidate-aware query vector
                                                # (perank_jax.listwise.feedback): embedding, or perank with a checkpoint
 
@@ -63,20 +69,22 @@ class MethodSpec:
 class TablesConfig:
     datasets: list[DatasetSpec]
     methods: list[MethodSpec]
-    depth: int = 100                          # Table 2: rerank the top-`depth` candidates
+    depth: int = COUNT.setting(100)           # Table 2: rerank the top-`depth` candidates
     efficiency_dataset: str | None = None     # Table 3 dataset (default: the first)
-    efficiency_depths: list[int] = field(default_factory=lambda: [20, 100])
-    efficiency_queries: int | None = None     # Table 3: the first N queries (None: the dataset's)
-    window: int = 20
-    stride: int = 10
+    efficiency_depths: list[int] = setting(list, [20, 100], 1, items=int)
+    efficiency_queries: int | None = COUNT.setting()   # Table 3: the first N queries (None: the dataset's)
+    window: int = WINDOW.setting()            # 0: one window over all candidates
+    stride: int = STRIDE.setting()
     measure: str = "nDCG@10"
     warmup: bool = True                       # run each (method, depth)'s first query once untimed
-    batch_queries: int = 1                    # Table 2: PE-Rank methods rerank this many queries at once
+    batch_queries: int = COUNT.setting(1)     # Table 2: PE-Rank methods rerank this many queries at once
     out_dir: str = "tables_out"
     write_runs: bool = True
 
 
 def load_config(path, overrides=None) -> TablesConfig:
+    """The tables config at `path` (+ `key=value` overrides): each field checked by its rule (`setting`),
+    then the rules between fields, each one ConfigError naming the file and key."""
     cfg = load_yaml(TablesConfig, path, overrides)
     if not cfg.datasets or not cfg.methods:
         raise ConfigError(f"{path}: needs at least one dataset and one method")
@@ -85,8 +93,6 @@ def load_config(path, overrides=None) -> TablesConfig:
         raise ConfigError(f"{path}: method names must be unique, got {names}")
     for i, m in enumerate(cfg.methods):
         where = f"{path}: methods[{i}] ({m.name})"
-        if m.kind not in KINDS:
-            raise ConfigError(f"{where}: kind {m.kind!r} is not one of {KINDS}")
         if m.kind == "embedding" and not m.encoder:
             raise ConfigError(f"{where}: kind embedding needs `encoder`")
         if m.kind == "textlist" and not m.decoder:
@@ -101,8 +107,6 @@ def load_config(path, overrides=None) -> TablesConfig:
             if len(m.query_feedback) != 2:
                 raise ConfigError(f"{where}: query_feedback must be [weight, temperature], got {m.query_feedback}")
         try:
-            if m.query_scale is not None:
-                check_field("query_scale", m.query_scale, where)
             if m.query_feedback is not None:
                 check_feedback(*m.query_feedback)
             if m.kind == "perank" and not m.checkpoint:
@@ -113,20 +117,6 @@ def load_config(path, overrides=None) -> TablesConfig:
     for i, d in enumerate(cfg.datasets):
         if not d.requests and not (d.queries and d.run and d.corpus):
             raise ConfigError(f"{path}: datasets[{i}] ({d.name}) needs `requests`, or `queries`, `run` and `corpus`")
-    checks = [("depth", cfg.depth, 1), ("window", cfg.window, 0), ("stride", cfg.stride, 1),
-              ("batch_queries", cfg.batch_queries, 1), ("efficiency_queries", cfg.efficiency_queries, 1)]
-    checks += [(f"efficiency_depths[{i}]", v, 1) for i, v in enumerate(cfg.efficiency_depths)]
-    checks += [(f"datasets[{i}].max_queries", d.max_queries, 1) for i, d in enumerate(cfg.datasets)]
-    for i, m in enumerate(cfg.methods):
-        checks += [(f"methods[{i}].top_k", m.top_k, 1), (f"methods[{i}].max_new_tokens", m.max_new_tokens, 1),
-                   (f"methods[{i}].max_words", m.max_words, 1), (f"methods[{i}].max_length", m.max_length, 2)]
-        if m.mode not in DECODE_MODES:
-            raise ConfigError(f"{path}: methods[{i}].mode must be one of {DECODE_MODES}, got {m.mode!r}")
-    for key, value, lo in checks:
-        if value is not None and value < lo:
-            raise ConfigError(f"{path}: {key} = {value} is out of range (must be >= {lo})")
-    if cfg.window == 1:
-        raise ConfigError(f"{path}: window must be 0 (one window over all candidates) or >= 2")
     if cfg.efficiency_dataset and cfg.efficiency_dataset not in [d.name for d in cfg.datasets]:
         raise ConfigError(f"{path}: efficiency_dataset {cfg.efficiency_dataset!r} is not a configured dataset")
     return cfg

@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from typing import Callable, Sequence, TypeVar
 
+from perank_jax.core.config import Field
+
 T = TypeVar("T")
+
+# THE rules of the window settings every config and flag that sets them uses (perank tables, perank rerank,
+# perank serve): a window of 1 ranks nothing, 0 means one window over all candidates.
+WINDOW = Field(int, 20, 2, 1 << 20, also=(0,))
+STRIDE = Field(int, 10, 1, 1 << 20)
+TOP_K = Field(int, None, 1, 1 << 20)          # decode only the top k of each window (None: all)
 
 
 def sliding_windows(n: int, window: int = 20, stride: int = 10) -> list[tuple[int, int]]:

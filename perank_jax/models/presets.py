@@ -57,10 +57,7 @@ def load_preset(name: str, root: Path = PRESETS_DIR) -> ModelPreset:
     if not path.is_file():
         raise PresetError(f"{name}: no such model preset (known: {', '.join(preset_names(root)) or 'none'}; "
                           f"looked for {path})")
-    try:
-        return load_yaml(ModelPreset, path)
-    except PresetError as e:
-        raise PresetError(f"{path}: {e}") from None
+    return load_yaml(ModelPreset, path)        # an error names the file (config.from_dict)
 
 
 def decoder_preset(name: str, layers: int | None = None, root: Path = PRESETS_DIR) -> DecoderConfig:

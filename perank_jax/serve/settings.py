@@ -1,45 +1,38 @@
-"""ServeSettings: every knob of a rerank server (decoding defaults, batching, limits), checked once."""
+"""ServeSettings: every knob of a rerank server (decoding defaults, batching, limits), each field's rule
+stated once on the field (`perank_jax.core.config.setting`; `perank serve`'s flags take their types from them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perank_jax.core.config import ConfigError, setting, settings_rules
 from perank_jax.core.constants import DECODE_MODES
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
 
 
 @dataclass
 class ServeSettings:
-    window: int | None = 20          # sliding window (None: one window over all documents)
-    stride: int = 10
-    top_k: int | None = None         # decode only the top k per window
-    mode: str | None = None          # None: the checkpoint's default_mode
-    passage_bucket: int = 8          # windows padded to a multiple of this many passages (fewer shapes to warm)
-    max_batch: int = 8               # requests decoded together (1: batching off)
-    max_wait_ms: float = 5.0         # how long the scheduler waits to fill a batch after the first request
-    queue_size: int = 64             # requests waiting (beyond it: 503 + Retry-After at once)
-    deadline_s: float = 30.0         # a request not answered by then gets 504 and leaves the queue
-    max_body_bytes: int = 2_000_000  # larger bodies: 413
-    max_documents: int = 200         # more documents: 422 naming `documents`
-    max_text_chars: int = 20_000     # a longer document text: 422 naming it
-    max_query_tokens: int = 64       # a longer query (in the decoder's tokens): 422 naming `query`
-    drain_s: float = 30.0            # SIGTERM: time to finish what is queued before exiting
-    model_name: str = "perank"       # echoed in responses
+    window: int | None = WINDOW.setting()       # sliding window (None or 0: one window over all documents)
+    stride: int = STRIDE.setting()
+    top_k: int | None = TOP_K.setting()         # decode only the top k per window
+    mode: str | None = setting(str, None, choices=DECODE_MODES)   # None: the checkpoint's default_mode
+    passage_bucket: int = setting(int, 8, 1)    # windows padded to a multiple of this many passages (fewer shapes)
+    max_batch: int = setting(int, 8, 1)         # requests decoded together (1: batching off)
+    max_wait_ms: float = setting(float, 5.0, 0, lo_open=False)   # wait to fill a batch after the first request
+    queue_size: int = setting(int, 64, 1)       # requests waiting (beyond it: 503 + Retry-After at once)
+    deadline_s: float = setting(float, 30.0, 0)   # a request not answered by then gets 504 and leaves the queue
+    max_body_bytes: int = setting(int, 2_000_000, 64)   # larger bodies: 413
+    max_documents: int = setting(int, 200, 1)   # more documents: 422 naming `documents`
+    max_text_chars: int = setting(int, 20_000, 1)   # a longer document text: 422 naming it
+    max_query_tokens: int = setting(int, 64, 1)   # a longer query (in the decoder's tokens): 422 naming `query`
+    drain_s: float = setting(float, 30.0, 0, lo_open=False)   # SIGTERM: time to finish what is queued
+    model_name: str = setting(str, "perank")    # echoed in responses
 
     def __post_init__(self):
-        checks = [("window", self.window is None or self.window >= 2, "must be >= 2 (or 0 for one window)"),
-                  ("stride", self.stride >= 1, "must be >= 1"),
-                  ("stride", self.window is None or self.stride <= self.window, "must be <= window"),
-                  ("top_k", self.top_k is None or self.top_k >= 1, "must be >= 1"),
-                  ("mode", self.mode is None or self.mode in DECODE_MODES, f"must be one of {DECODE_MODES}"),
-                  ("passage_bucket", self.passage_bucket >= 1, "must be >= 1"),
-                  ("max_batch", self.max_batch >= 1, "must be >= 1"),
-                  ("max_wait_ms", self.max_wait_ms >= 0, "must be >= 0"),
-                  ("queue_size", self.queue_size >= 1, "must be >= 1"),
-                  ("deadline_s", self.deadline_s > 0, "must be > 0"),
-                  ("max_body_bytes", self.max_body_bytes >= 64, "must be >= 64"),
-                  ("max_documents", self.max_documents >= 1, "must be >= 1"),
-                  ("max_text_chars", self.max_text_chars >= 1, "must be >= 1"),
-                  ("max_query_tokens", self.max_query_tokens >= 1, "must be >= 1"),
-                  ("drain_s", self.drain_s >= 0, "must be >= 0")]
-        for name, ok, why in checks:
-            if not ok:
-                raise ValueError(f"serve setting {name}={getattr(self, name)!r}: {why}")
+        """Every field by its rule (the one checker of configs and flags), then stride <= window."""
+        for name, rule in settings_rules(type(self)).items():
+            if getattr(self, name) is not None:
+                rule.validate(f"serve setting {name}", getattr(self, name))
+        if self.window == 0:
+            self.window = None
+        if self.window is not None and self.stride > self.window:
+            raise ConfigError(f"serve setting stride must be <= window ({self.window}), got {self.stride}")

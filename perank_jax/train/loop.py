@@ -88,6 +88,11 @@ class Run:
     """Everything one training run needs, built from the config (see `build`)."""
 
     def __init__(self, cfg: TrainConfig):
+        from perank_jax.core.sharding import axis_rules
+        with axis_rules(cfg.mesh.rules):          # the config's rules place the weights and the batches
+            self._build(cfg)
+
+    def _build(self, cfg: TrainConfig):
         from flax import nnx
         from perank_jax.weights.decoder import load_decoder
         from perank_jax.models.projector import build_projector
@@ -236,8 +241,9 @@ TRAIN_OUTPUTS = ("config.yaml", "metrics.jsonl", "metrics.png", "summary.json", 
 def fit(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) -> Trained:
     """`train`, keeping the live run and final state. The main process locks output_dir (a second
     run into it refuses) and claims it (a directory of other files named like ours is refused)."""
+    from perank_jax.core.sharding import axis_rules
     init_distributed(cfg.mesh)
-    with quiet_failed_saves():
+    with quiet_failed_saves(), axis_rules(cfg.mesh.rules):     # mesh.rules place every weight and batch
         if jax.process_index() != 0:
             return _fit(cfg, on_step)
         with dir_lock(cfg.output_dir, "train"):

@@ -28,12 +28,6 @@ MODEL_TYPES = ("embed_mistral", "mistral", "llama")
 CONFIG_FILE = "config.json"
 
 
-def check_field(name: str, value, where: str):
-    """One PERankConfig field's value checked by its rule (for settings given outside a config.json:
-    a tables method's query_scale, a flag); ValueError naming `where` and the field."""
-    return settings_rules(PERankConfig)[name].check(name, value, where)
-
-
 @dataclass(frozen=True)
 class PERankConfig:
     perank_format: str | None = setting(str, None, choices=("adapter",))   # "adapter": projector + LoRA files
@@ -165,3 +159,6 @@ class PERankConfig:
         except KeyError:
             return default
         return default if value is None else value
+
+
+PERANK_RULES = settings_rules(PERankConfig)   # each field's rule, for the configs and flags that mirror a field
