@@ -23,8 +23,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from perank_jax.cli import EXAMPLE_SET
+
 OUTPUTS = ("corpus.tsv", "qrels.txt", "train.queries.tsv", "train.run", "test.queries.tsv", "test.run", "decoder")
-EXAMPLES = Path(__file__).resolve().parent.parent / "perank_jax" / "examples" / "example.jsonl"
+EXAMPLES = EXAMPLE_SET          # perank_jax/examples/example.jsonl, what `perank rerank` reranks by default
 
 
 def word_tokenizer(texts):
