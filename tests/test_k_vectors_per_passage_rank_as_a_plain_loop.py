@@ -148,14 +148,17 @@ class IntProjector(TwoTokenProjector):
 
 
 @pytest.mark.parametrize("cls,message", [
-    (WrongShapeProjector, r"projector WrongShapeProjector returned shape \(3, 1, 16\) dtype float32 for 3 passages; "
-                          r"expected shape \(3, 2, 8\)"),
-    (IntProjector, r"projector IntProjector returned shape \(3, 2, 8\) dtype int32 .*a float dtype")])
-def test_a_projector_returning_the_wrong_shape_or_dtype_is_refused_naming_it(cls, message):
-    from perank_jax.models.projector import project
-    graph, state = nnx.split(cls(4, 8))
-    with pytest.raises(ValueError, match=message):
-        project(graph, state, np.zeros((3, 4), np.float32))
+    (WrongShapeProjector, r"projector test_k_vectors_per_passage_rank_as_a_plain_loop.WrongShapeProjector returned "
+                          r"shape \(2, 16\) dtype float32 for 2 passages; expected shape \(2, 2, 8\) dtype float32"),
+    (IntProjector, r"projector test_k_vectors_per_passage_rank_as_a_plain_loop.IntProjector returned shape "
+                   r"\(2, 2, 8\) dtype int32 for 2 passages; expected shape \(2, 2, 8\) dtype float32")])
+def test_a_projector_returning_the_wrong_shape_or_dtype_is_refused_where_it_enters_naming_it(base, cls, message):
+    """One check (check_output, once, abstractly): build_projector runs it for a configured projector,
+    and PERanker for an instance built by hand, before anything is compiled."""
+    from perank_jax.models.projector import ProjectorError
+    ranker = base[0]
+    with pytest.raises(ProjectorError, match=message):
+        PERanker(ranker.decoder, cls(4, 8), ranker.tokenizer, HashEncoder(4))
 
 
 def test_k2_ranks_the_same_from_the_embedding_cache(tiny_perank_dir_32, tmp_path):

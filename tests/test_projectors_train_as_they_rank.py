@@ -1,5 +1,5 @@
-"""Projectors beyond one vector per passage, in training: a k = 2 projector's stage-2 step on the
-(2,4) mesh of 8 fake CPU devices equals the one-device step, and a projector that uses the query
+"""Projectors beyond one vector per passage, in training: a k = 2 projector's stage-2 step and an
+external projector's stage-1 step on the (2,4) mesh of 8 fake CPU devices equal the one-device steps, and a projector that uses the query
 receives the same query vector in a training step as at inference (the candidate-aware one when
 the checkpoint's query feedback is on, the query's own vector otherwise).
 
@@ -17,7 +17,7 @@ from perank_jax.inference.ranker import PERanker
 from perank_jax.train.config import load_train_config
 from perank_jax.train.loop import Run
 from perank_jax.weights.decoder import load_decoder
-from fixtures import make_decoder_dir, make_tokenizer, stage2_records, table_file, write_jsonl
+from fixtures import make_decoder_dir, make_tokenizer, stage1_records, stage2_records, table_file, write_jsonl
 
 FAST = "xla_options={xla_backend_optimization_level: 0}"
 
@@ -75,6 +75,32 @@ def test_k2_stage2_step_on_2x4_mesh_equals_one_device(monkeypatch, files):
     moved = float(np.max(np.abs(want["projector"]["w"] - initial["projector"]["w"])))
     print(f"k=2: max |param difference| after 3 steps, (2,4) mesh vs 1 device: {max(diffs):.2e}")
     assert max(diffs) < 1e-5 and moved > 1e-3                      # equal, and the projector really trained
+
+
+def test_an_external_projector_by_import_path_trains_stage1_on_2x4_mesh_as_on_one_device(files, tmp_path):
+    """Three stage-1 steps of GatedLinear (selected as "external_projector:GatedLinear", with its own
+    option) on the (2,4) mesh equal three on one device; the projector moves, sharded over 8 devices."""
+    recs, table = stage1_records(16)
+    write_jsonl(tmp_path / "s1.jsonl", recs)
+    table_file(tmp_path / "s1.npz", table)
+
+    def run(*extra):
+        return Run(load_train_config("configs/tiny.stage1.yaml", [
+            "model.projector=external_projector:GatedLinear", "model.projector_options={gain: 0.5}",
+            f"model.decoder={files[0] / 'dec'}", f"data.train={tmp_path / 's1.jsonl'}",
+            f"data.embeddings={tmp_path / 's1.npz'}", f"output_dir={tmp_path / 'run'}", "optim.lr=1e-2",
+            "optim.max_steps=3", FAST, *extra]))
+    one, mesh = run(), run("mesh.shape=[2,4,1]")
+    assert dict(mesh.mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert type(one.projector) is P.GatedLinear and one.projector.options.gain == 0.5
+    assert len(mesh.trainer.init_state()["params"]["projector"]["w"].sharding.device_set) == 8
+    initial, want = three_steps(one)
+    _, got = three_steps(mesh)
+    assert set(want) == {"projector"} and one.trainer.traces.count == 1 and mesh.trainer.traces.count == 1
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), got, want))
+    moved = float(np.max(np.abs(want["projector"]["w"] - initial["projector"]["w"])))
+    print(f"stage 1: max |param difference| after 3 steps, (2,4) mesh vs 1 device: {max(diffs):.2e}")
+    assert max(diffs) < 1e-5 and moved > 1e-3
 
 
 @pytest.mark.parametrize("extra,feedback", [

@@ -11,7 +11,7 @@
 from perank_jax.data.embcache import CacheError, EmbeddingCache, load_embedding_cache
 from perank_jax.data.embcache_build import build_embedding_cache
 from perank_jax.data.fetch import FetchError, fetch_all
-from perank_jax.data.training_records import (listwise_record, qrels_lists, reconstruction_record, request_lists,
+from perank_jax.data.training_records import (STAGE1_PROMPT, listwise_record, qrels_lists, reconstruction_record, request_lists,
                                               write_records)
 from perank_jax.data.trec import (Candidate, DataError, Hit, Request, build_rerank_requests, read_corpus, read_qrels,
                                   read_queries, read_requests, read_run)
@@ -19,7 +19,7 @@ from perank_jax.data.trec_write import write_qrels, write_requests, write_run
 
 __all__ = [
     "CacheError", "EmbeddingCache", "load_embedding_cache", "build_embedding_cache", "FetchError", "fetch_all",
-    "listwise_record", "qrels_lists", "reconstruction_record", "request_lists", "write_records",
+    "STAGE1_PROMPT", "listwise_record", "qrels_lists", "reconstruction_record", "request_lists", "write_records",
     "Candidate", "DataError", "Hit", "Request", "build_rerank_requests", "read_corpus", "read_qrels",
     "read_queries", "read_requests", "read_run", "write_qrels", "write_requests", "write_run",
 ]

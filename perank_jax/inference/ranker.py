@@ -32,7 +32,7 @@ from perank_jax.core.constants import DECODE_MODES
 from perank_jax.inference.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
 from perank_jax.listwise.feedback import FEEDBACK_KEYS
 from perank_jax.models.perank import list_inputs, scale_query_slot
-from perank_jax.models.projector import Projector, project
+from perank_jax.models.projector import Projector, check_output, project
 from perank_jax.inference.passage_vectors import open_cache, passage_vectors
 from perank_jax.inference.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
 from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
@@ -81,6 +81,7 @@ class PERanker:
         self.query_scale = self.config.query_scale if self.query_token else 1.0
         self.feedback = (self.config.query_feedback_weight if self.query_token else 0.0,
                          self.config.query_feedback_temperature)
+        check_output(projector)         # [N, k, H] in its dtype: checked once, here or in build_projector
         self.tokens_per_passage = int(projector.tokens_per_passage)   # k placeholders per slot
         self.uses_query = bool(projector.uses_query)
         self.max_length = max_length or decoder.config.max_position_embeddings

@@ -7,13 +7,13 @@
 """
 from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback, feedback_query
 from perank_jax.listwise.prompts import (PLACEHOLDER, RANK, TEMPLATES, PromptError, TokenizedPrompt, add_special_tokens,
-                                         build_prompt, render_chat, render_messages, strip_special, text_prompt,
-                                         tokenize_prompt)
-from perank_jax.listwise.windows import sliding_rerank, sliding_windows
+                                         build_prompt, content_prompt, render_chat, render_messages, strip_special, text_prompt,
+                                         tokenize_prompt, user_prompt)
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW, sliding_rerank, sliding_windows
 
 __all__ = [
     "FEEDBACK_KEYS", "check_feedback", "feedback_query",
     "PLACEHOLDER", "RANK", "TEMPLATES", "PromptError", "TokenizedPrompt", "add_special_tokens", "build_prompt",
-    "render_chat", "render_messages", "strip_special", "text_prompt", "tokenize_prompt",
-    "sliding_rerank", "sliding_windows",
+    "content_prompt", "user_prompt", "render_chat", "render_messages", "strip_special", "text_prompt", "tokenize_prompt",
+    "STRIDE", "TOP_K", "WINDOW", "sliding_rerank", "sliding_windows",
 ]

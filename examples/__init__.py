@@ -1,0 +1,1 @@
+"""Examples that extend perank-jax from outside the package (docs/extending.md)."""
