@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def default_data() -> Path:
     """The DL20 BM25 candidates, as configs/datasets/dl20-candidates.yaml names them (from the checkout)."""
-    from perank_jax.core.config import load_yaml
-    from perank_jax.evaluate.datasets import DatasetSpec
+    from perank_jax.core import load_yaml
+    from perank_jax.evaluate import DatasetSpec
     return ROOT / load_yaml(DatasetSpec, ROOT / "configs" / "datasets" / "dl20-candidates.yaml").requests
 
 
