@@ -137,6 +137,7 @@ def test_cli_rerank_with_embeddings_matches_encoding_and_refuses_a_mismatch(cach
 # ------------------------------------------------------------------ data parallel
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1)], ids=["data8", "data2_fsdp4"])
 def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, shape, monkeypatch):
+    import perank_jax.inference.prefix as prefix_mod
     import perank_jax.inference.ranker as ranker_mod
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12, 5, 11)]
     queries = [f"query {i} about {w}" for i, w in enumerate(TOPICS[:5])]
@@ -152,6 +153,7 @@ def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, 
         placed.extend(out)
         return out
     monkeypatch.setattr(ranker_mod, "shard_rows", recording)
+    monkeypatch.setattr(prefix_mod, "shard_rows", recording)      # the shared prefixes and what follows them
     assert r.rerank_batch(queries, lists, window=6, stride=3) == want
     data = shape[0]
     assert placed

@@ -8,7 +8,9 @@ prefills only its remainder (placeholders, suffix, query slot) on top of its que
 and decodes as usual (perank_jax.inference.decode.decode_steps).
 
     plan = plan_prefixes({key: TokenizedPrompt})      host side: rows, which row each key uses
-    kv = prefill_prefixes(model, ids, mask)           [P, Tp] -> PrefixKV (k, v, pos)
+    kv = prefill_plan(prefill, compile, state, plan.rows, length_bucket=, batch_bucket=, mesh=)
+                                                      padded, sharded, compiled once per shape -> PrefixKV
+    args = prefixed_args(kv, table_rows, arrays, mesh)   a window batch's decode arguments after it
     decode_after_prefix(model, kv, pidx, ids, prompt_mask, ph_mask, passages, valid, steps=, mode=)
 
 Positions are the real ones (a remainder starts at its prefix's length) and attention is causal
@@ -26,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.core.sharding import shard_rows
 from perank_jax.inference.decode import decode_steps
 from perank_jax.models.decoder import KVCache, init_cache
 from perank_jax.models.perank import as_slots, embed_prompt, passage_keys
@@ -88,6 +91,25 @@ def pad_prefixes(rows: list[np.ndarray], *, length_bucket: int, batch_bucket: in
     for p, r in enumerate(rows):
         ids[p, :len(r)], mask[p, :len(r)] = r, True
     return ids, mask
+
+
+def prefill_plan(prefill, compile_fn, state, rows: list[np.ndarray], *, length_bucket: int, batch_bucket: int,
+                 mesh) -> PrefixKV:
+    """Prefill every distinct shared prefix (`PrefixPlan.rows`) once: padded to (`batch_bucket`,
+    `length_bucket`), rows split over the mesh's data axis, `prefill` (from make_prefix_fns) compiled
+    once per padded shape through `compile_fn(key, fn, *args)`. Returns the KV table windows continue from."""
+    ids, mask = shard_rows(pad_prefixes(rows, length_bucket=length_bucket, batch_bucket=batch_bucket), mesh)
+    run = compile_fn(("prefix", ids.shape), prefill, state, ids, mask)
+    return run(state, ids, mask)
+
+
+def prefixed_args(kv: PrefixKV, table_rows, arrays, mesh) -> tuple:
+    """The decode arguments of a padded batch of window remainders (`arrays`, as decode.pad_batch
+    returns them) after their shared prefixes: the KV table, each row's table row (`table_rows`;
+    padding rows take row 0, never read back), then the arrays, rows split over the mesh's data axis."""
+    pidx = np.zeros(len(arrays[0]), np.int32)
+    pidx[:len(table_rows)] = table_rows
+    return (kv, *shard_rows((pidx, *arrays), mesh))
 
 
 def prefill_prefixes(model, ids, mask) -> PrefixKV:

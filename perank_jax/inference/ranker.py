@@ -34,7 +34,7 @@ from perank_jax.listwise.feedback import FEEDBACK_KEYS
 from perank_jax.models.perank import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, check_output, project
 from perank_jax.inference.passage_vectors import open_cache, passage_vectors
-from perank_jax.inference.prefix import make_prefix_fns, pad_prefixes, plan_prefixes
+from perank_jax.inference.prefix import make_prefix_fns, plan_prefixes, prefill_plan, prefixed_args
 from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
 from perank_jax.core.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
@@ -216,7 +216,9 @@ class PERanker:
         max_n = max((len(ps) for ps in passage_lists), default=0)
         prompts = {(q, e - s): self.tokenized_prompt(queries[q], e - s) for q, p in enumerate(plans) for s, e in p}
         shared = plan_prefixes(prompts) if self.share_prefix and prompts else None
-        kv = self._prefill_prefixes(shared.rows) if shared else None
+        kv = prefill_plan(self._prefill_prefix, self._compile, self.decoder.state, shared.rows,
+                          length_bucket=self.length_bucket, batch_bucket=self._batch_bucket(len(shared.rows)),
+                          mesh=self.mesh) if shared else None
         prefix_tokens = shared.prefix_tokens(len(queries)) if shared else [0] * len(queries)
         processed = list(prefix_tokens)
         generated = [0] * len(queries)
@@ -295,13 +297,6 @@ class PERanker:
             self._compile_s += time.perf_counter() - t
         return self._compiled[key]
 
-    def _prefill_prefixes(self, rows):
-        """Prefill every distinct shared prefix once: the KV table (PrefixKV) windows continue from."""
-        ids, mask = shard_rows(pad_prefixes(rows, length_bucket=self.length_bucket,
-                                            batch_bucket=self._batch_bucket(len(rows))), self.mesh)
-        run = self._compile(("prefix", ids.shape), self._prefill_prefix, self.decoder.state, ids, mask)
-        return run(self.decoder.state, ids, mask)
-
     def _decode_rows(self, prompts, passage_vecs, n_valid, top_k, mode, min_n: int = 0, prefix=None):
         """Decode one batch of windows (row b ranks its first n_valid[b] vectors; a query slot
         after them is never a candidate); N is padded to at least `min_n` (the window size, so
@@ -318,9 +313,7 @@ class PERanker:
             key, fn = ("whole", arrays[0].shape, N, steps, mode), self._decode
         else:
             kv, table_rows = prefix
-            pidx = np.zeros(len(arrays[0]), np.int32)
-            pidx[:len(table_rows)] = table_rows
-            args = (kv, *shard_rows((pidx, *arrays), self.mesh))
+            args = prefixed_args(kv, table_rows, arrays, self.mesh)
             key, fn = ("shared", kv.pos.shape, arrays[0].shape, N, steps, mode), self._decode_prefixed
         run = self._compile(key, fn, self.decoder.state, *args, steps=steps, mode=mode)
         chosen, first = run(self.decoder.state, *args)
