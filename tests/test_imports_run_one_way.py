@@ -104,19 +104,24 @@ def test_the_import_graph_has_no_cycle():
     assert cycles == [], "\n".join(cycles)
 
 
+def plant_package(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """Point the checks at a fake perank_jax holding `files` (path -> source), padded past their size floor."""
+    fake = tmp_path / "perank_jax"
+    files = {"__init__.py": "", **files, **{f"models/pad{i}.py": "" for i in range(30)}}
+    for name, text in files.items():
+        (fake / name).parent.mkdir(parents=True, exist_ok=True)
+        if (fake / name).parent != fake:
+            (fake / name).parent.joinpath("__init__.py").touch()
+        (fake / name).write_text(text)
+    monkeypatch.setattr(__import__(__name__), "PKG", fake)
+
+
 def test_the_checker_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatch):
     """The walker is not vacuous: a fake package with models -> inference and a -> b -> a fails."""
-    fake = tmp_path / "perank_jax"
-    for sub in ("models", "inference"):
-        (fake / sub).mkdir(parents=True)
-        (fake / sub / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("")
-    (fake / "models" / "m.py").write_text("def f():\n    from perank_jax.inference.ranker import X\n")
-    (fake / "inference" / "ranker.py").write_text("import perank_jax.inference.decode\n")
-    (fake / "inference" / "decode.py").write_text("from perank_jax.inference import ranker\n")
-    for i in range(30):
-        (fake / "models" / f"pad{i}.py").write_text("")
-    monkeypatch.setattr(__import__(__name__), "PKG", fake)
+    plant_package(tmp_path, monkeypatch, {
+        "models/m.py": "def f():\n    from perank_jax.inference.ranker import X\n",
+        "inference/ranker.py": "import perank_jax.inference.decode\n",
+        "inference/decode.py": "from perank_jax.inference import ranker\n"})
     import pytest
     with pytest.raises(AssertionError, match=r"models\.m \(layer 2\) -> perank_jax\.inference\.ranker \(layer 4\)"):
         test_every_import_goes_to_the_same_or_a_lower_layer()
@@ -127,17 +132,8 @@ def test_the_checker_sees_a_planted_upward_import_and_cycle(tmp_path, monkeypatc
 
 def test_the_checker_refuses_a_module_outside_the_layer_folders(tmp_path, monkeypatch):
     """A new top-level module (perank_jax/loose.py) must be given a layer; models importing listwise fails."""
-    fake = tmp_path / "perank_jax"
-    for sub in ("models", "listwise"):
-        (fake / sub).mkdir(parents=True)
-        (fake / sub / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("")
-    (fake / "loose.py").write_text("")
-    (fake / "models" / "decoder.py").write_text("from perank_jax.listwise.prompts import X\n")
-    (fake / "listwise" / "prompts.py").write_text("")
-    for i in range(30):
-        (fake / "models" / f"pad{i}.py").write_text("")
-    monkeypatch.setattr(__import__(__name__), "PKG", fake)
+    plant_package(tmp_path, monkeypatch, {
+        "loose.py": "", "models/decoder.py": "from perank_jax.listwise.prompts import X\n", "listwise/prompts.py": ""})
     import pytest
     with pytest.raises(AssertionError, match=r"perank_jax\.loose: not in any layer"):
         test_every_import_goes_to_the_same_or_a_lower_layer()
