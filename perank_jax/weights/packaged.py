@@ -98,7 +98,7 @@ class UnknownPackagedModel(ConfigError):
     """An unknown `packaged:` name (a configuration mistake: one line at the CLI)."""
 
 
-SHIPPED_RERANKERS = {"perank-minilm": "minilm"}   # packaged name -> its folder under perank_jax/shipped/
+SHIPPED_RERANKERS = {"perank-minilm": "minilm", "perank-mpnet": "mpnet"}   # packaged name -> its folder under shipped/
 DEFAULT_RERANKER = "perank-minilm"                 # what `packaged:perank` and from_pretrained() load
 
 
