@@ -212,10 +212,10 @@ def test_nan_scores_are_refused_naming_the_query_never_written_as_a_ranking(t, c
 
 
 @pytest.mark.parametrize("argv,expect", [
-    (["--query-scale", "inf"], "--query-scale: inf is not a finite number"),
+    (["--query-scale", "inf"], "--query-scale must be > 0 and <= 1e+06, got inf"),
     (["--query-scale", "1e300"], "--query-scale must be > 0 and <= 1e+06, got 1e+300"),
-    (["--query-feedback", "inf", "0.01"], "--query-feedback: inf is not a finite number"),
-    (["--query-feedback", "0.5", "inf"], "--query-feedback: inf is not a finite number"),
+    (["--query-feedback", "inf", "0.01"], "--query-feedback must be a finite number, got inf"),
+    (["--query-feedback", "0.5", "inf"], "--query-feedback must be a finite number, got inf"),
 ])
 def test_a_non_finite_or_absurd_factor_is_a_usage_error(capsys, argv, expect):
     one_line_error(capsys, main(["rerank", *argv]), expect)
