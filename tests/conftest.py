@@ -9,6 +9,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# One persistent XLA compilation cache for the whole run: the same tiny programs are otherwise
+# compiled again by each test and each CLI subprocess, the bulk of the suite's time. The process
+# that starts the run creates it; pytest-xdist workers and every process a test launches inherit it
+# through the environment; the creator removes it when the run ends (pytest_sessionfinish).
+# PERANK_TEST_COMPILE_CACHE=0 turns it off; a JAX_COMPILATION_CACHE_DIR set beforehand is used and kept.
+_OWN_CACHE = (os.environ.get("PERANK_TEST_COMPILE_CACHE", "1") != "0"
+              and "JAX_COMPILATION_CACHE_DIR" not in os.environ)
+if _OWN_CACHE:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="perank-jax-tests-xla-")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -85,3 +98,10 @@ def tiny_perank_dir(tmp_path_factory, minilm_dir):
     path, _, _ = tiny_perank_checkpoint(tmp_path_factory.mktemp("perank_tiny384"), emb_dim=384,
                                         encoder_name=str(minilm_dir))
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run's compilation cache goes with the run (removed by the process that made it)."""
+    if _OWN_CACHE:
+        import shutil
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
