@@ -30,7 +30,8 @@ resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
 
 import numpy as np  # noqa: E402
 
-from perank_jax.core.config import ConfigError, apply_overrides, parse_yaml, read_config_json  # noqa: E402
+from perank_jax.core.config import ConfigError  # noqa: E402
+from perank_jax.core.config_files import apply_overrides, parse_yaml, read_config_json  # noqa: E402
 from perank_jax.models.decoder import DecoderConfig  # noqa: E402
 from perank_jax.models.encoder import EncoderConfig  # noqa: E402
 from perank_jax.train.config import TrainConfig  # noqa: E402
@@ -78,7 +79,7 @@ def load_yaml_override(path: Path):
 
 
 def load_yaml_file(path: Path):
-    from perank_jax.core.config import load_yaml
+    from perank_jax.core.config_files import load_yaml
     load_yaml(TrainConfig, path)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from helpers_cli import one_line_error
-from perank_jax.core.config import MAX_INCLUDE_DEPTH, MAX_INCLUDES, ConfigError, load_mapping, load_yaml
+from perank_jax.core.config import ConfigError
+from perank_jax.core.config_files import MAX_INCLUDE_DEPTH, MAX_INCLUDES, load_mapping, load_yaml
 from perank_jax.evaluate.datasets import DatasetSpec
 from perank_jax.evaluate.tables import load_config
 

@@ -25,7 +25,7 @@ def test_the_smollm2_preset_is_the_packaged_decoders_shape(smollm2_gguf):
 
 
 def test_the_minilm_preset_is_the_packaged_encoders_shape(minilm_dir):
-    from perank_jax.core.config import read_config_json
+    from perank_jax.core.config_files import read_config_json
     from perank_jax.models.encoder import EncoderConfig
     real = EncoderConfig.from_hf(read_config_json(minilm_dir))
     assert encoder_preset("minilm-l6") == real.__class__(**{**real.__dict__, "name": ""})

@@ -37,7 +37,7 @@ def test_every_file_in_configs_is_parsed_by_its_typed_loader():
     the tables loader, dataset blocks (datasets/*.yaml) as a DatasetSpec, model presets (models/*.yaml)
     by the preset loader, splits (splits/*.json) as query-id lists, `base:` includes resolved; a file
     no loader claims fails."""
-    from perank_jax.core.config import load_yaml
+    from perank_jax.core.config_files import load_yaml
     from perank_jax.evaluate.datasets import DatasetSpec, read_split
     from perank_jax.models.presets import load_preset
     from perank_jax.evaluate.tables import load_config

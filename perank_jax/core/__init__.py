@@ -3,7 +3,8 @@
     constants    the masking value, decode modes, ListMLE weightings, dtype names
     buckets      every shape bucket and TraceCounter (how code and tests count compilations)
     sharding     the mesh and THE logical-axis rules table (a config may override entries: axis_rules)
-    config       strict typed configs from YAML / JSON, `setting` fields and THE checker (Field, ConfigError)
+    config       strict typed configs: `setting` fields and THE checker (Field, ConfigError)
+    config_files config files read boundedly: JSON, strict YAML, `base:` includes, overrides, load_yaml
     atomic       every output written to a temp file and renamed
     outputs      where a command may write (inputs refused as outputs, claimed and locked directories)
     interrupts   Ctrl-C / SIGTERM latched so a run stops at a boundary with its outputs untouched
@@ -11,8 +12,9 @@
 """
 from perank_jax.core.atomic import atomic_json, atomic_text, atomic_write, fresh_temp, replace_dir
 from perank_jax.core.buckets import TraceCounter, length_buckets, round_up, smallest_fitting
-from perank_jax.core.config import (SEED, ConfigError, Field, check_number, check_settings, dump_yaml, from_dict,
-                                    load_yaml, setting, settings_rules)
+from perank_jax.core.config import (SEED, ConfigError, Field, check_number, check_settings, from_dict, setting,
+                                    settings_rules)
+from perank_jax.core.config_files import dump_yaml, load_yaml
 from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH, MASKED, WEIGHTINGS
 from perank_jax.core.interrupts import Terminated, check_interrupt, latched_interrupts
 from perank_jax.core.outputs import OutputError, check_outputs, claim_dir, commit_files, dir_lock

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from perank_jax.core.atomic import atomic_text, atomic_write
-from perank_jax.core.config import SEED, ConfigError, Field, load_yaml, setting
+from perank_jax.core.config import SEED, ConfigError, Field, setting
+from perank_jax.core.config_files import load_yaml
 from perank_jax.core.constants import DECODE_MODES
 from perank_jax.core.outputs import claim_dir, mark_dir
 from perank_jax.models.projector import check_projector

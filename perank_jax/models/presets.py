@@ -1,7 +1,7 @@
 """Model presets: the architecture of a named model (configs/models/*.yaml) and random models of it.
 
 A preset holds ONE decoder or ONE encoder shape, typed by the model's own config dataclass and read
-by the strict config reader (`perank_jax.core.config.load_yaml`: unknown keys and bad types are errors
+by the strict config reader (`perank_jax.core.config_files.load_yaml`: unknown keys and bad types are errors
 naming the file and key; `base:` includes work as in every config). Tools and benchmarks take their
 shapes from here instead of restating them:
 
@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from perank_jax.core.config import ConfigError, load_yaml
+from perank_jax.core.config import ConfigError
+from perank_jax.core.config_files import load_yaml
 from perank_jax.models.decoder import DecoderConfig
 from perank_jax.models.encoder import EncoderConfig
 

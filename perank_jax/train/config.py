@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perank_jax.core.config import SEED, ConfigError, Field, from_dict, load_yaml, setting
+from perank_jax.core.config import SEED, ConfigError, Field, from_dict, setting
+from perank_jax.core.config_files import load_yaml
 from perank_jax.core.constants import COMPUTE_DTYPES, WEIGHTINGS
 from perank_jax.listwise.feedback import check_feedback
 from perank_jax.models.lora import DEFAULT_TARGETS

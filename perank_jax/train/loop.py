@@ -262,7 +262,7 @@ def _fit(cfg: TrainConfig, on_step) -> Trained:
         mngr.close()
         raise
     if run.main:
-        from perank_jax.core.config import dump_yaml
+        from perank_jax.core.config_files import dump_yaml
         dump_yaml(cfg, out / "config.yaml")
     log = MetricsLog(out / "metrics.jsonl", start, run.main)
     every = cfg.checkpoint.every

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perank_jax.core.config import read_config_json
+from perank_jax.core.config_files import read_config_json
 from perank_jax.models.decoder import LAYER_PARAMS, Decoder, DecoderConfig, LoadedDecoder, build_decoder, param_specs
 from perank_jax.core.sharding import named_sharding
 from perank_jax.weights.io import SafetensorsCheckpoint, WeightError, check_keymap, load_hf_tokenizer, place

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.core.constants import DTYPES, ENCODER_MAX_LENGTH
-from perank_jax.core.config import read_config_json, read_json_object
+from perank_jax.core.config_files import read_config_json, read_json_object
 from perank_jax.models.dense import DenseEncoder
 from perank_jax.models.encoder import Encoder, EncoderConfig, EncoderError
 from perank_jax.models.pooling import POOLINGS

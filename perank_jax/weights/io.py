@@ -14,7 +14,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from perank_jax.core.config import read_json_object
+from perank_jax.core.config_files import read_json_object
 
 MAX_HEADER_BYTES = 100_000_000     # the safetensors library's own header limit
 

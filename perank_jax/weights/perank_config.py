@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perank_jax.core.atomic import atomic_json
-from perank_jax.core.config import check_settings, read_config_json, settings_rules, setting
+from perank_jax.core.config import check_settings, settings_rules, setting
+from perank_jax.core.config_files import read_config_json
 from perank_jax.core.constants import DECODE_MODES, ENCODER_MAX_LENGTH
 from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
 from perank_jax.models import lora as lora_lib
