@@ -64,6 +64,20 @@ def test_a_window_of_one_reads_the_same_from_rerank_serve_and_a_tables_config(tm
     assert set_by_flag == f"{tables}: window {body}"
 
 
+def test_a_stride_longer_than_its_window_reads_the_same_from_rerank_serve_and_a_tables_config(tmp_path, capsys):
+    """The one rule between the two settings (listwise.windows.check_windows), before any model loads."""
+    body = "must be <= window (4), got 6 (passages between windows would never be reranked)"
+    tables = tables_config(tmp_path, top="window: 4\nstride: 6\n")
+    assert error_line(capsys, ["rerank", "--window", "4", "--stride", "6"]) == \
+        f"--stride {body.replace('window', '--window', 1)}"
+    assert error_line(capsys, ["serve", "--window", "4", "--stride", "6"]) == f"serve setting stride {body}"
+    assert error_line(capsys, ["tables", str(tables)]) == f"{tables}: stride {body}"
+    from perank_jax.listwise.windows import check_windows
+    check_windows(0, 30)                       # one window over all candidates takes any stride
+    check_windows(None, 30)
+    check_windows(6, 6)
+
+
 @pytest.mark.parametrize("override,expect", [
     ("optim.warmup_ratio=1", "optim.warmup_ratio must be >= 0 and < 1, got 1.0"),
     ("optim.schedule=linear", "optim.schedule must be one of ['cosine', 'constant'], got 'linear'"),

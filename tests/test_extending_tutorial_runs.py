@@ -41,6 +41,14 @@ def test_the_tutorials_projector_block_is_the_example_module():
     assert PROJECTOR in DOC.read_text()
 
 
+def test_the_tutorials_example_error_is_the_one_the_checker_prints():
+    from perank_jax.models.projector import check_projector
+    with pytest.raises(ValueError) as e:
+        check_projector(PROJECTOR, {"gate_bias": 20}, "model.projector_options")
+    said = str(e.value).replace(f"'{PROJECTOR}'", "'...'")
+    assert f"`{said}`" in " ".join(DOC.read_text().split()), said
+
+
 @pytest.mark.slow
 def test_the_tutorial_trains_evaluates_and_ranks_with_the_example_projector(tmp_path):
     blocks = tutorial_blocks()

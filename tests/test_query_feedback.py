@@ -70,12 +70,12 @@ def test_the_query_slot_holds_the_projected_feedback_vector_and_the_override_equ
     assert overridden.feedback == configured.feedback == (1.0, 0.05) and plain.feedback[0] == 0
     passages = [f"passage {i} about {w}" for i, w in enumerate("cats dogs fish birds trees rivers pianos".split())]
     query = "dogs and cats"
-    (rows,), _ = configured._embed_all([passages], [query])
+    (rows,), _ = configured.slots([passages], [query])
     enc = HashEncoder(32).encode(passages + [query])
     want = np.asarray(project(configured._proj_graph, configured._proj_state,
                               feedback_query(enc[-1], enc[:-1], 1.0, 0.05)[None]))[0] * 10.0
     np.testing.assert_allclose(rows[-1], want, rtol=1e-5, atol=1e-5)
-    (plain_rows,), _ = plain._embed_all([passages], [query])
+    (plain_rows,), _ = plain.slots([passages], [query])
     np.testing.assert_allclose(plain_rows[:-1], rows[:-1], rtol=1e-6)       # passages unchanged
     assert not np.allclose(plain_rows[-1], rows[-1])
     lists = [passages, passages[::-1][:5]]

@@ -137,8 +137,8 @@ def test_cli_rerank_with_embeddings_matches_encoding_and_refuses_a_mismatch(cach
 # ------------------------------------------------------------------ data parallel
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1)], ids=["data8", "data2_fsdp4"])
 def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, shape, monkeypatch):
+    import perank_jax.inference.engine as engine_mod
     import perank_jax.inference.prefix as prefix_mod
-    import perank_jax.inference.ranker as ranker_mod
     lists = [[f"text {w} {i}" for i, w in enumerate(TOPICS[:m])] for m in (12, 9, 12, 5, 11)]
     queries = [f"query {i} about {w}" for i, w in enumerate(TOPICS[:5])]
     one = hash_ranker(tiny_perank_dir_32, batch_size=8)
@@ -146,13 +146,13 @@ def test_mesh_splits_rows_over_data_and_ranks_as_one_device(tiny_perank_dir_32, 
     mesh = make_mesh(shape)
     r = hash_ranker(tiny_perank_dir_32, batch_size=1, mesh=mesh)
     placed = []
-    real = ranker_mod.shard_rows
+    real = engine_mod.shard_rows
 
     def recording(arrays, m):
         out = real(arrays, m)
         placed.extend(out)
         return out
-    monkeypatch.setattr(ranker_mod, "shard_rows", recording)
+    monkeypatch.setattr(engine_mod, "shard_rows", recording)
     monkeypatch.setattr(prefix_mod, "shard_rows", recording)      # the shared prefixes and what follows them
     assert r.rerank_batch(queries, lists, window=6, stride=3) == want
     data = shape[0]
@@ -231,15 +231,16 @@ def test_shared_prefix_ranks_as_whole_prompts_with_the_shipped_model():
     from perank_jax.cli import EXAMPLE_SET
     from perank_jax.data.trec import read_requests
     base = perank_jax.PERanker.from_pretrained()
-    reqs = read_requests(EXAMPLE_SET)
+    reqs = read_requests(EXAMPLE_SET)[:3]          # 3 queries x 20 passages, 3 windows each
     queries, texts = [r.query for r in reqs], [[c.text for c in r.candidates] for r in reqs]
     base.embedding_memo = {}
-    # the paper's layout and the shipped one on real weights (all four combinations: the tiny test above)
+    # the paper's layout and the shipped one on real weights (all four combinations: the tiny test above);
+    # decode mode, 5 steps a window: each step reads the KV cache the prefix started
     for template, query_token in (("paper", False), ("compact", True)):
         shared, whole = (_variant(base, template, query_token, s) for s in (True, False))
         shared.embedding_memo = whole.embedding_memo = base.embedding_memo
-        a = shared.rerank_batch(queries, texts, window=10, stride=5)
-        b = whole.rerank_batch(queries, texts, window=10, stride=5)
+        a = shared.rerank_batch(queries, texts, window=10, stride=5, top_k=5)
+        b = whole.rerank_batch(queries, texts, window=10, stride=5, top_k=5)
         assert a == b, (template, query_token)
         assert all(s.processed_tokens < w.processed_tokens for s, w in zip(shared.last_stats, whole.last_stats))
 

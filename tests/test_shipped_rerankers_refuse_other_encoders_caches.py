@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers_cli import one_line_error
 from perank_jax.cli import main
 from perank_jax.weights.packaged import SHIPPED_RERANKERS, shipped_dir
 from perank_jax.weights.perank_config import PERankConfig
@@ -35,9 +36,7 @@ def test_a_cache_made_by_the_other_packaged_encoder_is_refused_in_one_line(tmp_p
     assert main(["encode", "--encoder", other, "--max-length", "256", "--corpus", str(tmp_path / "docs.tsv"),
                  "--out", str(tmp_path / "other"), "--quiet"]) == 0
     capsys.readouterr()
-    assert rerank(tmp_path, model, tmp_path / "other") == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    err = one_line_error(capsys, rerank(tmp_path, model, tmp_path / "other"), str(tmp_path / "other"))
     assert str(tmp_path / "other") in err and "dimension" in err and "made by encoder" in err, err
     assert not (tmp_path / "out.trec").exists()
 

@@ -16,7 +16,7 @@ from perank_jax.core.config import Field
 def flag_type(rule: Field | Callable[[], Field], kind: type | None = None):
     """An argparse `type=` from a setting's rule (`perank_jax.core.config.Field`): the text parsed as the rule's
     kind, then checked by the rule itself, so a flag that mirrors a config field is refused with that
-    field's words ("--window must be 0 or >= 2, got 1" where a config says "t.yaml: window must be ...").
+    field's words ("--window must be 0 or in [2, 1048576], got 1" where a config says "t.yaml: window must be ...").
     `rule` may be a function returning it (read when the flag is given: its module imports jax), then
     `kind` names the value's type for --help."""
     def parse(text: str):
@@ -66,6 +66,34 @@ def mesh_shape(text: str) -> tuple[int, int, int]:
                                              f"{'/'.join(MESH_AXES)} and SIZE >= 1, e.g. data=8")
         sizes[name.strip()] = int(value)
     return tuple(sizes[a] for a in MESH_AXES)
+
+
+def sharding_rules(text: str) -> list:
+    """An argparse type: logical-axis rules over perank_jax.core.sharding.RULES, as YAML/JSON text or a
+    file holding it, e.g. '[[mlp, null], [heads, tensor]]' (a training config's `mesh.rules` form),
+    checked by the same rule as that field."""
+    import os
+
+    import yaml
+    from perank_jax.core.sharding import AXIS_RULES
+    where = "the text"
+    try:
+        if os.path.isfile(text):
+            where = text
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        value = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise argparse.ArgumentTypeError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise argparse.ArgumentTypeError(f"not a YAML list of [logical axis, mesh axis | null] pairs: "
+                                         f"{where}{at}: {getattr(e, 'problem', None) or e}") from None
+    try:
+        return AXIS_RULES.validate("", value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def warn(message: str) -> None:

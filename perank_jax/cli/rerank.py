@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from perank_jax.cli.args import (NONNEGATIVE, POSITIVE, add_distributed, flag_type, mesh_shape, number, perank_flag,
-                                 start_distributed, warn, warn_cut)
+                                 sharding_rules, start_distributed, warn, warn_cut)
 from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH
 from perank_jax.core.outputs import check_outputs
-from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW, check_windows
 
 
 # --- encode (issue: dense encoders) ---------------------------------------------------
@@ -72,13 +72,13 @@ def add_rerank(sub):
     src.add_argument("--requests", help="rank_llm request JSONL (query + candidates with text); "
                                         "with no input at all: the packaged example set")
     src.add_argument("--title-format", action="store_true", help='BEIR docs as "Title: {title} Content: {text}"')
-    p.add_argument("--depth", type=POSITIVE, default=100, help="candidates per query from the run (default 100)")
+    p.add_argument("--depth", type=POSITIVE, default=100, help="candidates per query from the run (default %(default)s)")
     p.add_argument("--out", help="output: TREC run, or rank_llm JSONL when it ends in .jsonl "
                                  "(default: print the ranked lists)")
-    p.add_argument("--show", type=NONNEGATIVE, default=5, help="passages printed per query without --out (default 5)")
+    p.add_argument("--show", type=NONNEGATIVE, default=5, help="passages printed per query without --out (default %(default)s)")
     p.add_argument("--stats", help="per-query JSONL sidecar (default: OUT.stats.jsonl)")
     p.add_argument("--window", type=flag_type(WINDOW), default=WINDOW.default,
-                   help="sliding window size; 0 = one window (default 20)")
+                   help="sliding window size; 0 = one window (default %(default)s)")
     p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
     p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
     p.add_argument("--mode", choices=DECODE_MODES, default=None,
@@ -91,6 +91,9 @@ def add_rerank(sub):
                         "documents are read in the cache's title format")
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N",
                    help="devices to decode on, e.g. data=8: the windows of a batch are split over N devices")
+    p.add_argument("--sharding-rules", type=sharding_rules, default=None, metavar="RULES",
+                   help="with --mesh: [[logical axis, mesh axis | null], ...] overriding the default sharding "
+                        "rules (YAML text or a file; as a training config's mesh.rules)")
     p.add_argument("--no-share-prefix", action="store_true",
                    help="prefill every window's whole prompt (default: a query's shared prefix once)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
@@ -103,7 +106,7 @@ def add_rerank(sub):
     p.add_argument("--tag", default="perank")
     add_distributed(p)
     p.add_argument("--part-queries", type=POSITIVE, default=64,
-                   help="with --distributed: queries per resumable part (default 64; docs/scale.md)")
+                   help="with --distributed: queries per resumable part (default %(default)s; docs/scale.md)")
 
     def run(a):
         from perank_jax.data import trec
@@ -120,7 +123,8 @@ def add_rerank(sub):
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
         check_outputs(files=[a.out, stats_path], inputs={"--run": a.run, "--corpus": a.corpus,
                                                          "--queries": a.queries, "--requests": a.requests})
-        if a.window and a.stride >= a.window:
+        check_windows(a.window, a.stride, ("--window", "--stride"))
+        if a.window and a.stride == a.window:
             warn(f"--stride {a.stride} >= --window {a.window}: windows do not overlap, so a passage can "
                  f"only move within its own window")
         start_distributed(a)
@@ -152,13 +156,14 @@ def add_rerank(sub):
             mesh = make_mesh(a.mesh, devices=jax.local_devices())     # each process: its own devices
         ranker = PERanker.from_pretrained(a.model, encoder_path=a.encoder, dtype=a.dtype, mesh=mesh,
                                           embeddings=cache, share_prefix=not a.no_share_prefix,
-                                          query_scale=a.query_scale, query_feedback=a.query_feedback)
+                                          query_scale=a.query_scale, query_feedback=a.query_feedback,
+                                          rules=a.sharding_rules)
         mode = a.mode or ranker.config.default_mode
         kw = dict(window=a.window or None, stride=a.stride, top_k=a.top_k, mode=mode, batch_queries=a.batch_queries,
                   progress=a.out is not None)
         if a.distributed:
             settings = {k: getattr(a, k) for k in ("model", "encoder", "depth", "title_format", "embeddings", "mesh",
-                                                   "no_share_prefix", "dtype", "query_scale", "query_feedback")}
+                                                   "sharding_rules", "no_share_prefix", "dtype", "query_scale", "query_feedback")}
             got = rerank_in_parts(ranker, requests, a.out, stats_path, settings=settings, part_queries=a.part_queries,
                                   tag=a.tag, **kw)
             if got is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perank_jax.cli.args import flag_type, mesh_shape, number
+from perank_jax.cli.args import flag_type, mesh_shape, number, sharding_rules
 from perank_jax.core.config import settings_rules
 from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES
 from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
@@ -25,10 +25,13 @@ def add_serve(sub):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=number(int, 0, 65535), default=8000, help="0: any free port (printed)")
     p.add_argument("--mesh", type=mesh_shape, default=None, metavar="data=N")
+    p.add_argument("--sharding-rules", type=sharding_rules, default=SETTINGS["sharding_rules"].default,
+                   metavar="RULES", help="with --mesh: [[logical axis, mesh axis | null], ...] overriding the "
+                                         "default sharding rules (YAML text or a file)")
     p.add_argument("--dtype", default="float32", choices=COMPUTE_DTYPES)
     p.add_argument("--mode", choices=DECODE_MODES, default=None, help="default: the checkpoint's `default_mode`")
     p.add_argument("--window", type=flag_type(WINDOW), default=WINDOW.default,
-                   help="sliding window; 0 = one window (default 20)")
+                   help="sliding window; 0 = one window (default %(default)s)")
     p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
     p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
     p.add_argument("--share-prefix", action="store_true",
@@ -38,16 +41,16 @@ def add_serve(sub):
     for flag, name, more in (
             ("--max-batch", "max_batch", dict(help="requests decoded together (1: batching off)")),
             ("--passage-bucket", "passage_bucket", dict(help="windows padded to a multiple of this many passages: "
-                                                             "fewer compiled shapes (default 8)")),
+                                                             "fewer compiled shapes (default %(default)s)")),
             ("--max-wait-ms", "max_wait_ms", dict(help="wait this long after a first request for others to join "
-                                                       "its batch (default 5)")),
-            ("--queue-size", "queue_size", dict(help="waiting requests; beyond: 503 (default 64)")),
+                                                       "its batch (default %(default)s)")),
+            ("--queue-size", "queue_size", dict(help="waiting requests; beyond: 503 (default %(default)s)")),
             ("--deadline", "deadline_s", dict(metavar="SECONDS", help="a request not answered in time gets 504 "
-                                                                      "(default 30)")),
+                                                                      "(default %(default)s)")),
             ("--max-body-bytes", "max_body_bytes", {}), ("--max-documents", "max_documents", {}),
             ("--max-text-chars", "max_text_chars", {}), ("--max-query-tokens", "max_query_tokens", {}),
             ("--drain", "drain_s", dict(metavar="SECONDS", help="on SIGTERM: time to finish queued requests "
-                                                                "(default 30)"))):
+                                                                "(default %(default)s)"))):
         b.add_argument(flag, type=flag_type(SETTINGS[name]), default=SETTINGS[name].default, **more)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -57,7 +60,7 @@ def add_serve(sub):
             window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
             passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,
             max_body_bytes=a.max_body_bytes, max_documents=a.max_documents, max_text_chars=a.max_text_chars,
-            max_query_tokens=a.max_query_tokens, drain_s=a.drain,
+            max_query_tokens=a.max_query_tokens, drain_s=a.drain, sharding_rules=a.sharding_rules,
             model_name=Path(a.model).name if a.model else "perank-shipped")
         run_server(settings, model=a.model, encoder=a.encoder, embeddings=a.embeddings, host=a.host, port=a.port,
                    mesh=a.mesh, dtype=a.dtype, share_prefix=a.share_prefix, log_level=a.log_level)

@@ -28,7 +28,7 @@ from perank_jax.core.constants import DECODE_MODES
 from perank_jax.core.outputs import claim_dir, mark_dir
 from perank_jax.models.projector import check_projector
 from perank_jax.weights.perank_config import PERANK_RULES
-from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW, check_windows
 from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
@@ -89,6 +89,7 @@ def load_config(path, overrides=None) -> TablesConfig:
     cfg = load_yaml(TablesConfig, path, overrides)
     if not cfg.datasets or not cfg.methods:
         raise ConfigError(f"{path}: needs at least one dataset and one method")
+    check_windows(cfg.window, cfg.stride, ("window", f"{path}: stride"), ConfigError)
     names = [m.name for m in cfg.methods]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: method names must be unique, got {names}")

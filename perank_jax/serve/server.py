@@ -54,7 +54,8 @@ def run_server(settings: ServeSettings, *, model=None, encoder=None, embeddings=
         from perank_jax.core.sharding import make_mesh
         mesh = make_mesh(mesh)
     ranker = PERanker.from_pretrained(model, encoder_path=encoder, dtype=dtype, mesh=mesh, embeddings=embeddings,
-                                      share_prefix=share_prefix, passage_bucket=settings.passage_bucket)
+                                      share_prefix=share_prefix, passage_bucket=settings.passage_bucket,
+                                      rules=settings.sharding_rules)
     metrics = ServeMetrics()
     holder = {}
 

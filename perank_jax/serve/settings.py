@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from perank_jax.core.config import ConfigError, setting, settings_rules
 from perank_jax.core.constants import DECODE_MODES
-from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
+from perank_jax.core.sharding import AXIS_RULES
+from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW, check_windows
 
 
 @dataclass
@@ -26,6 +27,8 @@ class ServeSettings:
     max_query_tokens: int = setting(int, 64, 1)   # a longer query (in the decoder's tokens): 422 naming `query`
     drain_s: float = setting(float, 30.0, 0, lo_open=False)   # SIGTERM: time to finish what is queued
     model_name: str = setting(str, "perank")    # echoed in responses
+    sharding_rules: list = AXIS_RULES.setting()   # with a mesh: [[logical axis, mesh axis | null], ...] over
+                                                  # perank_jax.core.sharding.RULES (as a training config's mesh.rules)
 
     def __post_init__(self):
         """Every field by its rule (the one checker of configs and flags), then stride <= window."""
@@ -34,5 +37,4 @@ class ServeSettings:
                 rule.validate(f"serve setting {name}", getattr(self, name))
         if self.window == 0:
             self.window = None
-        if self.window is not None and self.stride > self.window:
-            raise ConfigError(f"serve setting stride must be <= window ({self.window}), got {self.stride}")
+        check_windows(self.window, self.stride, ("window", "serve setting stride"), ConfigError)
