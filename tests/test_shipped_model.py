@@ -44,10 +44,12 @@ def shipped(request) -> str:
 
 @pytest.fixture(scope="module")
 def ranker(shipped):
-    """That reranker loaded by its packaged name; the default through from_pretrained() with no path."""
-    if shipped == DEFAULT_RERANKER:
-        return perank_jax.PERanker.from_pretrained()
-    return perank_jax.PERanker.from_pretrained(f"packaged:{shipped}")
+    """That reranker loaded by its packaged name; the default through from_pretrained() with no path.
+    Its tests share one memo of encoder vectors by text (each example passage encoded once)."""
+    r = perank_jax.PERanker.from_pretrained() if shipped == DEFAULT_RERANKER else \
+        perank_jax.PERanker.from_pretrained(f"packaged:{shipped}")
+    r.embedding_memo = {}
+    return r
 
 
 def test_every_shipped_reranker_has_a_known_encoder():
