@@ -28,6 +28,7 @@ def inputs(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_two_processes_encode_and_rerank_into_the_one_process_outputs_resuming_after_one_dies(
         inputs, tmp_path, tiny_perank_dir_32):
     """Three launches of two processes (each launch pays for starting jax and joining the job once):

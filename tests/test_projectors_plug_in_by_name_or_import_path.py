@@ -192,6 +192,7 @@ print(json.dumps({"kind": ranker.projector.kind, "gain": ranker.projector.option
 """
 
 
+@pytest.mark.slow
 def test_an_external_projector_trains_exports_and_ranks_in_a_fresh_process(files):
     """Selected by import path: 3 stage-2 steps on the (2,4) mesh equal 3 on one device; the export
     keeps its kind, options and generic weight keys; a fresh process loads the adapter and ranks."""

@@ -86,7 +86,7 @@ def test_the_query_slot_holds_the_projected_feedback_vector_and_the_override_equ
     assert saved.feedback == (1.0, 0.05) and saved.query_scale == 10.0
     assert "query_feedback_weight" not in json.loads(plain.save_pretrained(tmp_path / "p").joinpath(
         "config.json").read_text())
-    with pytest.raises(ValueError, match="query feedback temperature"):
+    with pytest.raises(ValueError, match="query_feedback_temperature must be > 0"):
         hash_ranker(plain_dir, query_feedback=(1.0, 0.0))
     with pytest.raises(ValueError, match="applies only to a checkpoint with a query token"):
         hash_ranker(tiny_perank_dir_32, query_feedback=(1.0, 0.01))
@@ -118,9 +118,9 @@ def test_tables_refuses_feedback_on_the_wrong_method_or_with_bad_values(tmp_path
     for method, msg in (({"name": "bm", "kind": "first_stage", "query_feedback": [1, 0.01]},
                          "methods[0] (bm): query_feedback needs kind embedding, or perank with a `checkpoint`"),
                         ({"name": "cos", "kind": "embedding", "encoder": "e", "query_feedback": [1]},
-                         "methods[0] (cos): query_feedback must be [weight, temperature], got [1.0]"),
+                         "methods[0].query_feedback must be [weight, temperature], got [1.0]"),
                         ({"name": "cos", "kind": "embedding", "encoder": "e", "query_feedback": [1, -2]},
-                         "methods[0] (cos): query feedback temperature must be a finite number > 0, got -2.0")):
+                         "methods[0].query_feedback[1] must be > 0 and <= 1e+06, got -2.0")):
         p.write_text(yaml.safe_dump({"datasets": ds, "methods": [method]}))
         assert main(["tables", str(p)]) == 2
         err = capsys.readouterr().err.strip().splitlines()

@@ -51,18 +51,26 @@ def test_the_default_rules_are_todays_table_and_an_override_in_yaml_moves_a_weig
     assert placements(None) == before                       # and outside the run the table is back
 
 
-def test_a_training_run_places_its_weights_under_its_own_rules(tmp_path, monkeypatch):
-    """`Run` (which loads and places the weights) and `fit` (which also traces the step) put the
-    config's rules in force."""
+def test_a_training_run_places_its_weights_and_traces_its_steps_under_its_own_rules(tmp_path, monkeypatch):
+    """`Run` loads and places the weights under the config's rules; its TrainStep enters them again for
+    every step, evaluation, initial state and export it makes later (a Run used outside `fit`, as
+    `export_latest` does, traces as it placed)."""
+    from types import SimpleNamespace
     from perank_jax.core.sharding import current_rules
     from perank_jax.train import loop
+    from perank_jax.train.step import TrainStep
     cfg = load_train_config(config_file(tmp_path, "[[embed, tensor]]"))
     seen = []
     monkeypatch.setattr(loop.Run, "_build", lambda self, cfg: seen.append(("Run", current_rules()["embed"])))
-    monkeypatch.setattr(loop, "_fit", lambda cfg, on_step: seen.append(("fit", current_rules()["embed"])))
     loop.Run(cfg)
-    loop.fit(cfg)
-    assert seen == [("Run", "tensor"), ("fit", "tensor")] and current_rules() == RULES
+    record = lambda what: lambda *a: seen.append((what, current_rules()["embed"]))  # noqa: E731
+    step = SimpleNamespace(rules=cfg.mesh.rules, frozen={}, _jits={"step": record("step"), "eval": record("eval")},
+                           fns=SimpleNamespace(decoder_params=record("export")), _init_state=record("init"))
+    TrainStep.step(step, {}, {})
+    TrainStep.evaluate(step, {}, {})
+    TrainStep.init_state(step)
+    TrainStep.decoder_params(step, {})
+    assert seen == [(w, "tensor") for w in ("Run", "step", "eval", "init", "export")] and current_rules() == RULES
 
 
 @pytest.mark.parametrize("rules,expect", [

@@ -35,13 +35,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")    # this process and both servers share a GPU
-EXAMPLES = ROOT / "perank_jax" / "examples" / "example.jsonl"
+from perank_jax.cli import EXAMPLE_SET  # noqa: E402  (the example set's one owner)
 
 
 def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
     """n distinct top-20 requests: queries numbered, candidates shuffled; by docid (`{"id"}`, from the
     cache) or, with `texts`, as texts made unique per request (so no two requests share an encoding)."""
-    rows = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in EXAMPLE_SET.read_text().splitlines() if line.strip()]
     rng, out = random.Random(seed), []
     for k in range(n):
         r = rows[k % len(rows)]
@@ -54,7 +54,7 @@ def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
 def example_cache(encoder, out: Path) -> Path:
     """An embedding cache of the example set's passages, made by the model's own encoder."""
     from perank_jax.data import build_embedding_cache
-    rows = [json.loads(line) for line in EXAMPLES.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in EXAMPLE_SET.read_text().splitlines() if line.strip()]
     corpus = out / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"_id": c["docid"], "text": c["text"]}) + "\n"
                               for r in rows for c in r["candidates"]))

@@ -119,7 +119,7 @@ def add_rerank(sub):
             raise ValueError("--distributed needs --out (process 0 writes it from every process's parts)")
         if a.query_feedback is not None:
             from perank_jax.listwise.feedback import check_feedback
-            check_feedback(*a.query_feedback)
+            check_feedback(*a.query_feedback, label="--query-feedback")
         stats_path = Path(a.stats or f"{a.out}.stats.jsonl") if a.out else None
         check_outputs(files=[a.out, stats_path], inputs={"--run": a.run, "--corpus": a.corpus,
                                                          "--queries": a.queries, "--requests": a.requests})

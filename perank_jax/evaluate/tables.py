@@ -33,7 +33,7 @@ from perank_jax.data.trec_write import write_run
 from perank_jax.evaluate.accounting import QueryCost, Usage, as_dicts, summarize, timed
 from perank_jax.evaluate.datasets import DatasetSpec, dataset_cache, load_dataset
 from perank_jax.evaluate.metrics import evaluate
-from perank_jax.listwise.feedback import check_feedback, feedback_query
+from perank_jax.listwise.feedback import QUERY_FEEDBACK, feedback_query
 from perank_jax.core.interrupts import check_interrupt
 from perank_jax.weights.packaged import resolve_model_path
 
@@ -62,7 +62,7 @@ class MethodSpec:
                                                # text (None: the encoder's maximum)
     query_scale: float | None = PERANK_RULES["query_scale"].setting(None)   # perank checkpoint with a query
                                                # token: instead of its config.json's
-    query_feedback: list[float] | None = None  # [weight, temperature] of the candidate-aware query vector
+    query_feedback: list[float] | None = QUERY_FEEDBACK.setting(None)   # [weight, temperature] of the candidate-aware query vector
                                                # (perank_jax.listwise.feedback): embedding, or perank with a checkpoint
 
 
@@ -106,11 +106,7 @@ def load_config(path, overrides=None) -> TablesConfig:
         if m.query_feedback is not None:
             if not (m.kind == "embedding" or (m.kind == "perank" and m.checkpoint)):
                 raise ConfigError(f"{where}: query_feedback needs kind embedding, or perank with a `checkpoint`")
-            if len(m.query_feedback) != 2:
-                raise ConfigError(f"{where}: query_feedback must be [weight, temperature], got {m.query_feedback}")
         try:
-            if m.query_feedback is not None:
-                check_feedback(*m.query_feedback)
             if m.kind == "perank" and not m.checkpoint:
                 check_projector(m.projector, m.projector_options, f"{where}: projector_options")
         except ValueError as e:

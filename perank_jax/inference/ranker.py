@@ -82,7 +82,8 @@ class PERanker:
         self.query_scale = self.config.query_scale if self.query_token else 1.0
         self.feedback = (self.config.query_feedback_weight if self.query_token else 0.0,
                          self.config.query_feedback_temperature)
-        check_output(projector)         # [N, k, H] in its dtype: checked once, here or in build_projector
+        check_output(projector)         # [N, k, H] in its dtype (abstract, no compute): a hand-built projector
+                                        # too; one from build_projector passed it there already
         self.tokens_per_passage = int(projector.tokens_per_passage)   # k placeholders per slot
         self.uses_query = bool(projector.uses_query)
         self.max_length = max_length or decoder.config.max_position_embeddings

@@ -13,20 +13,32 @@ from __future__ import annotations
 
 import numpy as np
 
+from perank_jax.core.config import Field
+
 FEEDBACK_KEYS = ("query_feedback_weight", "query_feedback_temperature")
+# THE ranges of the two settings, for every place that takes them: PERankConfig's two fields, a training
+# config's and a tables method's `query_feedback: [weight, temperature]` (QUERY_FEEDBACK), --query-feedback.
+FEEDBACK_WEIGHT = Field(float, 0.0, 0.0, 1e6, lo_open=False)        # 0: off
+FEEDBACK_TEMPERATURE = Field(float, 0.01, 0.0, 1e6, lo_open=True)
 
 
-def check_feedback(weight: float, temperature: float) -> tuple[float, float]:
-    """(weight, temperature) as floats, or one ValueError naming the bad one (finite weight >= 0, finite
-    temperature > 0)."""
-    weight, temperature = float(weight), float(temperature)
-    if not np.isfinite(weight):
-        raise ValueError(f"query feedback weight must be a finite number, got {weight}")
-    if not weight >= 0:
-        raise ValueError(f"query feedback weight must be >= 0, got {weight}")
-    if not temperature > 0 or not np.isfinite(temperature):
-        raise ValueError(f"query feedback temperature must be a finite number > 0, got {temperature}")
-    return weight, temperature
+def check_feedback(weight: float, temperature: float, label: str = "query feedback") -> tuple[float, float]:
+    """(weight, temperature) checked by their rules, or one ConfigError (a ValueError) naming the bad one:
+    "LABEL weight must be >= 0 and <= 1e+06, got -1.0"."""
+    return (float(FEEDBACK_WEIGHT.validate(f"{label} weight", weight)),
+            float(FEEDBACK_TEMPERATURE.validate(f"{label} temperature", temperature)))
+
+
+def check_feedback_pair(label: str, value) -> list[float]:
+    """A config's `query_feedback: [weight, temperature]`: two numbers, each by its rule ("LABEL[1] must be ...")."""
+    from perank_jax.core.config import ConfigError
+    if len(value) != 2:
+        raise ConfigError(f"{label} must be [weight, temperature], got {list(value)!r}")
+    return [float(FEEDBACK_WEIGHT.validate(f"{label}[0]", value[0])),
+            float(FEEDBACK_TEMPERATURE.validate(f"{label}[1]", value[1]))]
+
+
+QUERY_FEEDBACK = Field(list, [0.0, 0.01], shape=check_feedback_pair)
 
 
 def feedback_fields(weight: float, temperature: float) -> dict:

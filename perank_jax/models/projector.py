@@ -128,8 +128,8 @@ def legacy_name(name: str, options: dict) -> str | None:
 def build_projector(name: str, in_dim: int, out_dim: int, options=None, *, rngs: nnx.Rngs | None = None,
                     dtype=jnp.float32, param_dtype=jnp.float32, where: str = "projector_options") -> Projector:
     """Projector `name` (a registered name, entry point or "pkg.module:Class", or a legacy
-    projector_type) built for encoder dim `in_dim` and LLM hidden size `out_dim`, checked once on a
-    zeros input: it must return [N, tokens_per_passage, out_dim] in `dtype`."""
+    projector_type) built for encoder dim `in_dim` and LLM hidden size `out_dim`, checked once on an
+    abstract input (check_output): it must return [N, tokens_per_passage, out_dim] in `dtype`."""
     name, opts = check_projector(name, options, where)
     cls = resolve_projector(name)
     try:
@@ -145,7 +145,8 @@ def build_projector(name: str, in_dim: int, out_dim: int, options=None, *, rngs:
 
 
 def check_output(proj: Projector, n: int = 2) -> None:
-    """Refuse (one line) a projector whose output on a tiny zeros input is not [n, k, H] in its dtype."""
+    """Refuse (one line) a projector whose output for an abstract [n, E] input (jax.eval_shape: nothing
+    runs) is not [n, k, H] in its dtype."""
     cls = f"{type(proj).__module__}.{type(proj).__qualname__}"
     k = proj.tokens_per_passage
     if not (isinstance(k, int) and k >= 1):

@@ -15,7 +15,7 @@ from pathlib import Path
 from perank_jax.core.config import SEED, ConfigError, Field, from_dict, setting
 from perank_jax.core.config_files import load_yaml
 from perank_jax.core.constants import COMPUTE_DTYPES, WEIGHTINGS
-from perank_jax.listwise.feedback import check_feedback
+from perank_jax.listwise.feedback import QUERY_FEEDBACK
 from perank_jax.models.lora import DEFAULT_TARGETS
 from perank_jax.models.projector import check_projector
 from perank_jax.core.sharding import AXIS_RULES
@@ -41,7 +41,7 @@ class ModelConfig:
     prompt_template: str = PERANK["prompt_template"].setting()   # stage 2: the records' user turn, saved in the export
     query_token: bool = False              # stage 2: records carry `query_text` (its embedding opens the answer)
     query_scale: float = PERANK["query_scale"].setting()   # stage 2: the query slot's vector times this
-    query_feedback: list[float] = field(default_factory=lambda: [0.0, 0.01])  # stage 2: [weight, temperature]
+    query_feedback: list[float] = QUERY_FEEDBACK.setting()   # stage 2: [weight, temperature] (0 weight: off)
                                            # of the candidate-aware query (perank_jax.listwise.feedback) over each list's
                                            # passages, in training and saved for inference; weight 0 = off
     default_mode: str = PERANK["default_mode"].setting()   # saved in the export: `perank rerank`'s mode for it
@@ -146,12 +146,6 @@ class TrainConfig:
         if o.lr > 0.1:
             import warnings
             warnings.warn(f"optim.lr = {o.lr} is unusually large for Adam (typical: 1e-5 .. 1e-2)", stacklevel=2)
-        if len(m.query_feedback) != 2:
-            raise ConfigError(f"model.query_feedback must be [weight, temperature], got {m.query_feedback!r}")
-        try:
-            m.query_feedback = list(check_feedback(*m.query_feedback))
-        except ValueError as e:
-            raise ConfigError(f"model.query_feedback: {e}") from None
         if m.query_feedback[0] > 0 and not (self.stage == 2 and m.query_token):
             raise ConfigError("model.query_feedback needs stage 2 with model.query_token: true (it moves the query's vector)")
         if self.stage == 1 and self.lora.rank:

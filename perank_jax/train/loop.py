@@ -89,7 +89,7 @@ class Run:
 
     def __init__(self, cfg: TrainConfig):
         from perank_jax.core.sharding import axis_rules
-        with axis_rules(cfg.mesh.rules):          # the config's rules place the weights and the batches
+        with axis_rules(cfg.mesh.rules):          # the config's rules place the weights (TrainStep keeps them)
             self._build(cfg)
 
     def _build(self, cfg: TrainConfig):
@@ -241,9 +241,8 @@ TRAIN_OUTPUTS = ("config.yaml", "metrics.jsonl", "metrics.png", "summary.json", 
 def fit(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) -> Trained:
     """`train`, keeping the live run and final state. The main process locks output_dir (a second
     run into it refuses) and claims it (a directory of other files named like ours is refused)."""
-    from perank_jax.core.sharding import axis_rules
     init_distributed(cfg.mesh)
-    with quiet_failed_saves(), axis_rules(cfg.mesh.rules):     # mesh.rules place every weight and batch
+    with quiet_failed_saves():       # mesh.rules: Run places the weights under them, TrainStep traces under them
         if jax.process_index() != 0:
             return _fit(cfg, on_step)
         with dir_lock(cfg.output_dir, "train"):

@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from perank_jax.core.buckets import TraceCounter
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.perank import hidden_states, listwise_logits, project_lists, scale_query_slot
-from perank_jax.core.sharding import logical_to_spec, named_sharding
+from perank_jax.core.sharding import axis_rules, logical_to_spec, named_sharding
 from perank_jax.train.losses import next_token_xent, stage2_loss, top1_accuracy
 
 
@@ -168,7 +168,10 @@ class TrainStep:
     """Builds the sharded state and the jitted step for a decoder + projector pair."""
 
     def __init__(self, cfg, decoder: nnx.Module, projector: nnx.Module, mesh, total_steps: int):
+        """Built under the config's sharding rules (Run enters them); every step, evaluation and state
+        it makes later enters them again, so what it traces is constrained as its weights were placed."""
         self.cfg, self.mesh = cfg, mesh
+        self.rules = list(cfg.mesh.rules)
         dec_gd, dec_params, dec_axes = pure_params(decoder)
         proj_gd, proj_params, proj_axes = pure_params(projector)
         lora_cfg = cfg.lora if cfg.stage == 2 and cfg.lora.rank > 0 else None
@@ -196,7 +199,8 @@ class TrainStep:
         self.batch_sharding = NamedSharding(mesh, logical_to_spec(("batch",), (cfg.global_batch,), mesh))
         self.init_params = params
         key = (cfg.stage, dec_gd, proj_gd, repr(cfg.model), repr(cfg.loss), repr(cfg.lora), repr(cfg.optim), cfg.grad_accum,
-               cfg.global_batch, cfg.data.use_content_view, total_steps, mesh, repr(sorted(cfg.xla_options.items())))
+               cfg.global_batch, cfg.data.use_content_view, total_steps, mesh, repr(sorted(cfg.xla_options.items())),
+               repr(self.rules))
         if key not in _COMPILED:     # identical runs (e.g. a resumed one in the same process) share executables
             _COMPILED[key] = _build_jits(self.fns, self.tx, self.schedule, cfg.grad_accum, self.state_shardings,
                                          self.frozen_shardings, self.param_shardings, self.batch_sharding, rep,
@@ -209,6 +213,10 @@ class TrainStep:
         return self._jits["traces"]
 
     def init_state(self) -> dict:
+        with axis_rules(self.rules):
+            return self._init_state()
+
+    def _init_state(self) -> dict:
         params = place(self.init_params, self.param_shardings)
         opt = jax.jit(self.tx.init, in_shardings=(self.param_shardings,), out_shardings=self.opt_shardings)(params)
         step = place(jnp.zeros((), jnp.int32), self.state_shardings["step"])
@@ -223,11 +231,14 @@ class TrainStep:
         return out
 
     def step(self, state, batch):
-        return self._jits["step"](state, self.frozen, batch)
+        with axis_rules(self.rules):
+            return self._jits["step"](state, self.frozen, batch)
 
     def evaluate(self, params, batch):
-        return self._jits["eval"](params, self.frozen, batch)
+        with axis_rules(self.rules):
+            return self._jits["eval"](params, self.frozen, batch)
 
     def decoder_params(self, params) -> dict:
         """Plain decoder parameters (LoRA merged) for export."""
-        return self.fns.decoder_params(params, self.frozen)
+        with axis_rules(self.rules):
+            return self.fns.decoder_params(params, self.frozen)

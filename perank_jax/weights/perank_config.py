@@ -19,7 +19,7 @@ from perank_jax.core.atomic import atomic_json
 from perank_jax.core.config import check_settings, settings_rules, setting
 from perank_jax.core.config_files import read_config_json
 from perank_jax.core.constants import DECODE_MODES, ENCODER_MAX_LENGTH
-from perank_jax.listwise.feedback import FEEDBACK_KEYS, check_feedback, feedback_fields
+from perank_jax.listwise.feedback import FEEDBACK_KEYS, FEEDBACK_TEMPERATURE, FEEDBACK_WEIGHT, feedback_fields
 from perank_jax.models import lora as lora_lib
 from perank_jax.models.pooling import POOLINGS
 from perank_jax.models.projector import check_projector, legacy_kind, legacy_name, options_dict
@@ -45,8 +45,8 @@ class PERankConfig:
     default_mode: str = setting(str, "decode", choices=DECODE_MODES)
     query_token: bool = setting(bool, False)
     query_scale: float = setting(float, 1.0, 0.0, 1e6)    # > 0: the query slot's vector times this
-    query_feedback_weight: float = setting(float, 0.0)    # ranges: feedback.check_feedback
-    query_feedback_temperature: float = setting(float, 0.01)
+    query_feedback_weight: float = FEEDBACK_WEIGHT.setting()        # 0: off (listwise.feedback)
+    query_feedback_temperature: float = FEEDBACK_TEMPERATURE.setting()
     lora_rank: int = setting(int, 0, 0, 4096)
     lora_alpha: float = setting(float, 16.0, 0.0, 1e6)
     lora_targets: list = setting(list, [], choices=tuple(lora_lib.IN_DIMS))
@@ -75,7 +75,6 @@ class PERankConfig:
             if old is not None and legacy_name(name, opts) != old:
                 raise ValueError(f"{where}: projector_type {old!r} disagrees with projector {conf.projector!r} "
                                  f"options {opts}")
-            check_feedback(conf.query_feedback_weight, conf.query_feedback_temperature)
         except ValueError as e:
             msg = str(e)
             raise ValueError(msg if msg.startswith(where) else f"{where}: {msg}") from None
