@@ -100,13 +100,6 @@ def tiny_perank_dir(tmp_path_factory, minilm_dir):
     return path
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Test files with `slow` tests first (order kept within a file and otherwise): with
-    `--dist loadfile` the long files start while short ones fill the end, not the other way round."""
-    slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
-
-
 def pytest_sessionfinish(session, exitstatus):
     """The run's compilation cache goes with the run (removed by the process that made it)."""
     if _OWN_CACHE:
