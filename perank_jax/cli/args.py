@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 from perank_jax.core.config import Field
@@ -74,22 +75,14 @@ def sharding_rules(text: str) -> list:
     checked by the same rule as that field."""
     import os
 
-    import yaml
+    from perank_jax.core.config import ConfigError
+    from perank_jax.core.config_files import parse_yaml, read_config_text
     from perank_jax.core.sharding import AXIS_RULES
-    where = "the text"
-    try:
-        if os.path.isfile(text):
-            where = text
-            with open(text, encoding="utf-8") as f:
-                text = f.read()
-        value = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError) as e:
-        raise argparse.ArgumentTypeError(f"{where}: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise argparse.ArgumentTypeError(f"not a YAML list of [logical axis, mesh axis | null] pairs: "
-                                         f"{where}{at}: {getattr(e, 'problem', None) or e}") from None
+    try:             # the one YAML reader of configs (bounded, aliases refused), a file's text read boundedly
+        where = text if os.path.isfile(text) else "the text"
+        value = parse_yaml(read_config_text(Path(text), text) if where == text else text, where)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"not a YAML list of [logical axis, mesh axis | null] pairs: {e}") from None
     try:
         return AXIS_RULES.validate("", value)
     except ValueError as e:

@@ -125,7 +125,7 @@ def add_rerank(sub):
                                                          "--queries": a.queries, "--requests": a.requests})
         check_windows(a.window, a.stride, ("--window", "--stride"))
         if a.window and a.stride == a.window:
-            warn(f"--stride {a.stride} >= --window {a.window}: windows do not overlap, so a passage can "
+            warn(f"--stride {a.stride} = --window {a.window}: windows do not overlap, so a passage can "
                  f"only move within its own window")
         start_distributed(a)
         if not (a.requests or a.run or a.corpus or a.queries):

@@ -107,7 +107,8 @@ MAX_INCLUDES = 64                  # files one config may include in all (a fan-
 INCLUDE_KEY = "base"
 
 
-def _read_config_text(path: Path, where: str) -> str:
+def read_config_text(path: Path, where: str) -> str:
+    """A config file's text (UTF-8, at most MAX_CONFIG_BYTES), or one ConfigError naming `where`."""
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{where}: too large for a config (limit {MAX_CONFIG_BYTES} bytes)")
@@ -161,7 +162,7 @@ def resolve_includes(data, path: Path, chain: tuple[Path, ...] = (), count: list
         if not target.is_file():
             raise ConfigError(f"{where}: included file not found" if not target.exists()
                               else f"{where}: included path is not a file")
-        included = parse_yaml(_read_config_text(target, str(target)), str(target)) or {}
+        included = parse_yaml(read_config_text(target, str(target)), str(target)) or {}
         if not isinstance(included, dict):
             raise ConfigError(f"{target}: an included config must be a mapping (included by {path})")
         merged = merge(merged, resolve_includes(included, target, (*chain, path.resolve()), count))
@@ -171,7 +172,7 @@ def resolve_includes(data, path: Path, chain: tuple[Path, ...] = (), count: list
 def load_mapping(path: str | Path) -> dict:
     """The top-level mapping of YAML config `path` with its `base:` includes resolved."""
     path = Path(path)
-    data = parse_yaml(_read_config_text(path, str(path)), str(path)) or {}
+    data = parse_yaml(read_config_text(path, str(path)), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return resolve_includes(data, path)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perank_jax.core.config import Field
+from perank_jax.core.config import ConfigError, Field
 
 FEEDBACK_KEYS = ("query_feedback_weight", "query_feedback_temperature")
 # THE ranges of the two settings, for every place that takes them: PERankConfig's two fields, a training
@@ -31,7 +31,6 @@ def check_feedback(weight: float, temperature: float, label: str = "query feedba
 
 def check_feedback_pair(label: str, value) -> list[float]:
     """A config's `query_feedback: [weight, temperature]`: two numbers, each by its rule ("LABEL[1] must be ...")."""
-    from perank_jax.core.config import ConfigError
     if len(value) != 2:
         raise ConfigError(f"{label} must be [weight, temperature], got {list(value)!r}")
     return [float(FEEDBACK_WEIGHT.validate(f"{label}[0]", value[0])),
