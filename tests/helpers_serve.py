@@ -1,5 +1,6 @@
 """Helpers for the `perank serve` tests: JSON over HTTP (stdlib), a server process on a free
-loopback port (always stopped), and its Prometheus metrics parsed."""
+loopback port (always stopped), its Prometheus metrics parsed, and the real app and scheduler served
+in-process over a stand-in ranker whose speed and failures a test sets."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.error
+import threading
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +95,54 @@ class ServerProcess:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+class SlowRanker:
+    """Ranks documents by text, descending, after `delay` seconds per batch; a query "boom" raises."""
+
+    def __init__(self, delay: float):
+        from perank_jax.weights.perank_config import PERankConfig
+        self.config = PERankConfig.from_dict({"default_mode": "decode"}, "SlowRanker")
+        self.delay, self.batches = delay, []
+
+    @staticmethod
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+    def rerank_batch(self, queries, passage_lists, **kw):
+        self.batches.append(list(queries))
+        time.sleep(self.delay)
+        if "boom" in queries:
+            raise RuntimeError("planted failure")
+        from perank_jax.inference.ranker import RerankStats
+        self.last_stats = [RerankStats(len(p), 1, 10 + len(p), len(p), self.delay, 0.0, 0.0) for p in passage_lists]
+        return [sorted(range(len(p)), key=lambda i: p[i], reverse=True) for p in passage_lists]
+
+
+@contextmanager
+def serving(ranker, **kw):
+    """The real app and scheduler over `ranker` on a free loopback port, in this process: yields the base URL."""
+    import uvicorn
+    from perank_jax.serve.app import create_app
+    from perank_jax.serve.metrics import ServeMetrics
+    from perank_jax.serve.scheduler import Scheduler
+    from perank_jax.serve.server import bind
+    from perank_jax.serve.settings import ServeSettings
+    settings = ServeSettings(window=None, **kw)
+    metrics = ServeMetrics()
+    scheduler = Scheduler(ranker, settings, metrics)
+    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, settings, metrics, tokenizer=ranker.tokenizer),
+                                           lifespan="off", log_level="warning"))
+    sock = bind("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    scheduler.start()
+    thread.start()
+    try:
+        while not (server.started and scheduler.ready):
+            time.sleep(0.01)
+        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        scheduler.close(5)
+        sock.close()

@@ -2,67 +2,13 @@
 sets (real HTTP on loopback, the real app and scheduler; no model): a full queue answers 503 +
 Retry-After at once, a request past its deadline gets 504 and never runs, a request that raises gets
 500 while its batch mates are answered, and the server keeps serving after each."""
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import pytest
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
-
-from helpers_serve import call, metric  # noqa: E402
-from perank_jax.inference.ranker import RerankStats  # noqa: E402
-from perank_jax.serve.app import create_app  # noqa: E402
-from perank_jax.serve.metrics import ServeMetrics  # noqa: E402
-from perank_jax.serve.scheduler import Scheduler  # noqa: E402
-from perank_jax.serve.server import bind  # noqa: E402
-from perank_jax.serve.settings import ServeSettings  # noqa: E402
-from perank_jax.weights.perank_config import PERankConfig  # noqa: E402
-
-
-class SlowRanker:
-    """Ranks documents by text, descending, after `delay` seconds per batch; a query "boom" raises."""
-
-    config = PERankConfig.from_dict({"default_mode": "decode"}, "SlowRanker")
-
-    def __init__(self, delay: float):
-        self.delay, self.batches = delay, []
-
-    @staticmethod
-    def tokenizer(text, add_special_tokens=False):
-        return {"input_ids": text.split()}
-
-    def rerank_batch(self, queries, passage_lists, **kw):
-        self.batches.append(list(queries))
-        time.sleep(self.delay)
-        if "boom" in queries:
-            raise RuntimeError("planted failure")
-        self.last_stats = [RerankStats(len(p), 1, 10 + len(p), len(p), self.delay, 0.0, 0.0) for p in passage_lists]
-        return [sorted(range(len(p)), key=lambda i: p[i], reverse=True) for p in passage_lists]
-
-
-@contextmanager
-def serving(ranker, **kw):
-    settings = ServeSettings(window=None, **kw)
-    metrics = ServeMetrics()
-    scheduler = Scheduler(ranker, settings, metrics)
-    server = uvicorn.Server(uvicorn.Config(create_app(scheduler, settings, metrics, tokenizer=ranker.tokenizer),
-                                           lifespan="off", log_level="warning"))
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    scheduler.start()
-    thread.start()
-    try:
-        while not (server.started and scheduler.ready):
-            time.sleep(0.01)
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        scheduler.close(5)
-        sock.close()
+from helpers_serve import SlowRanker, call, metric, serving  # noqa: E402
 
 
 def body(query, docs=("b", "c", "a")):

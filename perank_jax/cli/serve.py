@@ -44,6 +44,10 @@ def add_serve(sub):
                                                              "fewer compiled shapes (default %(default)s)")),
             ("--max-wait-ms", "max_wait_ms", dict(help="wait this long after a first request for others to join "
                                                        "its batch (default %(default)s)")),
+            ("--refill-wait-ms", "refill_wait_ms", dict(help="after a batch is answered, wait up to this long "
+                                                             "(at most a tenth of the mean batch time) for its "
+                                                             "callers' next requests to join one batch; 0: off "
+                                                             "(default %(default)s)")),
             ("--queue-size", "queue_size", dict(help="waiting requests; beyond: 503 (default %(default)s)")),
             ("--deadline", "deadline_s", dict(metavar="SECONDS", help="a request not answered in time gets 504 "
                                                                       "(default %(default)s)")),
@@ -58,7 +62,8 @@ def add_serve(sub):
         from perank_jax.serve.server import run_server
         settings = ServeSettings(
             window=a.window or None, stride=a.stride, top_k=a.top_k, mode=a.mode, max_batch=a.max_batch,
-            passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, queue_size=a.queue_size, deadline_s=a.deadline,
+            passage_bucket=a.passage_bucket, max_wait_ms=a.max_wait_ms, refill_wait_ms=a.refill_wait_ms,
+            queue_size=a.queue_size, deadline_s=a.deadline,
             max_body_bytes=a.max_body_bytes, max_documents=a.max_documents, max_text_chars=a.max_text_chars,
             max_query_tokens=a.max_query_tokens, drain_s=a.drain, sharding_rules=a.sharding_rules,
             model_name=Path(a.model).name if a.model else "perank-shipped")

@@ -1,8 +1,10 @@
 """Scheduler: the one thread that owns the device and turns waiting requests into batches.
 
 Policy (docs/serving.md): when the device is free, take the oldest waiting request and keep
-collecting until `max_batch` requests or `max_wait_ms` after the first was taken, then decode them
-together with one `PERanker.rerank_batch` call and hand each caller its own ranking. The queue is
+collecting until `max_batch` requests or `max_wait_ms` after the first was taken (longer, up to
+`refill_wait_ms` after the last batch was answered, while fewer are waiting than that batch
+answered: its callers are likely to send their next request), then decode them together with one
+`PERanker.rerank_batch` call and hand each caller its own ranking. The queue is
 bounded (`submit` refuses at once with 503 when full), a request past its deadline leaves the queue
 (504), and a batch that raises is retried one request at a time so only the failing request errs.
 Before serving, the thread runs the warm-up (warmup.py) so no request waits for a compile.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from perank_jax.serve.schemas import RequestError
 
 log = logging.getLogger("perank.serve")
+REFILL_FRACTION = 0.1       # the refill wait is at most this fraction of the recent mean batch time
 
 
 @dataclass
@@ -54,6 +57,7 @@ class Scheduler:
         self.ready = False
         self.failed: BaseException | None = None
         self._mean_batch_s = 0.5
+        self._answered, self._answered_at = 0, 0.0      # size and end time of the last batch answered
         self._thread = threading.Thread(target=self._main, name="perank-scheduler", daemon=True)
 
     # --- the caller's side (event loop) ---------------------------------------------------
@@ -128,8 +132,11 @@ class Scheduler:
                     return None
                 self._cond.wait()
             until = time.monotonic() + s.max_wait_ms / 1000
+            refill_until = self._answered_at + min(s.refill_wait_ms / 1000, REFILL_FRACTION * self._mean_batch_s)
+            expected = min(s.max_batch, self._answered)
             while len(self._queue) < s.max_batch and not self._closing:
-                left = until - time.monotonic()
+                end = max(until, refill_until) if len(self._queue) < expected else until
+                left = end - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
@@ -174,3 +181,4 @@ class Scheduler:
             m.processed_tokens.inc(st["processed_tokens"])
             m.generated_tokens.inc(st["generated_tokens"])
             job.future.set_result(Answer(order, st, len(batch), t0 - job.arrived, dt))
+        self._answered, self._answered_at = len(batch), time.monotonic()

@@ -19,6 +19,9 @@ class ServeSettings:
     passage_bucket: int = setting(int, 8, 1)    # windows padded to a multiple of this many passages (fewer shapes)
     max_batch: int = setting(int, 8, 1)         # requests decoded together (1: batching off)
     max_wait_ms: float = setting(float, 5.0, 0, lo_open=False)   # wait to fill a batch after the first request
+    refill_wait_ms: float = setting(float, 50.0, 0, lo_open=False)   # after a batch is answered, wait up to this
+                                                  # long (and at most a tenth of the mean batch time) while fewer
+                                                  # requests wait than it answered: its callers come back into one batch
     queue_size: int = setting(int, 64, 1)       # requests waiting (beyond it: 503 + Retry-After at once)
     deadline_s: float = setting(float, 30.0, 0)   # a request not answered by then gets 504 and leaves the queue
     max_body_bytes: int = setting(int, 2_000_000, 64)   # larger bodies: 413
