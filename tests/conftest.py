@@ -22,6 +22,15 @@ if _OWN_CACHE:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
+# One weights cache for the run (PERANK_CACHE: SmolLM2 converted from its GGUF, mpnet extracted from its
+# zip parts), made by the first process that needs an entry (under a lock) and read by every worker and
+# every CLI the tests launch; removed at the end like the compilation cache. A PERANK_CACHE set
+# beforehand is used and kept (a developer's warm cache).
+_OWN_WEIGHTS_CACHE = "PERANK_CACHE" not in os.environ
+if _OWN_WEIGHTS_CACHE:
+    import tempfile
+    os.environ["PERANK_CACHE"] = tempfile.mkdtemp(prefix="perank-jax-tests-weights-")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -43,25 +52,28 @@ def minilm_dir():
 
 
 @pytest.fixture(scope="session")
-def mpnet_dir(tmp_path_factory):
+def mpnet_dir():
     from perank_jax.weights.packaged import mpnet_dir
-    return mpnet_dir(os.environ.get("PERANK_CACHE") or tmp_path_factory.mktemp("mpnet"))
+    return mpnet_dir()
 
 
 @pytest.fixture(scope="session")
-def smollm2_hf_dir(smollm2_gguf, tmp_path_factory):
-    """SmolLM2-135M-Instruct converted from the packaged GGUF into an HF directory
-    (float32 dequantised safetensors + tokenizer with its ChatML chat template)."""
-    from perank_jax.weights.convert import gguf_to_hf_dir
-    return gguf_to_hf_dir(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "hf")
+def smollm2_hf_dir():
+    """SmolLM2-135M-Instruct converted from the packaged GGUF into an HF directory (float32
+    dequantised safetensors + tokenizer with its ChatML chat template): `packaged:smollm2`, the
+    run's cached conversion. Read only."""
+    from perank_jax.weights.packaged import smollm2_dir
+    return smollm2_dir()
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer_dir(smollm2_gguf, tmp_path_factory):
-    """Only SmolLM2's tokenizer (a real chat tokenizer for tiny random models)."""
-    from perank_jax.weights.gguf import GGUFSource
+def smollm2_tokenizer_dir(smollm2_hf_dir, tmp_path_factory):
+    """Only SmolLM2's tokenizer files (a real chat tokenizer for tiny random models)."""
+    import shutil
     out = tmp_path_factory.mktemp("smollm2_tok")
-    GGUFSource(smollm2_gguf).tokenizer().save_pretrained(str(out))
+    for f in smollm2_hf_dir.iterdir():
+        if f.name not in ("config.json", "model.safetensors", ".complete"):
+            shutil.copy(f, out)
     return out
 
 
@@ -101,7 +113,9 @@ def tiny_perank_dir(tmp_path_factory, minilm_dir):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """The run's compilation cache goes with the run (removed by the process that made it)."""
+    """The run's compilation and weights caches go with the run (removed by the process that made them)."""
+    import shutil
     if _OWN_CACHE:
-        import shutil
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    if _OWN_WEIGHTS_CACHE:
+        shutil.rmtree(os.environ["PERANK_CACHE"], ignore_errors=True)

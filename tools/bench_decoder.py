@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
 import jax
@@ -111,15 +110,14 @@ def main():
 
     from perank_jax.models import decoder_preset, LoadedDecoder, random_decoder
     from perank_jax.weights import load_decoder
-    tmp = tempfile.TemporaryDirectory()
     if a.mistral7b_random:
         model = random_decoder(decoder_preset("mistral-7b"), a.dtype)      # made on the device
         dec, name, torch_path = LoadedDecoder(model), "Mistral-7B (random)", None
     else:
         path = a.model
         if path is None:
-            from perank_jax.weights import gguf_to_hf_dir, smollm2_gguf
-            path = gguf_to_hf_dir(smollm2_gguf(), f"{tmp.name}/smollm2")
+            from perank_jax.weights import smollm2_dir
+            path = smollm2_dir()
         dec, name, torch_path = load_decoder(path, dtype=a.dtype), str(a.model or "SmolLM2-135M-Instruct"), path
 
     jpre, jtok, jcomp = bench_jax(dec, a.batch, a.prompt, a.steps, a.repeats)

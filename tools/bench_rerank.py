@@ -43,8 +43,8 @@ def build_smollm2_ranker(tmp: Path, dtype: str):
     from flax import nnx
     from perank_jax.models import build_projector
     from perank_jax.inference import PERanker
-    from perank_jax.weights import gguf_to_hf_dir, load_decoder, minilm_dir, save_checkpoint, smollm2_gguf
-    hf = gguf_to_hf_dir(smollm2_gguf(), tmp / "smollm2")
+    from perank_jax.weights import load_decoder, minilm_dir, save_checkpoint, smollm2_dir
+    hf = smollm2_dir()
     dec = load_decoder(hf)
     from perank_jax.models import encoder_preset
     proj = build_projector("mlp2x_gelu", encoder_preset("minilm-l6").hidden_size, dec.config.hidden_size,
@@ -63,8 +63,8 @@ def build_mistral7b_random(dtype: str, layers: int | None):
     from perank_jax.models import build_projector
     from perank_jax.inference import PERanker
     from perank_jax.models import LoadedDecoder
-    from perank_jax.weights import GGUFSource, minilm_dir, smollm2_gguf
-    tok = GGUFSource(smollm2_gguf()).tokenizer()
+    from perank_jax.weights import load_decoder, minilm_dir, smollm2_dir
+    tok = load_decoder(smollm2_dir()).tokenizer
     dt = jnp.dtype(dtype)
     cfg = decoder_preset("mistral-7b", layers=layers)
     model = random_decoder(cfg, dt)                     # made on the device, never on the host

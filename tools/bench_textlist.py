@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +61,12 @@ def first_difference(a, b) -> int | None:
 
 
 def load_models(hf_dir: str | os.PathLike | None = None, torch: bool = True, dtype: str = "float32"):
-    """(LoadedDecoder, HF torch model or None) from an HF directory (default: the packaged
-    SmolLM2 GGUF converted into a temporary directory, removed once both are loaded)."""
+    """(LoadedDecoder, HF torch model or None) from an HF directory (default: `packaged:smollm2`,
+    the packaged SmolLM2 GGUF converted once into the weights cache)."""
     from perank_jax.weights import load_decoder
     if hf_dir is None:
-        from perank_jax.weights import gguf_to_hf_dir, smollm2_gguf
-        with tempfile.TemporaryDirectory(prefix="bench_textlist_") as tmp:
-            return load_models(gguf_to_hf_dir(smollm2_gguf(), Path(tmp) / "smollm2"), torch, dtype)
+        from perank_jax.weights import smollm2_dir
+        hf_dir = smollm2_dir()
     dec = load_decoder(hf_dir, dtype=dtype)
     ref = None
     if torch:

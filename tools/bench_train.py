@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     mesh = make_mesh(tuple(int(x) for x in a.mesh.split(",")))
     t = time.time()
     if a.model == "smollm2":
-        from perank_jax.weights import load_decoder, smollm2_gguf
-        decoder = load_decoder(smollm2_gguf(), dtype=a.dtype, param_dtype=a.param_dtype, mesh=mesh, remat=a.remat).model
+        from perank_jax.weights import load_decoder, smollm2_dir
+        decoder = load_decoder(smollm2_dir(), dtype=a.dtype, param_dtype=a.param_dtype, mesh=mesh, remat=a.remat).model
     else:
         cfg = decoder_preset("mistral-7b", layers=a.layers)
         decoder = Decoder(cfg, rngs=nnx.Rngs(0), dtype=cdt, param_dtype=pdt, remat=a.remat, mesh=mesh)

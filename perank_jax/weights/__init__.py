@@ -15,14 +15,14 @@ from perank_jax.weights.encoder import load_encoder
 from perank_jax.weights.gguf import GGUFSource
 from perank_jax.weights.io import WeightError
 from perank_jax.weights.packaged import (DEFAULT_RERANKER, SHIPPED_RERANKERS, minilm_dir, mpnet_dir,
-                                        resolve_model_path, shipped_dir, smollm2_gguf)
+                                        resolve_model_path, shipped_dir, smollm2_dir, smollm2_gguf)
 from perank_jax.weights.perank import load_adapter, load_checkpoint, save_adapter, save_checkpoint
 from perank_jax.weights.perank_config import PERANK_RULES, PERankConfig
 from perank_jax.weights.projector import load_projector
 
 __all__ = [
     "gguf_to_hf_dir", "write_hf_dir", "expected_hf_shapes", "load_decoder", "load_encoder", "GGUFSource", "WeightError",
-    "minilm_dir", "mpnet_dir", "resolve_model_path", "shipped_dir", "smollm2_gguf", "DEFAULT_RERANKER",
+    "minilm_dir", "mpnet_dir", "resolve_model_path", "shipped_dir", "smollm2_dir", "smollm2_gguf", "DEFAULT_RERANKER",
     "SHIPPED_RERANKERS",
     "load_adapter", "load_checkpoint", "save_adapter", "save_checkpoint", "PERankConfig", "PERANK_RULES", "load_projector",
 ]
