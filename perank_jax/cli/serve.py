@@ -9,6 +9,8 @@ from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES
 from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
 from perank_jax.serve.settings import ServeSettings
 
+SHARE_PREFIX = {"head": "head", "all": True, "off": False}     # --share-prefix -> PERanker(share_prefix=)
+
 SETTINGS = settings_rules(ServeSettings)     # each flag below that sets a field takes that field's rule
 
 
@@ -34,9 +36,10 @@ def add_serve(sub):
                    help="sliding window; 0 = one window (default %(default)s)")
     p.add_argument("--stride", type=flag_type(STRIDE), default=STRIDE.default)
     p.add_argument("--top-k", type=flag_type(TOP_K), default=None, help="decode only the top k per window")
-    p.add_argument("--share-prefix", action="store_true",
-                   help="prefill each query's prompt prefix once for all its windows (fewer tokens for long "
-                        "lists, but warm-up then covers only the common batch shapes)")
+    p.add_argument("--share-prefix", choices=SHARE_PREFIX, default="head",
+                   help="head: a batch of one-window requests of one size prefills the prompt's template head "
+                        "once (every shape warmed); all: also each query's prefix over its windows (shapes may "
+                        "compile on first use); off: whole prompts (default %(default)s)")
     b = p.add_argument_group("batching and limits")
     for flag, name, more in (
             ("--max-batch", "max_batch", dict(help="requests decoded together (1: batching off)")),
@@ -68,7 +71,7 @@ def add_serve(sub):
             max_query_tokens=a.max_query_tokens, drain_s=a.drain, sharding_rules=a.sharding_rules,
             model_name=Path(a.model).name if a.model else "perank-shipped")
         run_server(settings, model=a.model, encoder=a.encoder, embeddings=a.embeddings, host=a.host, port=a.port,
-                   mesh=a.mesh, dtype=a.dtype, share_prefix=a.share_prefix, log_level=a.log_level)
+                   mesh=a.mesh, dtype=a.dtype, share_prefix=SHARE_PREFIX[a.share_prefix], log_level=a.log_level)
     p.set_defaults(func=run)
 
 

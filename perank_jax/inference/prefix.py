@@ -7,7 +7,14 @@ prefixes of a rerank call are prefilled once, together, into a KV table; each wi
 prefills only its remainder (placeholders, suffix, query slot) on top of its query's prefix
 and decodes as usual (perank_jax.inference.decode.decode_steps).
 
-    plan = plan_prefixes({key: TokenizedPrompt})      host side: rows, which row each key uses
+When a call is many queries of one window each (a server's batch of top-20 requests), a
+query's own prefix would be used once, so the plan instead shares the template head (the
+tokens before the query, the same for every query) in one table row and each window feeds its
+query and the rest: 8 top-20 queries prefill one head row and 8 remainders instead of 8
+prefixes and 8 remainders. Token accounting does not depend on the plan: a query is counted
+its own prefix once per window size and every window's tokens after it.
+
+    plan = plan_prefixes({(q, size): TokenizedPrompt}, uses, head_of)   host side: rows, which row each key uses
     kv = prefill_plan(prefill, compile, state, plan.rows, length_bucket=, batch_bucket=, mesh=)
                                                       padded, sharded, compiled once per shape -> PrefixKV
     args = prefixed_args(kv, table_rows, arrays, mesh)   a window batch's decode arguments after it
@@ -49,35 +56,63 @@ def split_prompt(prompt: TokenizedPrompt) -> tuple[np.ndarray, TokenizedPrompt]:
     return prompt.ids[:cut], TokenizedPrompt(prompt.ids[cut:], prompt.placeholder[cut:])
 
 
+def common_length(a: np.ndarray, b: np.ndarray) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
 @dataclass
 class PrefixPlan:
-    """The distinct prefixes of one rerank call. Keys are (query index, anything): prompts of one
-    query with the same prefix tokens share a row; different queries never do."""
+    """The distinct prefixes of one rerank call, keyed (query index, window size)."""
     rows: list[np.ndarray] = field(default_factory=list)      # prefix ids, one per table row
     row_of: dict = field(default_factory=dict)                # key -> table row
-    remainder: dict = field(default_factory=dict)             # key -> TokenizedPrompt after the prefix
-    owner: list[int] = field(default_factory=list)            # table row -> query index
+    remainder: dict = field(default_factory=dict)             # key -> TokenizedPrompt after its row's prefix
+    own: dict = field(default_factory=dict)                   # key -> its query's own prefix (to the 1st placeholder)
+    common: bool = False                                      # True: one template-head row shared by all queries
 
     def prefix_tokens(self, n_queries: int) -> list[int]:
-        """Prefix tokens prefilled per query (each distinct prefix once)."""
-        out = [0] * n_queries
-        for q, ids in zip(self.owner, self.rows):
-            out[q] += len(ids)
+        """Each query's own distinct prefixes, counted once (the same whichever plan ran)."""
+        out, seen = [0] * n_queries, set()
+        for (q, *_), ids in self.own.items():
+            if (q, ids.tobytes()) not in seen:
+                seen.add((q, ids.tobytes()))
+                out[q] += len(ids)
         return out
 
+    def counted(self, key) -> int:
+        """The tokens of window `key` counted after its own prefix (the same whichever plan ran)."""
+        return len(self.remainder[key]) + len(self.rows[self.row_of[key]]) - len(self.own[key])
 
-def plan_prefixes(prompts: dict) -> PrefixPlan:
-    """`prompts`: {(query index, ...): TokenizedPrompt} -> PrefixPlan."""
-    plan, seen = PrefixPlan(), {}
+
+def plan_prefixes(prompts: dict, uses: dict | None = None, head_of=None, *, own_rows: bool = True):
+    """`prompts`: {(query index, window size): TokenizedPrompt} -> PrefixPlan, or None (nothing shared).
+
+    Each query's own prefix (to its first placeholder) gets a row, shared by that query's windows of
+    one size; different queries never share it. When every key is a different query's only window
+    (`uses`: windows per key), all of one size, and `head_of(size)` gives that size's template head,
+    there is nothing to reuse per query: the head is the one row (each prompt cut where it leaves the
+    head, never past its first placeholder) and every remainder starts at the query.
+    own_rows=False: the head or nothing (None: the caller feeds whole prompts)."""
+    own = {key: split_prompt(p)[0] for key, p in prompts.items()}
+    sizes = {key[1] for key in prompts}
+    queries = {key[0] for key in prompts}
+    single = uses is not None and all(uses.get(k) == 1 for k in prompts)
+    common = head_of is not None and single and len(sizes) == 1 and len(queries) == len(prompts) > 1
+    if not (common or own_rows):
+        return None
+    plan, seen = PrefixPlan(own=own, common=common), {}
+    head = head_of(next(iter(sizes))) if common else None
     for key, prompt in prompts.items():
-        ids, rest = split_prompt(prompt)
-        group = (key[0], ids.tobytes())
+        cut = min(common_length(prompt.ids, head), len(own[key])) if common else len(own[key])
+        ids = prompt.ids[:cut]
+        group = ids.tobytes() if common else (key[0], ids.tobytes())
         if group not in seen:
             seen[group] = len(plan.rows)
             plan.rows.append(ids)
-            plan.owner.append(key[0])
         plan.row_of[key] = seen[group]
-        plan.remainder[key] = rest
+        plan.remainder[key] = TokenizedPrompt(prompt.ids[cut:], prompt.placeholder[cut:])
     return plan
 
 

@@ -31,6 +31,7 @@ from perank_jax.core.constants import DECODE_MODES
 from perank_jax.core.sharding import axis_rules, check_axis_rules
 from perank_jax.inference.engine import DecodeEngine
 from perank_jax.inference.passage_vectors import open_cache, passage_vectors
+from perank_jax.inference.prefix import common_length
 from perank_jax.inference.scheduler import schedule
 from perank_jax.listwise.feedback import FEEDBACK_KEYS
 from perank_jax.listwise.prompts import add_special_tokens, build_prompt, strip_special, tokenize_prompt
@@ -67,9 +68,14 @@ class PERanker:
     def __init__(self, decoder, projector: Projector, tokenizer, encoder, *, max_length: int | None = None,
                  length_bucket: int = 64, passage_bucket: int = 4, batch_size: int = 16,
                  config: PERankConfig | dict | None = None,
-                 share_prefix: bool = True, embeddings=None, rules=None):
+                 share_prefix: bool | str = True, embeddings=None, rules=None):
         """batch_size: windows decoded per call and per device of the mesh's "data" axis.
-        rules: logical-axis rules over perank_jax.core.sharding.RULES for the batches (as the weights')."""
+        rules: logical-axis rules over perank_jax.core.sharding.RULES for the batches (as the weights').
+        share_prefix: True (each query's prompt prefix once for its windows; a call of one window per
+        query shares the template head instead), "head" (only that head, else whole prompts: the
+        server's choice, fewer compiled shapes), False (whole prompts)."""
+        if share_prefix not in (True, False, "head"):
+            raise ValueError(f"share_prefix must be True, False or 'head', got {share_prefix!r}")
         self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
@@ -180,6 +186,12 @@ class PERanker:
                 self._prompts.pop(next(iter(self._prompts)))
         return self._prompts[key]
 
+    def template_head(self, num: int) -> np.ndarray:
+        """The tokens every query's window prompt of `num` passages begins with (chat header and
+        instruction, before the query): where the prompts of two queries that differ at once part."""
+        a, b = (self.tokenized_prompt(q, num).ids for q in ("a", "b"))
+        return a[:common_length(a, b)]
+
     def use_embeddings(self, cache):
         """Take passage vectors from an embedding cache (`perank encode` directory or EmbeddingCache)
         by docid; refused (EmbeddingMismatch) unless the ranker's encoder made it. None: stop."""
@@ -220,7 +232,7 @@ class PERanker:
         done = schedule(self.engine, lambda q, num: self.tokenized_prompt(queries[q], num), slots, sizes, plans,
                         top_k=top_k, mode=mode, min_n=min(window or 0, max(sizes, default=0)),
                         share_prefix=self.share_prefix, query_slot=int(self.query_token),
-                        name_query=lambda q: f"query {queries[q][:80]!r}")
+                        head_of=self.template_head, name_query=lambda q: f"query {queries[q][:80]!r}")
         compile_s = self.engine.compile_s
         wall = time.perf_counter() - t0 - compile_s
         nq = max(len(queries), 1)

@@ -3,11 +3,12 @@
 Each query's windows run from the bottom of its list up (perank_jax.listwise.windows); the windows
 of all queries at the same stage are decoded together, `engine.rows_per_call` at a time, and each
 window's order is written back into its query's list before the next stage reads it. With shared
-prefixes, the distinct prompt prefixes of the whole call are planned (prefix.plan_prefixes) and
-prefilled once before the first stage, and every window then feeds only its remainder.
+prefixes, the distinct prompt prefixes of the whole call are planned (prefix.plan_prefixes: each
+query's own, or one template head when every query has one window) and prefilled once before the
+first stage, and every window then feeds only its remainder.
 
     result = schedule(engine, prompt_of, slots, sizes, plans, top_k=None, mode="decode", min_n=20,
-                      share_prefix=True, query_slot=1)
+                      share_prefix=True, query_slot=1, head_of=None)
     result.orders / .processed / .generated / .prefix_tokens      per query
 """
 from __future__ import annotations
@@ -27,17 +28,26 @@ class Scheduled:
 
 
 def schedule(engine, prompt_of, slots, sizes, plans, *, top_k=None, mode: str = "decode", min_n: int = 0,
-             share_prefix: bool = True, query_slot: int = 0, name_query=str) -> Scheduled:
+             share_prefix: bool = True, query_slot: int = 0, name_query=str, head_of=None) -> Scheduled:
     """Rank every query's passages by its windows.
 
     prompt_of(q, num): query q's tokenised window prompt of `num` passages (listwise.prompts).
     slots[q]: query q's projected vectors [n (+1 query slot), k, D]; sizes[q]: its n passages;
     plans[q]: its windows as (start, end) pairs in decoding order. query_slot: 1 when the last row of slots[q] is the query's
-    own slot, fed after every window's passages. name_query(q): how an error names query q."""
+    own slot, fed after every window's passages. name_query(q): how an error names query q.
+    head_of(size): the template head of a window prompt of `size` passages (the tokens before any
+    query; lets a call of one window per query share it, prefix.plan_prefixes). share_prefix: True
+    (each query's own prefix, or the head), "head" (the head when it applies, else whole prompts),
+    False (whole prompts)."""
     n_queries = len(plans)
     orders = [list(range(n)) for n in sizes]
     prompts = {(q, e - s): prompt_of(q, e - s) for q, plan in enumerate(plans) for s, e in plan}
-    shared = plan_prefixes(prompts) if share_prefix and prompts else None
+    uses = {}
+    for q, plan in enumerate(plans):
+        for s, e in plan:
+            uses[q, e - s] = uses.get((q, e - s), 0) + 1
+    shared = plan_prefixes(prompts, uses, head_of, own_rows=share_prefix is True) if share_prefix and prompts \
+        else None
     kv = engine.prefill(shared.rows) if shared else None
     prefix_tokens = shared.prefix_tokens(n_queries) if shared else [0] * n_queries
     processed, generated = list(prefix_tokens), [0] * n_queries
@@ -55,9 +65,9 @@ def schedule(engine, prompt_of, slots, sizes, plans, *, top_k=None, mode: str = 
             except NonFiniteScores as err:        # name the query (index `row` of this batch)
                 q = chunk[err.row][0]
                 raise NonFiniteScores(err.detail, q, name_query(q)) from None
-            for (q, s, e), perm, prompt in zip(chunk, perms, fed):
+            for (q, s, e), perm, prompt, key in zip(chunk, perms, fed, keys):
                 window_ids = orders[q][s:e]
                 orders[q][s:e] = [window_ids[i] for i in perm]
-                processed[q] += len(prompt)
+                processed[q] += shared.counted(key) if shared else len(prompt)
                 generated[q] += 1 if mode == "single_pass" else min(top_k or (e - s), e - s)
     return Scheduled(orders, processed, generated, prefix_tokens)

@@ -32,7 +32,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run_server(settings: ServeSettings, *, model=None, encoder=None, embeddings=None, host: str = "127.0.0.1",
-               port: int = 8000, mesh=None, dtype: str = "float32", share_prefix: bool = False,
+               port: int = 8000, mesh=None, dtype: str = "float32", share_prefix: bool | str = "head",
                log_level: str = "info") -> None:
     """Serve until SIGTERM / Ctrl-C, then drain and return (ValueError if loading or warm-up fails)."""
     try:

@@ -7,8 +7,12 @@ have 1..max_batch requests, so B takes the powers of two up to max_batch. Warm-u
 `rerank_batch` for every B and every (N, T) a window can reach (for each N, queries of growing length
 cross every T bucket on the way from the shortest to the longest query), then every encoder length
 bucket a text of at most max_text_chars can reach, every projector row bucket the limits allow,
-and one request of `max_documents` documents. With the ranker's shared prefix (`--share-prefix`) a
-batch also has a prefix-table shape; only the combinations these runs produce are warmed.
+and one request of `max_documents` documents. With the server's shared prefix (`--share-prefix head`,
+the default) a batch of one-window requests of one size prefills the template head in a one-row
+table and feeds the rest, any other batch its whole prompts (inference/prefix.py), so every batch
+of 2 or more is run both ways (the same window size, and one request a document short): every shape
+is warmed. With `all` (each query's own prefix too) a batch mixing requests longer than the window
+may meet a table shape on first use (perank_compiles_after_warmup counts it).
 """
 from __future__ import annotations
 
@@ -95,6 +99,9 @@ def warm_up(ranker, settings, mode: str, log_fn=log.info) -> dict:
             docs = [f"warm-up passage {i}" for i in range(n)]
             ranker.rerank_batch([q] * b, [docs] * b, **kw)
             runs += 1
+            if ranker.share_prefix and b > 1 and n > 1:      # mixed sizes: one prefix row per request
+                ranker.rerank_batch([q] * b, [docs[:-1]] + [docs] * (b - 1), **kw)
+                runs += 1
         log_fn(f"warm-up: batches of {b} compiled ({len(shapes)} window shapes, "
                f"{time.perf_counter() - t0:.1f} s so far)")
     if settings.max_documents > (settings.window or settings.max_documents):
