@@ -12,22 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fixtures import hash_ranker
+from fixtures import hash_ranker, ranker_variant
 from perank_jax.inference.prefix import plan_prefixes
-from perank_jax.inference.ranker import PERanker
 from perank_jax.listwise.prompts import TokenizedPrompt
 
 QUERIES = ["cats and dogs", "money in river banks", "a piano in the city court of law", "fish", "x"]
 LISTS = [[f"passage {q} {i} about {w}" for i, w in enumerate("cats dogs fish birds trees music".split())]
          for q in range(len(QUERIES))]
-
-
-def variant(base, template: str, query_token: bool, share) -> PERanker:
-    conf = base.config.replace("test variant", prompt_template=template, query_token=query_token,
-                               query_scale=base.config.query_scale if query_token else 1.0)
-    return PERanker(base.decoder, base.projector, base.tokenizer, base.encoder, config=conf,
-                    length_bucket=base.length_bucket, passage_bucket=base.passage_bucket, batch_size=8,
-                    share_prefix=share)
 
 
 def table_rows(ranker, monkeypatch) -> list:
@@ -44,9 +35,9 @@ def base(tiny_perank_dir_32):
 
 @pytest.mark.parametrize("template,query_token", [("paper", False), ("compact", True)])
 def test_one_window_queries_rank_as_whole_prompts_from_one_head_row(base, template, query_token, monkeypatch):
-    whole = variant(base, template, query_token, False)
+    whole = ranker_variant(base, template, query_token, False)
     for share in (True, "head"):
-        shared = variant(base, template, query_token, share)
+        shared = ranker_variant(base, template, query_token, share)
         rows = table_rows(shared, monkeypatch)
         modes = [dict(mode="decode"), dict(mode="decode", top_k=2)] + ([dict(mode="single_pass")] if query_token
                                                                         else [])
@@ -63,7 +54,7 @@ def test_one_window_queries_rank_as_whole_prompts_from_one_head_row(base, templa
 
 
 def test_the_head_applies_only_to_one_window_per_query_of_one_size(base, monkeypatch):
-    own, head, whole = (variant(base, "compact", True, s) for s in (True, "head", False))
+    own, head, whole = (ranker_variant(base, "compact", True, s) for s in (True, "head", False))
     own_rows, head_rows = table_rows(own, monkeypatch), table_rows(head, monkeypatch)
     mixed = [LISTS[0][:-1]] + LISTS[1:]                                  # sizes 5 and 6: two heads
     calls = [(QUERIES[:1], LISTS[:1], {}), (QUERIES, mixed, {}), (QUERIES, LISTS, dict(window=4, stride=2))]

@@ -18,7 +18,7 @@ import json
 import numpy as np
 import pytest
 
-from fixtures import edited_checkpoint, hash_ranker
+from fixtures import edited_checkpoint, hash_ranker, ranker_variant
 from perank_jax.cli import main
 from perank_jax.data.embcache_build import build_embedding_cache
 from perank_jax.inference.passage_vectors import EmbeddingMismatch
@@ -185,20 +185,13 @@ def test_cli_rerank_on_a_mesh_writes_the_one_device_run(tiny_perank_dir_32, tmp_
 
 
 # ------------------------------------------------------------------ shared prefix
-def _variant(r, template, query_token, share):
-    conf = r.config.replace("test variant", prompt_template=template, query_token=query_token,
-                            query_scale=r.config.query_scale if query_token else 1.0)
-    return PERanker(r.decoder, r.projector, r.tokenizer, r.encoder, config=conf, length_bucket=r.length_bucket,
-                    passage_bucket=r.passage_bucket, batch_size=r.batch_size, share_prefix=share)
-
-
 @pytest.mark.parametrize("template", ["paper", "compact"])
 @pytest.mark.parametrize("query_token", [False, True], ids=["no_query_token", "query_token"])
 def test_shared_prefix_ranks_as_whole_prompts_and_counts_the_prefix_once(tiny_perank_dir_32, template, query_token):
     from perank_jax.listwise.windows import sliding_windows
     base = hash_ranker(tiny_perank_dir_32, batch_size=3)
     base.length_bucket = 256
-    shared, whole = _variant(base, template, query_token, True), _variant(base, template, query_token, False)
+    shared, whole = (ranker_variant(base, template, query_token, s) for s in (True, False))
     lists = [[f"text {w} {i % 4}" for i, w in enumerate(TOPICS[:m])] for m in (12, 7, 10, 3)]   # duplicates too
     queries = ["short q", "a much longer query " * 4, "q3", "fourth query about fish"]
     assert shared.rerank_batch(queries, lists, window=5, stride=2) == whole.rerank_batch(queries, lists, window=5,
@@ -237,7 +230,7 @@ def test_shared_prefix_ranks_as_whole_prompts_with_the_shipped_model():
     # the paper's layout and the shipped one on real weights (all four combinations: the tiny test above);
     # decode mode, 5 steps a window: each step reads the KV cache the prefix started
     for template, query_token in (("paper", False), ("compact", True)):
-        shared, whole = (_variant(base, template, query_token, s) for s in (True, False))
+        shared, whole = (ranker_variant(base, template, query_token, s) for s in (True, False))
         shared.embedding_memo = whole.embedding_memo = base.embedding_memo
         a = shared.rerank_batch(queries, texts, window=10, stride=5, top_k=5)
         b = whole.rerank_batch(queries, texts, window=10, stride=5, top_k=5)

@@ -96,10 +96,9 @@ def plan_prefixes(prompts: dict, uses: dict | None = None, head_of=None, *, own_
     head, never past its first placeholder) and every remainder starts at the query.
     own_rows=False: the head or nothing (None: the caller feeds whole prompts)."""
     own = {key: split_prompt(p)[0] for key, p in prompts.items()}
-    sizes = {key[1] for key in prompts}
-    queries = {key[0] for key in prompts}
+    sizes = {key[1] for key in prompts}                 # one size: each key is another query's
     single = uses is not None and all(uses.get(k) == 1 for k in prompts)
-    common = head_of is not None and single and len(sizes) == 1 and len(queries) == len(prompts) > 1
+    common = head_of is not None and single and len(sizes) == 1 and len(prompts) > 1
     if not (common or own_rows):
         return None
     plan, seen = PrefixPlan(own=own, common=common), {}

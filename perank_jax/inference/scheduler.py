@@ -13,6 +13,7 @@ first stage, and every window then feeds only its remainder.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from perank_jax.inference.decode import NonFiniteScores
@@ -42,10 +43,7 @@ def schedule(engine, prompt_of, slots, sizes, plans, *, top_k=None, mode: str = 
     n_queries = len(plans)
     orders = [list(range(n)) for n in sizes]
     prompts = {(q, e - s): prompt_of(q, e - s) for q, plan in enumerate(plans) for s, e in plan}
-    uses = {}
-    for q, plan in enumerate(plans):
-        for s, e in plan:
-            uses[q, e - s] = uses.get((q, e - s), 0) + 1
+    uses = Counter((q, e - s) for q, plan in enumerate(plans) for s, e in plan)       # windows per prompt
     shared = plan_prefixes(prompts, uses, head_of, own_rows=share_prefix is True) if share_prefix and prompts \
         else None
     kv = engine.prefill(shared.rows) if shared else None
