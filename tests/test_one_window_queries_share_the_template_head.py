@@ -5,7 +5,9 @@ so the plan (inference/prefix.py) prefills the template head (the tokens before 
 table row and each window feeds its query and the rest. Checked on a tiny model: rankings equal
 whole prompts in every mode and both templates; the table holds one row; token accounting does not
 depend on the plan; `share_prefix="head"` (the server's) feeds whole prompts whenever the head does
-not apply; the planner's cut never passes a prompt's first placeholder.
+not apply; the planner's cut never passes a prompt's first placeholder; the head is made once per
+window size without filling the prompt cache; the policy names (`perank serve --share-prefix`) are
+exactly the settings the ranker takes.
 """
 from __future__ import annotations
 
@@ -93,3 +95,25 @@ def test_the_plan_cuts_at_the_head_never_past_a_placeholder_and_counts_alike():
     assert plan_prefixes(prompts, {**uses, (0, 2): 2}, lambda n: head).common is False   # a query's 2 windows
     assert plan_prefixes(prompts, {**uses, (0, 2): 2}, lambda n: head, own_rows=False) is None
     assert plan_prefixes({(0, 2): prompts[0, 2]}, {(0, 2): 1}, lambda n: head, own_rows=False) is None
+
+
+def test_each_prefix_policy_name_is_a_setting_the_ranker_takes_and_others_are_refused(base):
+    from perank_jax.core import SHARE_PREFIX
+    assert set(SHARE_PREFIX) == {"all", "head", "off"}
+    for value in SHARE_PREFIX.values():
+        assert ranker_variant(base, "compact", True, value).share_prefix == value
+    with pytest.raises(ValueError, match=r"share_prefix must be one of .*all, head, off.*got 'both'"):
+        ranker_variant(base, "compact", True, "both")
+
+
+def test_the_template_head_is_made_once_per_size_and_its_probe_prompts_stay_out_of_the_prompt_cache(base,
+                                                                                                 monkeypatch):
+    r = ranker_variant(base, "compact", True, "head")
+    made, real = [], r.tokenize
+    monkeypatch.setattr(r, "tokenize", lambda q, n: made.append((q, n)) or real(q, n))
+    head = r.template_head(6)
+    assert r.template_head(6) is head and made == [("a", 6), ("b", 6)]     # two probes, once per size
+    probe = r.tokenized_prompt("a", 6)
+    assert made[-1] == ("a", 6) and len(made) == 3          # the probe was not in the prompt cache: made again
+    assert r.tokenized_prompt("a", 6) is probe and len(made) == 3          # ...and cached from now on
+    assert (probe.ids[:len(head)] == head).all()

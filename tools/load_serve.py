@@ -1,10 +1,12 @@
 """Load test of `perank serve` on loopback: batching on against batching off, in one run.
 
-Measures a direct `PERanker.rerank` call first (same requests, in this process, after compiling),
-then starts two servers one after the other (`--max-batch B` and `--max-batch 1`, both on
+Measures a direct `PERanker.rerank` call first (same requests, in this process, after compiling;
+once with the default settings and once with the servers' --share-prefix policy, the prompt path
+a lone request takes in the server), then starts two servers one after the other (`--max-batch B` and `--max-batch 1`, both on
 127.0.0.1, free ports), waits for each to be ready, sends a bounded number of top-20 requests at
 each concurrency (1, 4, 8, 16; one keep-alive connection per worker), then a burst of twice the
-queue size, stops the server with SIGTERM and prints one table:
+queue size, stops the server with SIGTERM and prints one table, then where the time went (the median
+request's queue wait, its batch's compute and the rest, from each response's meta.latency_ms):
 
     conc | on: req/s p50 p95 p99 batch errors | off: req/s p50 p95 p99 batch errors
 
@@ -35,7 +37,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")    # this process and both servers share a GPU
-from perank_jax.cli import EXAMPLE_SET  # noqa: E402  (the example set's one owner)
+from perank_jax.cli import EXAMPLE_SET, build_parser  # noqa: E402  (the example set's one owner)
+from perank_jax.core import SHARE_PREFIX  # noqa: E402
 
 
 def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
@@ -49,6 +52,11 @@ def make_requests(n: int, texts: bool, seed: int = 0) -> list[dict]:
         rng.shuffle(docs)
         out.append({"query": f"{r['query']} ({k})", "documents": docs})
     return out
+
+
+def served_policy(server_args: list[str]) -> str:
+    """The servers' --share-prefix policy, as `perank serve` parses the --server-arg flags."""
+    return build_parser().parse_args(["serve", *(w for arg in server_args for w in arg.split())]).share_prefix
 
 
 def example_cache(encoder, out: Path) -> Path:
@@ -66,11 +74,11 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def direct_latencies(args, bodies, tmp: Path) -> list[float]:
+def direct_latencies(args, bodies, tmp: Path, share_prefix=True) -> list[float]:
     """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles; sets
     args.embeddings to an example-set cache when the requests go by docid and none was given."""
     from perank_jax.inference import PERanker
-    ranker = PERanker.from_pretrained(args.model)
+    ranker = PERanker.from_pretrained(args.model, share_prefix=share_prefix)
     if not args.texts:
         args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))
         ranker.use_embeddings(args.embeddings)
@@ -158,7 +166,7 @@ def request(server, method, path, body, timeout, conn=None):
 
 
 def run_level(server, bodies, concurrency: int, timeout: float) -> dict:
-    todo, lock, lat, errors = list(bodies), threading.Lock(), [], [0]
+    todo, lock, lat, errors, parts = list(bodies), threading.Lock(), [], [0], []
 
     def worker():
         conn = http.client.HTTPConnection(server.host, server.port, timeout=timeout)
@@ -168,10 +176,13 @@ def run_level(server, bodies, concurrency: int, timeout: float) -> dict:
                     break
                 body = todo.pop()
             t = time.perf_counter()
-            status, _ = request(server, "POST", "/v1/rerank", body, timeout, conn)
+            status, text = request(server, "POST", "/v1/rerank", body, timeout, conn)
             with lock:
                 if status == 200:
                     lat.append(time.perf_counter() - t)
+                    ms = json.loads(text)["meta"]["latency_ms"]
+                    queue, compute = ms["queue"] / 1000, ms["compute"] / 1000
+                    parts.append((queue, compute, lat[-1] - queue - compute))
                 else:
                     errors[0] += 1
         conn.close()
@@ -187,7 +198,8 @@ def run_level(server, bodies, concurrency: int, timeout: float) -> dict:
     nb = after.get("perank_batch_size_count", 0) - before.get("perank_batch_size_count", 0)
     nr = after.get("perank_batch_size_sum", 0) - before.get("perank_batch_size_sum", 0)
     return {"rps": len(lat) / wall, "p50": pct(lat, 50), "p95": pct(lat, 95), "p99": pct(lat, 99),
-            "batch": nr / nb if nb else float("nan"), "errors": errors[0]}
+            "batch": nr / nb if nb else float("nan"), "errors": errors[0],
+            "split": [pct([x[i] for x in parts], 50) for i in range(3)]}
 
 
 def burst(server, bodies, timeout: float) -> str:
@@ -241,6 +253,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         print(f"direct PERanker.rerank: {a.per_level} requests ...", flush=True)
         direct = direct_latencies(a, bodies[:a.per_level], Path(tmp))
+        policy = served_policy(a.server_arg)
+        print(f"direct PERanker.rerank(share_prefix={SHARE_PREFIX[policy]!r}), the server's: {a.per_level} "
+              f"requests ...", flush=True)
+        direct_served = direct_latencies(a, bodies[:a.per_level], Path(tmp), SHARE_PREFIX[policy])
         for mb in (a.max_batch, 1):
             server = Server(a, mb, Path(tmp))
             try:
@@ -267,14 +283,21 @@ def main(argv=None):
             cells += [f"{r['rps']:.2f}", f"{r['p50']:.3f}", f"{r['p95']:.3f}", f"{r['p99']:.3f}",
                       f"{r['batch']:.2f}", str(r["errors"])]
         print(f"| {c} | " + " | ".join(cells) + " |")
+    print("\nmedian split of a request's latency, s: queue (waiting for its batch) + compute (its batch's "
+          "device time) + the rest (HTTP, JSON, request checks, the client)")
+    for c in levels:
+        split = [" + ".join(f"{x:.3f}" for x in results[(mb, c)]["split"]) for mb in (a.max_batch, 1)]
+        print(f"| {c} | batching on: {split[0]} | batching off: {split[1]} |")
     print(f"\ndirect PERanker.rerank ({len(direct)} requests, one at a time): p50 {pct(direct, 50):.3f} s, "
-          f"p99 {pct(direct, 99):.3f} s")
+          f"p99 {pct(direct, 99):.3f} s (default settings); with the server's share_prefix={SHARE_PREFIX[policy]!r} "
+          f"(--share-prefix {policy}): p50 {pct(direct_served, 50):.3f} s, p99 {pct(direct_served, 99):.3f} s")
     if 8 in levels:
         print(f"throughput at concurrency 8: {results[(a.max_batch, 8)]['rps'] / results[(1, 8)]['rps']:.2f}x "
               f"batching off (target >= 1.6x)")
     if 1 in levels:
-        print(f"p99 at concurrency 1: {results[(a.max_batch, 1)]['p99'] / pct(direct, 99):.2f}x the direct call's "
-              f"(target <= 1.15x)")
+        p99 = results[(a.max_batch, 1)]["p99"]
+        print(f"p99 at concurrency 1: {p99 / pct(direct, 99):.2f}x the direct call's (target <= 1.15x); "
+              f"{p99 / pct(direct_served, 99):.2f}x the direct call's on the server's prompt path")
     for n in notes:
         print(n)
 

@@ -5,11 +5,10 @@ from pathlib import Path
 
 from perank_jax.cli.args import flag_type, mesh_shape, number, sharding_rules
 from perank_jax.core.config import settings_rules
-from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES
+from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, SHARE_PREFIX
 from perank_jax.listwise.windows import STRIDE, TOP_K, WINDOW
 from perank_jax.serve.settings import ServeSettings
 
-SHARE_PREFIX = {"head": "head", "all": True, "off": False}     # --share-prefix -> PERanker(share_prefix=)
 
 SETTINGS = settings_rules(ServeSettings)     # each flag below that sets a field takes that field's rule
 

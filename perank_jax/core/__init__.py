@@ -1,6 +1,6 @@
 """Layer 0, the foundations every other layer stands on: each rule here is defined once.
 
-    constants    the masking value, decode modes, ListMLE weightings, dtype names
+    constants    the masking value, decode modes, prefix-sharing policies, ListMLE weightings, dtype names
     buckets      every shape bucket and TraceCounter (how code and tests count compilations)
     sharding     the mesh and THE logical-axis rules table (a config may override entries: axis_rules)
     config       strict typed configs: `setting` fields and THE checker (Field, ConfigError)
@@ -15,7 +15,8 @@ from perank_jax.core.buckets import TraceCounter, length_buckets, round_up, smal
 from perank_jax.core.config import (SEED, ConfigError, Field, check_number, check_settings, from_dict, setting,
                                     settings_rules)
 from perank_jax.core.config_files import dump_yaml, load_yaml
-from perank_jax.core.constants import COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH, MASKED, WEIGHTINGS
+from perank_jax.core.constants import (COMPUTE_DTYPES, DECODE_MODES, DTYPES, ENCODER_MAX_LENGTH, MASKED, SHARE_PREFIX,
+                                       WEIGHTINGS)
 from perank_jax.core.interrupts import Terminated, check_interrupt, latched_interrupts
 from perank_jax.core.outputs import OutputError, check_outputs, claim_dir, commit_files, dir_lock
 from perank_jax.core.processes import barrier, gather_flags, init_distributed, share
@@ -27,7 +28,7 @@ __all__ = [
     "TraceCounter", "length_buckets", "round_up", "smallest_fitting",
     "ConfigError", "Field", "SEED", "check_number", "check_settings", "dump_yaml", "from_dict", "load_yaml", "setting",
     "settings_rules",
-    "COMPUTE_DTYPES", "DECODE_MODES", "DTYPES", "ENCODER_MAX_LENGTH", "MASKED", "WEIGHTINGS",
+    "COMPUTE_DTYPES", "DECODE_MODES", "DTYPES", "ENCODER_MAX_LENGTH", "MASKED", "SHARE_PREFIX", "WEIGHTINGS",
     "Terminated", "check_interrupt", "latched_interrupts",
     "OutputError", "check_outputs", "claim_dir", "commit_files", "dir_lock",
     "barrier", "gather_flags", "init_distributed", "share",

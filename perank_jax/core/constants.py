@@ -13,5 +13,8 @@ WEIGHTINGS = ("mean", "pow2")              # ListMLE position weighting (stage-2
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 COMPUTE_DTYPES = ("float32", "bfloat16")   # what training and reranking compute in
+SHARE_PREFIX = {"all": True, "head": "head", "off": False}   # prefix-sharing policy by name -> PERanker(share_prefix=):
+# all: each query's prompt prefix once (or the template head when every query has one window);
+# head: only that head, else whole prompts (the server's default); off: whole prompts
 
 ENCODER_MAX_LENGTH = 512                   # encoder tokens per passage unless a model / flag says otherwise (the paper's)

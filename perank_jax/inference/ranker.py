@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from perank_jax.core.buckets import round_up
-from perank_jax.core.constants import DECODE_MODES
+from perank_jax.core.constants import DECODE_MODES, SHARE_PREFIX
 from perank_jax.core.sharding import axis_rules, check_axis_rules
 from perank_jax.inference.engine import DecodeEngine
 from perank_jax.inference.passage_vectors import open_cache, passage_vectors
@@ -74,8 +74,9 @@ class PERanker:
         share_prefix: True (each query's prompt prefix once for its windows; a call of one window per
         query shares the template head instead), "head" (only that head, else whole prompts: the
         server's choice, fewer compiled shapes), False (whole prompts)."""
-        if share_prefix not in (True, False, "head"):
-            raise ValueError(f"share_prefix must be True, False or 'head', got {share_prefix!r}")
+        if share_prefix not in SHARE_PREFIX.values():
+            raise ValueError(f"share_prefix must be one of {list(SHARE_PREFIX.values())} (the policies "
+                             f"{', '.join(SHARE_PREFIX)}), got {share_prefix!r}")
         self.decoder = decoder          # perank_jax.weights.decoder.LoadedDecoder
         self.projector = projector
         self.tokenizer = tokenizer
@@ -99,6 +100,7 @@ class PERanker:
                                    rules=None if rules is None else check_axis_rules("sharding rules", rules))
         self._proj_graph, self._proj_state = nnx.split(projector)
         self._prompts: dict = {}
+        self._heads: dict = {}          # window size -> its template head (template_head)
         self.last_stats: list[RerankStats] = []
         self.embedding_memo: dict[str, np.ndarray] | None = None   # text -> encoder vector, when a caller
                                                                     # shares one (e.g. several modes, same data)
@@ -179,18 +181,25 @@ class PERanker:
         """The tokenised prompt of one window of `num` passages (cached), as the decoder sees it."""
         key = (query, num)
         if key not in self._prompts:
-            text = build_prompt(self.tokenizer, query, num, self.template, self.query_token)
-            self._prompts[key] = tokenize_prompt(self.tokenizer, text, num + self.query_token, self.placeholder_id,
-                                                 self.max_length, self.tokens_per_passage)
+            self._prompts[key] = self.tokenize(query, num)
             if len(self._prompts) > 4096:
                 self._prompts.pop(next(iter(self._prompts)))
         return self._prompts[key]
 
+    def tokenize(self, query: str, num: int):
+        """tokenized_prompt without the cache."""
+        text = build_prompt(self.tokenizer, query, num, self.template, self.query_token)
+        return tokenize_prompt(self.tokenizer, text, num + self.query_token, self.placeholder_id,
+                               self.max_length, self.tokens_per_passage)
+
     def template_head(self, num: int) -> np.ndarray:
         """The tokens every query's window prompt of `num` passages begins with (chat header and
-        instruction, before the query): where the prompts of two queries that differ at once part."""
-        a, b = (self.tokenized_prompt(q, num).ids for q in ("a", "b"))
-        return a[:common_length(a, b)]
+        instruction, before the query): where the prompts of two queries that differ at once part.
+        Made once per window size from two probe queries, which stay out of the prompt cache."""
+        if num not in self._heads:
+            a, b = (self.tokenize(q, num).ids for q in ("a", "b"))
+            self._heads[num] = a[:common_length(a, b)]
+        return self._heads[num]
 
     def use_embeddings(self, cache):
         """Take passage vectors from an embedding cache (`perank encode` directory or EmbeddingCache)
