@@ -1,12 +1,13 @@
 """Load test of `perank serve` on loopback: batching on against batching off, in one run.
 
 Measures a direct `PERanker.rerank` call first (same requests, in this process, after compiling;
-once with the default settings and once with the servers' --share-prefix policy, the prompt path
-a lone request takes in the server), then starts two servers one after the other (`--max-batch B` and `--max-batch 1`, both on
-127.0.0.1, free ports), waits for each to be ready, sends a bounded number of top-20 requests at
-each concurrency (1, 4, 8, 16; one keep-alive connection per worker), then a burst of twice the
-queue size, stops the server with SIGTERM and prints one table, then where the time went (the median
-request's queue wait, its batch's compute and the rest, from each response's meta.latency_ms):
+with the default settings and with the servers' --share-prefix policy, the prompt path a lone
+request takes in the server), then starts two servers one after the other (`--max-batch B` and
+`--max-batch 1`, both on 127.0.0.1, free ports), waits for each to be ready, sends a bounded number
+of top-20 requests at each concurrency (1, 4, 8, 16; one keep-alive connection per worker), then a
+burst of twice the queue size, stops the server with SIGTERM and prints one table, then where the
+time went (the median request's queue wait, its batch's compute and the rest, from each response's
+meta.latency_ms):
 
     conc | on: req/s p50 p95 p99 batch errors | off: req/s p50 p95 p99 batch errors
 
@@ -74,24 +75,30 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-def direct_latencies(args, bodies, tmp: Path, share_prefix=True) -> list[float]:
-    """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles; sets
-    args.embeddings to an example-set cache when the requests go by docid and none was given."""
+def direct_latencies(args, bodies, tmp: Path, served) -> tuple[list[float], list[float]]:
+    """Latency of PERanker.rerank on each request, one at a time, after a pass that compiles: with the
+    default settings, then (one loaded model) with share_prefix=`served`, the servers' prompt path
+    (the same list when that is the default). Sets args.embeddings to an example-set cache when the
+    requests go by docid and none was given."""
     from perank_jax.inference import PERanker
-    ranker = PERanker.from_pretrained(args.model, share_prefix=share_prefix)
+    ranker = PERanker.from_pretrained(args.model)
     if not args.texts:
         args.embeddings = str(args.embeddings or example_cache(ranker.encoder, tmp))
         ranker.use_embeddings(args.embeddings)
-    mode = ranker.config.default_mode
-    for timed in (False, True):                  # the first pass compiles every shape these requests need
-        out = []
-        for b in bodies:
-            docs = b["documents"]
-            ids = None if args.texts else [d["id"] for d in docs]
-            t = time.perf_counter()
-            ranker.rerank(b["query"], [""] * len(docs) if ids else docs, window=20, stride=10, mode=mode, docids=ids)
-            out.append(time.perf_counter() - t)
-    return out
+    mode, default, out = ranker.config.default_mode, ranker.share_prefix, {}
+    for setting in dict.fromkeys((default, served)):
+        ranker.share_prefix = setting
+        print(f"direct PERanker.rerank(share_prefix={setting!r}): {len(bodies)} requests ...", flush=True)
+        for timed in (False, True):              # the first pass compiles every shape these requests need
+            out[setting] = []
+            for b in bodies:
+                docs = b["documents"]
+                ids = None if args.texts else [d["id"] for d in docs]
+                t = time.perf_counter()
+                ranker.rerank(b["query"], [""] * len(docs) if ids else docs, window=20, stride=10, mode=mode,
+                              docids=ids)
+                out[setting].append(time.perf_counter() - t)
+    return out[default], out[served]
 
 
 class Server:
@@ -251,12 +258,8 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))       # stop the servers on the way out
     results, notes = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"direct PERanker.rerank: {a.per_level} requests ...", flush=True)
-        direct = direct_latencies(a, bodies[:a.per_level], Path(tmp))
         policy = served_policy(a.server_arg)
-        print(f"direct PERanker.rerank(share_prefix={SHARE_PREFIX[policy]!r}), the server's: {a.per_level} "
-              f"requests ...", flush=True)
-        direct_served = direct_latencies(a, bodies[:a.per_level], Path(tmp), SHARE_PREFIX[policy])
+        direct, direct_served = direct_latencies(a, bodies[:a.per_level], Path(tmp), SHARE_PREFIX[policy])
         for mb in (a.max_batch, 1):
             server = Server(a, mb, Path(tmp))
             try:
